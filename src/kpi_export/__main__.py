@@ -1,0 +1,3 @@
+from kpi_export.cli import main
+
+main()

@@ -1,0 +1,146 @@
+"""The audit table and its idempotent insert (SQLAlchemy 2, async).
+
+Column names are the original Prisma model's, case-sensitive, so that its readers keep working.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    event,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.sql.dml import Insert
+
+from kpi_export.dburl import DatabaseTarget
+from kpi_export.payload import AuditEntry
+
+TABLE_NAME = "kpi_auditoria_export"
+KEY_COLUMN = "idempotencyKey"
+
+metadata = MetaData()
+
+audit_table = Table(
+    TABLE_NAME,
+    metadata,
+    Column("idExport", Integer, primary_key=True, autoincrement=True),
+    Column("usuarioId", Integer, nullable=False),
+    Column("ip", Text, nullable=True),
+    Column("filters", JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=True),
+    Column("format", Text, nullable=False),
+    Column("codigoEstado", Integer, nullable=False, server_default=text("0")),
+    Column(
+        "createdAt",
+        DateTime()
+        .with_variant(postgresql.TIMESTAMP(precision=3), "postgresql")
+        .with_variant(mysql.DATETIME(fsp=3), "mysql", "mariadb"),
+        nullable=False,
+        server_default=func.current_timestamp(),
+    ),
+    # Null on rows the Node original wrote before the upgrade; a unique index allows many nulls.
+    Column(KEY_COLUMN, String(64), nullable=True),
+    Index(f"{TABLE_NAME}_{KEY_COLUMN}_key", KEY_COLUMN, unique=True),
+)
+
+PENDING = 0  # codigoEstado of a new export
+
+
+def create_engine(target: DatabaseTarget, *, pool_size: int = 5) -> AsyncEngine:
+    """An engine that never puts job data in an error message (`hide_parameters`)."""
+    kwargs: dict[str, Any] = {"connect_args": target.connect_args, "hide_parameters": True}
+    if target.dialect != "sqlite":
+        kwargs |= {"pool_size": target.pool_size or pool_size, "max_overflow": 0, "pool_timeout": 60}
+    engine = create_async_engine(target.url, **kwargs)
+    if target.dialect == "sqlite":
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets readers (the CLI, a dashboard) run beside the worker's writes.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def utc_now() -> datetime:
+    """createdAt as Prisma stores it: UTC, naive, millisecond precision."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+class AuditStore:
+    """Writes audit rows; one delivery or ten of the same job give one row."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._insert = _idempotent_insert(engine.dialect.name)
+
+    async def record(self, entry: AuditEntry, key: str, created_at: datetime) -> int:
+        """Insert the row for `key` unless it exists; return its idExport either way."""
+        values = {
+            "usuarioId": entry.usuario_id,
+            "ip": entry.ip,
+            "filters": entry.filters,
+            "format": entry.format,
+            "codigoEstado": PENDING,
+            "createdAt": created_at,
+            KEY_COLUMN: key,
+        }
+        async with self.engine.begin() as conn:
+            result = await conn.execute(self._insert, values)
+            new_id: int | None
+            if self.engine.dialect.name in ("mysql", "mariadb"):
+                # ON DUPLICATE KEY UPDATE idExport = LAST_INSERT_ID(idExport) reports the old row's id.
+                new_id = result.lastrowid
+            else:
+                new_id = result.scalar()
+            if new_id is None:  # a previous delivery wrote it
+                existing = select(audit_table.c.idExport).where(audit_table.c[KEY_COLUMN] == key)
+                new_id = (await conn.execute(existing)).scalar_one()
+        return int(new_id)
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(select(1))
+
+
+def _idempotent_insert(dialect: str) -> Insert:
+    key = audit_table.c[KEY_COLUMN]
+    if dialect == "postgresql":
+        pg = postgresql.insert(audit_table).on_conflict_do_nothing(index_elements=[key])
+        return pg.returning(audit_table.c.idExport)
+    if dialect == "sqlite":
+        lite = sqlite.insert(audit_table).on_conflict_do_nothing(index_elements=[key])
+        return lite.returning(audit_table.c.idExport)
+    if dialect in ("mysql", "mariadb"):
+        my = mysql.insert(audit_table)
+        return my.on_duplicate_key_update(idExport=func.last_insert_id(audit_table.c.idExport))
+    raise ValueError(f"unsupported database dialect {dialect!r}")
+
+
+def table_columns(sync_conn: Connection) -> set[str]:
+    """The audit table's column names, or an empty set when it does not exist."""
+    from sqlalchemy import inspect
+
+    inspector = inspect(sync_conn)
+    if not inspector.has_table(TABLE_NAME):
+        return set()
+    return {column["name"] for column in inspector.get_columns(TABLE_NAME)}

@@ -1,0 +1,90 @@
+"""Settings from the environment, built once by the CLI and passed down."""
+
+from __future__ import annotations
+
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, PositiveInt, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kpi_export.dburl import DatabaseTarget, parse_database_url
+from kpi_export.errors import ConfigError
+
+DEFAULT_DATABASE_URL = "file:./kpi_export.db"
+
+
+class Settings(BaseSettings):
+    """Every setting, named as its environment variable in upper case."""
+
+    model_config = SettingsConfigDict(env_ignore_empty=True, extra="ignore", frozen=True)
+
+    redis_host: str = "127.0.0.1"
+    redis_port: int = Field(6379, ge=1, le=65535)
+    redis_password: SecretStr | None = None
+    redis_url: SecretStr | None = None
+    queue_name: str = "kpi-export-queue"
+    worker_concurrency: PositiveInt = 1
+    database_url: SecretStr = SecretStr(DEFAULT_DATABASE_URL)
+    shutdown_timeout: float = Field(25.0, ge=0)
+    db_retry_window: float = Field(30.0, ge=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("queue_name")
+    @classmethod
+    def _queue_name(cls, value: str) -> str:
+        if not value.strip() or ":" in value or not value.isprintable():
+            raise ValueError("must be a non-empty name without ':' or control characters")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parts = urlsplit(value.get_secret_value())
+            if parts.scheme not in ("redis", "rediss", "unix"):
+                raise ValueError("must start with redis://, rediss:// or unix://")
+            try:
+                parts.port  # noqa: B018 - raises on a port that is not a number
+            except ValueError:
+                raise ValueError("has an invalid port") from None
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: SecretStr) -> SecretStr:
+        parse_database_url(value.get_secret_value())  # raises ValueError with a message free of secrets
+        return value
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _case_insensitive(cls, value: object) -> object:
+        if isinstance(value, str):
+            return value.upper() if value.lower() in ("debug", "info", "warning", "error") else value.lower()
+        return value
+
+    @property
+    def database(self) -> DatabaseTarget:
+        return parse_database_url(self.database_url.get_secret_value())
+
+    def secrets(self) -> list[str]:
+        """Values that must never appear in output: passwords, and the URLs' credentials."""
+        found = [self.redis_password.get_secret_value()] if self.redis_password else []
+        for url in (self.redis_url, self.database_url):
+            if url is not None:
+                password = urlsplit(url.get_secret_value()).password
+                if password:
+                    found.append(password)
+        return [s for s in found if s]
+
+
+def load_settings() -> Settings:
+    """Read the environment. Raises ConfigError naming the first variable that is wrong."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        error = exc.errors(include_url=False, include_input=False)[0]
+        variable = str(error["loc"][0]).upper() if error["loc"] else "configuration"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        raise ConfigError(variable, message) from None

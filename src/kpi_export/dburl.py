@@ -1,0 +1,131 @@
+"""DATABASE_URL as a Prisma application writes it, turned into what SQLAlchemy's async drivers take.
+
+Pure: parsing only. `postgresql://…?schema=s`, `mysql://…` and `file:./dev.db` are accepted as they are,
+so a team can reuse the URL its Node application already has.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+_POSTGRES_SCHEMES = {"postgresql", "postgres", "postgresql+asyncpg"}
+_MYSQL_SCHEMES = {"mysql", "mariadb", "mysql+asyncmy"}
+_SQLITE_SCHEMES = {"sqlite", "sqlite+aiosqlite"}
+
+# Prisma parameters that only tune Prisma's own engine: accepted and not needed here.
+_PRISMA_ONLY = {"socket_timeout", "pool_timeout", "sslaccept", "relationJoins"}
+
+
+@dataclass(frozen=True)
+class DatabaseTarget:
+    """Where the audit table lives, ready for `create_async_engine(url, **engine_kwargs)`."""
+
+    dialect: str  # "postgresql", "mysql" or "sqlite"
+    url: URL
+    connect_args: dict[str, Any] = field(default_factory=dict)
+    pool_size: int | None = None
+    schema: str | None = None
+
+    @property
+    def display(self) -> str:
+        """The URL with its password hidden, for logs."""
+        return self.url.render_as_string(hide_password=True)
+
+
+def parse_database_url(raw: str) -> DatabaseTarget:
+    """Raises ValueError with a message that holds no part of the URL's credentials."""
+    raw = raw.strip()
+    if raw.startswith("file:"):
+        return _sqlite(raw.removeprefix("file:").split("?", 1)[0])
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        raise ValueError("is not a database URL (expected postgresql://, mysql:// or file:)") from None
+    scheme = url.drivername
+    if scheme in _SQLITE_SCHEMES:
+        return _sqlite(url.database or "")
+    if scheme in _POSTGRES_SCHEMES:
+        return _postgres(url)
+    if scheme in _MYSQL_SCHEMES:
+        return _mysql(url)
+    raise ValueError(f"has an unsupported scheme {scheme!r} (expected postgresql://, mysql:// or file:)")
+
+
+def _sqlite(path: str) -> DatabaseTarget:
+    if not path or path == ":memory:" or path.startswith("file::memory:"):
+        raise ValueError("must name a SQLite file: an in-memory database is not shared between connections")
+    # Relative to the working directory (Prisma resolves it against schema.prisma's folder).
+    url = URL.create("sqlite+aiosqlite", database=str(Path(path)))
+    return DatabaseTarget("sqlite", url, connect_args={"timeout": 30})
+
+
+def _postgres(url: URL) -> DatabaseTarget:
+    query = dict(url.query)
+    connect_args: dict[str, Any] = {}
+    server_settings: dict[str, str] = {}
+    pool_size = None
+    schema = _pop_text(query, "schema")
+    if schema:
+        server_settings["search_path"] = schema
+    if name := _pop_text(query, "application_name"):
+        server_settings["application_name"] = name
+    if sslmode := _pop_text(query, "sslmode"):
+        connect_args["ssl"] = sslmode
+    if host := _pop_text(query, "host"):  # a Unix socket folder
+        connect_args["host"] = host
+    if timeout := _pop_text(query, "connect_timeout"):
+        connect_args["timeout"] = _number(timeout, "connect_timeout")
+    if limit := _pop_text(query, "connection_limit"):
+        pool_size = int(_number(limit, "connection_limit"))
+    if _pop_text(query, "pgbouncer") == "true":
+        connect_args["statement_cache_size"] = 0  # a transaction-mode pooler forbids prepared statements
+    if size := _pop_text(query, "statement_cache_size"):
+        connect_args["statement_cache_size"] = int(_number(size, "statement_cache_size"))
+    _reject_unknown(query)
+    if server_settings:
+        connect_args["server_settings"] = server_settings
+    clean = url.set(drivername="postgresql+asyncpg", query={})
+    return DatabaseTarget("postgresql", clean, connect_args, pool_size, schema)
+
+
+def _mysql(url: URL) -> DatabaseTarget:
+    query = dict(url.query)
+    connect_args: dict[str, Any] = {}
+    pool_size = None
+    if timeout := _pop_text(query, "connect_timeout"):
+        connect_args["connect_timeout"] = _number(timeout, "connect_timeout")
+    if limit := _pop_text(query, "connection_limit"):
+        pool_size = int(_number(limit, "connection_limit"))
+    if _pop_text(query, "sslmode") in ("require", "required", "verify-full", "verify_identity"):
+        connect_args["ssl"] = True
+    _reject_unknown(query)
+    clean = url.set(drivername="mysql+asyncmy", query={"charset": "utf8mb4"})
+    return DatabaseTarget("mysql", clean, connect_args, pool_size)
+
+
+def _pop_text(query: dict[str, Any], name: str) -> str | None:
+    value = query.pop(name, None)
+    if isinstance(value, tuple):  # a repeated parameter: the last one wins, as in Prisma
+        value = value[-1]
+    return None if value is None else str(value)
+
+
+def _number(text: str, name: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"parameter {name} must be a number") from None
+    if value <= 0:
+        raise ValueError(f"parameter {name} must be positive")
+    return value
+
+
+def _reject_unknown(query: dict[str, Any]) -> None:
+    unknown = sorted(set(query) - _PRISMA_ONLY)
+    if unknown:
+        raise ValueError(f"has parameters this worker does not understand: {', '.join(unknown)}")

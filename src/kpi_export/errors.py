@@ -1,0 +1,48 @@
+"""The exceptions of kpi_export, split by whether a retry can help.
+
+    KpiExportError
+     ├── ConfigError          bad settings: the program stops at start with exit status 2
+     ├── SchemaNotReady       the audit table is missing or behind: run `kpi-export db upgrade`
+     ├── InvalidJobData       permanent: the job fails and is never retried (a bullmq UnrecoverableError)
+     └── AuditWriteError      the database refused the row; the producer's attempts/backoff apply
+          └── TransientDatabaseError   connection lost, failover, deadlock: retried inside the job first
+
+Messages never hold a secret: they are logged and stored in Redis as the job's `failedReason`.
+"""
+
+from __future__ import annotations
+
+from bullmq import UnrecoverableError
+
+
+class KpiExportError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ConfigError(KpiExportError):
+    """A setting is invalid; `variable` names the environment variable."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"invalid {variable}: {problem}")
+        self.variable = variable
+        self.problem = problem
+
+
+class SchemaNotReady(KpiExportError):
+    """The database lacks the audit table, or its migrations are not at head."""
+
+
+class InvalidJobData(KpiExportError, UnrecoverableError):  # type: ignore[misc]
+    """`job.data` breaks the job contract. bullmq never retries an UnrecoverableError."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class AuditWriteError(KpiExportError):
+    """The audit row could not be written."""
+
+
+class TransientDatabaseError(AuditWriteError):
+    """A database fault that a retry can cure."""

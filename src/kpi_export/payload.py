@@ -1,0 +1,222 @@
+"""The job contract: `job.data` in, one validated `AuditEntry` out.
+
+Pure functions only (no I/O, no clock, no logging), so that every rule is a row of a unit table.
+Problems that do not fail the job come back as `AuditEntry.warnings` for the caller to log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kpi_export.errors import InvalidJobData
+
+USUARIO_ID_MAX = 2_147_483_647  # the column is a 32-bit signed INTEGER
+FILTERS_MAX_BYTES = 64 * 1024
+FILTERS_MAX_DEPTH = 32
+FORMAT_MAX_LENGTH = 16
+DEFAULT_FORMAT = "csv"
+IP_MAX_LENGTH = 1024  # far above any real address list; longer text is not an address
+
+USUARIO_ID_ERROR = "usuarioId inválido en job.data"
+
+_DIGITS = re.compile(r"[0-9]+")
+_FORMAT = re.compile(r"[a-z0-9._-]+")
+_PORT = re.compile(r"[0-9]{1,5}")
+
+JsonContainer = dict[str, Any] | list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One audit row's values, normalised."""
+
+    usuario_id: int
+    ip: str | None
+    filters: JsonContainer
+    format: str
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+
+def parse_job_data(data: object) -> AuditEntry:
+    """Validate and normalise one job's data. Raises InvalidJobData."""
+    if not isinstance(data, Mapping):
+        raise InvalidJobData("data", "job.data inválido: se esperaba un objeto JSON")
+    warnings: list[str] = []
+    usuario_id = parse_usuario_id(data.get("usuarioId"))
+    ip, ip_warning = parse_ip(data.get("ip"), present="ip" in data)
+    filters, filters_warning = parse_filters(data.get("filters"))
+    fmt = parse_format(data.get("format"))
+    warnings.extend(w for w in (ip_warning, filters_warning) if w)
+    return AuditEntry(usuario_id, ip, filters, fmt, tuple(warnings))
+
+
+def parse_usuario_id(value: object) -> int:
+    """An integer, an integral float or a string of decimal digits, in 1 … 2147483647."""
+    number: int | None = None
+    if isinstance(value, bool):  # bool is an int subclass: True must not become user 1
+        number = None
+    elif isinstance(value, int):
+        number = value
+    elif isinstance(value, float):
+        if value.is_integer():
+            number = int(value)
+    elif isinstance(value, str):
+        digits = value.strip()
+        if _DIGITS.fullmatch(digits):
+            significant = digits.lstrip("0") or "0"
+            # Bounding the length first keeps int() cheap on a hostile million-digit string.
+            if len(significant) <= len(str(USUARIO_ID_MAX)):
+                number = int(significant)
+    if number is None or not 1 <= number <= USUARIO_ID_MAX:
+        raise InvalidJobData("usuarioId", USUARIO_ID_ERROR)
+    return number
+
+
+def parse_ip(value: object, *, present: bool = True) -> tuple[str | None, str | None]:
+    """The canonical text of the client address, or None and the reason for a warning."""
+    if not isinstance(value, str):
+        if not present or value is None:
+            return None, "ip missing in job.data; stored as null"
+        return None, f"ip in job.data is a {type(value).__name__}, not a string; stored as null"
+    address = _canonical_address(value)
+    if address is None:
+        return None, "ip in job.data is not an IP address; stored as null"
+    return address, None
+
+
+def _canonical_address(text: str) -> str | None:
+    if len(text) > IP_MAX_LENGTH:
+        return None
+    # X-Forwarded-For: the first entry is the client.
+    candidate = text.split(",", 1)[0].strip()
+    host = _strip_port(candidate)
+    if host is None:
+        return None
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        # Node on a dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d.
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+def _strip_port(candidate: str) -> str | None:
+    """`[v6]:port` -> v6, `[v6]` -> v6, `v4:port` -> v4; a bare IPv6 has several colons and no port."""
+    if candidate.startswith("["):
+        end = candidate.find("]")
+        if end < 0:
+            return None
+        rest = candidate[end + 1 :]
+        if rest and not (rest.startswith(":") and _valid_port(rest[1:])):
+            return None
+        return candidate[1:end]
+    if candidate.count(":") == 1:
+        host, port = candidate.split(":")
+        return host if _valid_port(port) else None
+    return candidate
+
+
+def _valid_port(text: str) -> bool:
+    return bool(_PORT.fullmatch(text)) and int(text) <= 65535
+
+
+def parse_filters(value: object) -> tuple[JsonContainer, str | None]:
+    """An object or array (or a string holding the JSON of one); `{}` when missing.
+
+    Raises InvalidJobData when it is too large or too deep to store.
+    """
+    if value is None:
+        return {}, None
+    if isinstance(value, str):
+        if len(value.encode("utf-8", "surrogatepass")) > FILTERS_MAX_BYTES:
+            raise InvalidJobData("filters", _filters_too_large())
+        try:
+            value = json.loads(value)
+        except RecursionError:
+            raise InvalidJobData("filters", _filters_too_deep()) from None
+        except ValueError:
+            return {}, "filters in job.data is a string that is not JSON; stored as {}"
+        if not isinstance(value, dict | list):
+            return {}, "filters in job.data is a string holding neither an object nor an array; stored as {}"
+    if not isinstance(value, dict | list):
+        return {}, f"filters in job.data is a {type(value).__name__}; stored as {{}}"
+    _check_storable(value)
+    try:
+        encoded = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except ValueError:
+        raise InvalidJobData("filters", "filters inválido en job.data: contiene NaN o Infinity") from None
+    if len(encoded.encode("utf-8")) > FILTERS_MAX_BYTES:
+        raise InvalidJobData("filters", _filters_too_large())
+    return value, None
+
+
+def _check_storable(value: JsonContainer) -> None:
+    """Depth, and text a database can store (no NUL, no lone surrogate), walked without recursion."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > FILTERS_MAX_DEPTH:
+                raise InvalidJobData("filters", _filters_too_deep())
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    _check_text(key)
+                    stack.append((child, depth + 1))
+            else:
+                stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, str):
+            _check_text(item)
+
+
+def _check_text(text: object) -> None:
+    if not isinstance(text, str):
+        raise InvalidJobData("filters", "filters inválido en job.data: claves que no son texto")
+    if "\x00" in text:
+        raise InvalidJobData("filters", "filters inválido en job.data: contiene el carácter NUL")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidJobData(
+            "filters", "filters inválido en job.data: contiene texto que no es Unicode válido"
+        ) from None
+
+
+def _filters_too_large() -> str:
+    return f"filters inválido en job.data: ocupa más de {FILTERS_MAX_BYTES} bytes como JSON"
+
+
+def _filters_too_deep() -> str:
+    return f"filters inválido en job.data: anidado a más de {FILTERS_MAX_DEPTH} niveles"
+
+
+def parse_format(value: object) -> str:
+    """Trimmed and lower case; `csv` when missing or empty."""
+    if value is None:
+        return DEFAULT_FORMAT
+    if not isinstance(value, str):
+        raise InvalidJobData("format", "format inválido en job.data: debe ser texto")
+    fmt = value.strip().lower()
+    if not fmt:
+        return DEFAULT_FORMAT
+    if len(fmt) > FORMAT_MAX_LENGTH:
+        raise InvalidJobData("format", f"format inválido en job.data: más de {FORMAT_MAX_LENGTH} caracteres")
+    if not _FORMAT.fullmatch(fmt):
+        raise InvalidJobData(
+            "format", "format inválido en job.data: solo se admiten a-z, 0-9, '.', '_' y '-'"
+        )
+    return fmt
+
+
+def idempotency_key(queue: str, job_id: str, timestamp: int) -> str:
+    """The audit row's unique key for one job: the same on every delivery of that job, and new for a new
+    job that reuses an id (its creation timestamp differs)."""
+    canonical = json.dumps([queue, job_id, timestamp], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()

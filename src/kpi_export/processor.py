@@ -1,0 +1,88 @@
+"""What the worker does with one job: validate, write the audit row once, publish its id, return it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from kpi_export.audit import AuditStore, utc_now
+from kpi_export.dbfaults import describe, is_transient
+from kpi_export.errors import AuditWriteError, TransientDatabaseError
+from kpi_export.logs import Throttle
+from kpi_export.payload import AuditEntry, idempotency_key, parse_job_data
+from kpi_export.queue import QueuedJob
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobDeps:
+    """What `process_job` needs, given as a keyword argument (bullmq passes positionals of its own)."""
+
+    store: AuditStore
+    retry_window: float  # seconds a transient database fault is retried inside the job
+    throttle: Throttle
+
+
+async def process_job(job: QueuedJob, token: str, *, deps: JobDeps) -> dict[str, int]:
+    entry = parse_job_data(job.data)  # InvalidJobData fails the job for good
+    for warning in entry.warnings:
+        log.warning("Job %s: %s", job.id, warning, extra={"event": "job.warning", "job_id": job.id})
+    key = idempotency_key(job.queueQualifiedName, job.id, job.timestamp)
+    id_export = await write_audit_row(deps, job, entry, key)
+    try:
+        await job.updateProgress({"idExport": id_export})
+    except Exception as exc:
+        log.warning(
+            "Job %s: progress not published (%s: %s); the job completes with its result",
+            job.id,
+            type(exc).__name__,
+            exc,
+            extra={"event": "job.progress_failed", "job_id": job.id, "idExport": id_export},
+        )
+    return {"idExport": id_export}
+
+
+async def write_audit_row(deps: JobDeps, job: QueuedJob, entry: AuditEntry, key: str) -> int:
+    """The idempotent insert, retried with backoff while the fault is transient and the window lasts."""
+
+    def before_sleep(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        deps.throttle.log(
+            log,
+            "database-transient",
+            logging.WARNING,
+            "Database unavailable (%s); audit writes are retried for up to %.0f s (job %s)",
+            describe(error) if error else "unknown",
+            deps.retry_window,
+            job.id,
+            extra={"event": "db.retry", "job_id": job.id},
+        )
+
+    created_at = utc_now()
+    try:
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(is_transient),
+            wait=wait_exponential_jitter(initial=0.1, max=5.0),
+            stop=stop_after_delay(deps.retry_window),
+            before_sleep=before_sleep,
+            reraise=True,
+        ):
+            with attempt:
+                return await deps.store.record(entry, key, created_at)
+    except Exception as exc:
+        # The driver's exception stays out of the chain: bullmq stores the traceback in Redis.
+        if is_transient(exc):
+            log.error("Job %s: database still unavailable: %s", job.id, describe(exc))
+            raise TransientDatabaseError(f"base de datos no disponible: {describe(exc)}") from None
+        log.error("Job %s: audit row refused: %s", job.id, describe(exc))
+        raise AuditWriteError(f"error de base de datos: {describe(exc)}") from None
+    raise AssertionError("unreachable: tenacity either returns or raises")

@@ -1,0 +1,93 @@
+"""Watches Redis with a ping: waits for it at start, and logs one line when it is lost and one when it is back.
+
+bullmq retries lost connections silently; this is what tells the operator about an outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from redis.asyncio import Redis
+
+from kpi_export.queue import RedisTarget
+
+log = logging.getLogger(__name__)
+
+PING_INTERVAL = 2.0
+
+
+class RedisWatch:
+    def __init__(self, client: Redis, target: RedisTarget, interval: float = PING_INTERVAL) -> None:
+        self.client = client
+        self.target = target
+        self.interval = interval
+        self.up = False
+        self.outages = 0  # times Redis was lost after having been reached
+        self._lost_at: float | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def check(self) -> bool:
+        """Ping once; log the transitions between reachable and not."""
+        try:
+            await asyncio.wait_for(self.client.ping(), timeout=self.interval * 3)
+        except Exception as exc:
+            if self._lost_at is None:
+                self._lost_at = time.monotonic()
+                if self.up:
+                    self.outages += 1
+                    log.warning(
+                        "Redis connection lost at %s (%s); reconnecting",
+                        self.target.display,
+                        _why(exc),
+                        extra={"event": "redis.lost"},
+                    )
+                else:
+                    log.warning(
+                        "Redis not reachable at %s (%s); waiting for it",
+                        self.target.display,
+                        _why(exc),
+                        extra={"event": "redis.waiting"},
+                    )
+            self.up = False
+            return False
+        if self._lost_at is not None:
+            log.info(
+                "Redis reachable again at %s after %.1f s",
+                self.target.display,
+                time.monotonic() - self._lost_at,
+                extra={"event": "redis.back"},
+            )
+            self._lost_at = None
+        self.up = True
+        return True
+
+    async def wait_until_up(self, give_up: asyncio.Event) -> bool:
+        """Block until Redis answers (True) or `give_up` is set (False)."""
+        while not await self.check():
+            try:
+                await asyncio.wait_for(give_up.wait(), timeout=self.interval)
+                return False
+            except TimeoutError:
+                continue
+        return True
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="redis-watch")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.check()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.client.aclose()
+
+
+def _why(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,137 @@
+"""Fixtures for real services: Redis, PostgreSQL and SQLite.
+
+A service that is down is a skip on a laptop (with the reason) and a failure under CI (CI=true).
+Each test gets its own queue name and its own database (a SQLite file, or a PostgreSQL schema) and
+leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import asyncpg
+import pytest
+import redis
+from pydantic import SecretStr
+
+from kpi_export.audit import create_engine
+from kpi_export.config import Settings
+from kpi_export.schema import upgrade
+
+REDIS_URL = os.environ.get("KPI_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES_URL = os.environ.get("KPI_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+_reachable: dict[str, bool] = {}
+
+
+def _can_connect(url: str) -> bool:
+    if url not in _reachable:
+        parts = urlsplit(url)
+        try:
+            with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 0), timeout=1):
+                _reachable[url] = True
+        except OSError:
+            _reachable[url] = False
+    return _reachable[url]
+
+
+def require_service(name: str, url: str) -> None:
+    if _can_connect(url):
+        return
+    where = urlsplit(url).netloc.rsplit("@", 1)[-1]
+    if IN_CI:
+        pytest.fail(f"{name} is not reachable at {where}, and CI needs it (.ci/run starts it)")
+    pytest.skip(f"{name} is not reachable at {where}")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    require_service("Redis", REDIS_URL)
+    return REDIS_URL
+
+
+@pytest.fixture
+def queue_name(redis_url: str) -> Iterator[str]:
+    """A queue of this test's own; its keys are deleted afterwards."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    yield name
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"bull:{name}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL schema of this test's own, as a Prisma-style URL (`?schema=`); dropped afterwards."""
+    require_service("PostgreSQL", POSTGRES_URL)
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(POSTGRES_URL)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run(f'CREATE SCHEMA "{schema}"'))
+    yield f"{POSTGRES_URL}?schema={schema}"
+    asyncio.run(run(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"file:{tmp_path / 'audit.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Each test that uses it runs once on SQLite and once on PostgreSQL."""
+    return str(request.getfixturevalue(f"{request.param}_url"))
+
+
+@pytest.fixture
+def settings(redis_url: str, database_url: str, queue_name: str) -> Settings:
+    return Settings(
+        redis_url=SecretStr(redis_url),
+        database_url=SecretStr(database_url),
+        queue_name=queue_name,
+        worker_concurrency=4,
+        shutdown_timeout=10,
+    )
+
+
+@pytest.fixture
+async def migrated(settings: Settings) -> AsyncIterator[Settings]:
+    """`settings`, with the audit table made by the migrations."""
+    engine = create_engine(settings.database)
+    try:
+        await upgrade(engine)
+    finally:
+        await engine.dispose()
+    yield settings
+
+
+def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment a `kpi-export` process needs to use `settings`."""
+    env = {k: v for k, v in os.environ.items() if k not in {"REDIS_HOST", "REDIS_PORT", "REDIS_PASSWORD"}}
+    env.update(
+        REDIS_URL=settings.redis_url.get_secret_value() if settings.redis_url else "",
+        DATABASE_URL=settings.database_url.get_secret_value(),
+        QUEUE_NAME=settings.queue_name,
+        WORKER_CONCURRENCY=str(settings.worker_concurrency),
+        SHUTDOWN_TIMEOUT=str(settings.shutdown_timeout),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env

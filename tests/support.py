@@ -1,0 +1,164 @@
+"""Helpers for the integration tests: wait on the queue's events, read the audit table, run a worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from bullmq import Queue, QueueEvents
+from sqlalchemy import select
+
+from kpi_export.audit import audit_table, create_engine
+from kpi_export.config import Settings
+from kpi_export.queue import create_queue, redis_client
+from kpi_export.worker import StopSignals, run_worker
+
+
+class JobEvents:
+    """Follows the queue's event stream from its start, so that no event can be missed."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._events = QueueEvents(
+            settings.queue_name,
+            {
+                "connection": redis_client(settings, max_connections=2),
+                "lastEventId": "0-0",
+                "blockingTimeout": 1000,
+            },
+        )
+        self._finished: dict[str, asyncio.Future[tuple[str, Any]]] = {}
+        self._events.on("completed", self._on_completed)
+        self._events.on("failed", self._on_failed)
+
+    def _future(self, job_id: str) -> asyncio.Future[tuple[str, Any]]:
+        if job_id not in self._finished:
+            self._finished[job_id] = asyncio.get_running_loop().create_future()
+        return self._finished[job_id]
+
+    def _on_completed(self, args: dict[str, Any], _id: str) -> None:
+        future = self._future(args["jobId"])
+        if not future.done():
+            future.set_result(("completed", args.get("returnvalue")))
+
+    def _on_failed(self, args: dict[str, Any], _id: str) -> None:
+        future = self._future(args["jobId"])
+        if not future.done():
+            future.set_result(("failed", args.get("failedReason")))
+
+    async def finished(self, job_id: str, timeout: float = 15) -> tuple[str, Any]:
+        """("completed", returnvalue) or ("failed", failedReason) once the job has finished for good."""
+        return await asyncio.wait_for(asyncio.shield(self._future(job_id)), timeout)
+
+    async def close(self) -> None:
+        await self._events.close()
+
+
+@contextlib.asynccontextmanager
+async def job_events(settings: Settings) -> AsyncIterator[JobEvents]:
+    events = JobEvents(settings)
+    try:
+        yield events
+    finally:
+        await events.close()
+
+
+@contextlib.asynccontextmanager
+async def queue_for(settings: Settings) -> AsyncIterator[Queue]:
+    queue = create_queue(settings)
+    try:
+        yield queue
+    finally:
+        await queue.close()
+
+
+async def audit_rows(settings: Settings) -> list[Any]:
+    engine = create_engine(settings.database)
+    try:
+        async with engine.connect() as conn:
+            return list((await conn.execute(select(audit_table).order_by(audit_table.c.idExport))).all())
+    finally:
+        await engine.dispose()
+
+
+async def wait_until(
+    condition: Callable[[], Awaitable[bool]], timeout: float = 10, what: str = "the condition"
+) -> None:
+    """Check `condition` until it holds; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def running_worker(settings: Settings) -> AsyncIterator[StopSignals]:
+    """The real worker (`run_worker`) in this event loop; stopped gracefully at the end."""
+    stop = StopSignals(install=False)
+    task = asyncio.create_task(run_worker(settings, stop))
+    try:
+        yield stop
+    finally:
+        stop.request("test over")
+        status = await asyncio.wait_for(task, timeout=settings.shutdown_timeout + 10)
+        assert status == 0
+
+
+class WorkerProcess:
+    """`kpi-export worker` as a child process; its output is collected line by line."""
+
+    def __init__(self, env: dict[str, str], *args: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "kpi_export", *(args or ("worker",))],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for_line(self, text: str, timeout: float = 20) -> str:
+        """The first output line that contains `text`, waiting for it to be printed."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in self.lines:
+                    if text in line:
+                        return line
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (self.process.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(f"no line with {text!r} in the worker's output:\n{self.output}")
+                self._changed.wait(remaining)
+
+    def wait(self, timeout: float) -> int:
+        status = self.process.wait(timeout)
+        self._reader.join(timeout=5)
+        return status
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._reader.join(timeout=5)

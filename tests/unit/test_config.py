@@ -1,0 +1,89 @@
+"""Settings from the environment; a bad value names its variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from kpi_export.config import Settings, load_settings
+from kpi_export.errors import ConfigError
+
+VARIABLES = (
+    "REDIS_HOST",
+    "REDIS_PORT",
+    "REDIS_PASSWORD",
+    "REDIS_URL",
+    "QUEUE_NAME",
+    "WORKER_CONCURRENCY",
+    "DATABASE_URL",
+    "SHUTDOWN_TIMEOUT",
+    "DB_RETRY_WINDOW",
+    "LOG_LEVEL",
+    "LOG_FORMAT",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_defaults_are_the_originals() -> None:
+    settings = load_settings()
+    assert (settings.redis_host, settings.redis_port, settings.redis_password) == ("127.0.0.1", 6379, None)
+    assert settings.queue_name == "kpi-export-queue"
+    assert settings.worker_concurrency == 1
+    assert settings.shutdown_timeout == 25
+    assert settings.database.dialect == "sqlite"
+    assert (settings.log_level, settings.log_format) == ("INFO", "text")
+
+
+def test_values_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORKER_CONCURRENCY", "50")
+    monkeypatch.setenv("QUEUE_NAME", "otra-cola")
+    monkeypatch.setenv("REDIS_PASSWORD", "hunter2")
+    monkeypatch.setenv("LOG_FORMAT", "JSON")
+    monkeypatch.setenv("LOG_LEVEL", "debug")
+    monkeypatch.setenv("REDIS_PORT", "")  # empty means unset
+    settings = load_settings()
+    assert (settings.worker_concurrency, settings.queue_name, settings.redis_port) == (50, "otra-cola", 6379)
+    assert (settings.log_format, settings.log_level) == ("json", "DEBUG")
+    assert "hunter2" not in repr(settings)
+    assert settings.secrets() == ["hunter2"]
+
+
+def test_url_credentials_count_as_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "rediss://default:redispw@cache:6380/0")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app:dbpw@db/kpis?schema=public")
+    assert sorted(load_settings().secrets()) == ["dbpw", "redispw"]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("WORKER_CONCURRENCY", "abc", "valid integer"),
+        ("WORKER_CONCURRENCY", "0", "greater than 0"),
+        ("REDIS_PORT", "70000", "less than or equal to 65535"),
+        ("REDIS_URL", "http://user:secretpw@cache:6379", "must start with redis://"),
+        ("REDIS_URL", "redis://cache:notaport", "invalid port"),
+        ("DATABASE_URL", "mongodb://u:secretpw@h/db", "unsupported scheme"),
+        ("SHUTDOWN_TIMEOUT", "-1", "greater than or equal to 0"),
+        ("QUEUE_NAME", "a:b", "without ':'"),
+        ("LOG_FORMAT", "xml", "'text' or 'json'"),
+    ],
+)
+def test_a_bad_value_names_its_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert caught.value.variable == variable
+    assert str(caught.value).startswith(f"invalid {variable}: ")
+    assert message in str(caught.value)
+    assert "secretpw" not in str(caught.value)
+
+
+def test_settings_can_be_given_directly() -> None:
+    settings = Settings(queue_name="q", worker_concurrency=3)
+    assert (settings.queue_name, settings.worker_concurrency) == ("q", 3)

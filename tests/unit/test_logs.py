@@ -1,0 +1,95 @@
+"""Log lines: the original's wording, no secret, no forged line, one line per outage."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from kpi_export.logs import Throttle, escape_controls, setup_logging
+
+
+@pytest.fixture
+def output() -> Iterator[io.StringIO]:
+    stream = io.StringIO()
+    yield stream
+    logging.getLogger().handlers.clear()
+
+
+def test_info_lines_are_printed_as_the_original_printed_them(output: io.StringIO) -> None:
+    setup_logging("INFO", "text", stream=output)
+    logging.getLogger("kpi_export.worker").info('Worker escuchando cola "%s" (concurrency=%d)', "q", 3)
+    logging.getLogger("kpi_export.worker").warning("careful")
+    assert output.getvalue().splitlines() == [
+        'Worker escuchando cola "q" (concurrency=3)',
+        "WARNING: careful",
+    ]
+
+
+def test_job_data_cannot_forge_a_log_line(output: io.StringIO) -> None:
+    setup_logging("INFO", "text", stream=output)
+    logging.getLogger("t").info("Job %s completed", "7\nERROR: forged\x1b[31m\u2028")
+    assert output.getvalue() == "Job 7\\x0aERROR: forged\\x1b[31m\\u2028 completed\n"
+
+
+def test_secrets_and_url_credentials_are_redacted_in_text_and_json(output: io.StringIO) -> None:
+    for fmt in ("text", "json"):
+        output.seek(0)
+        output.truncate()
+        setup_logging("INFO", fmt, secrets=["hunter2", 'pa"ss'], stream=output)
+        log = logging.getLogger("t")
+        log.info("password %s and %s", "hunter2", 'pa"ss')
+        log.info("url redis://default:whatever@cache:6379/0")
+        try:
+            raise RuntimeError("failed with hunter2")
+        except RuntimeError:
+            log.exception("boom")
+        text = output.getvalue()
+        assert "hunter2" not in text and 'pa"ss' not in text and 'pa\\"ss' not in text
+        assert "whatever" not in text
+        assert "redis://***@cache:6379/0" in text
+
+
+def test_json_lines_carry_the_structured_fields(output: io.StringIO) -> None:
+    setup_logging("INFO", "json", stream=output)
+    logging.getLogger("kpi_export.worker").info(
+        "Job %s completed",
+        "9",
+        extra={"event": "job.completed", "job_id": "9", "idExport": 3, "duration_ms": 4},
+    )
+    record = json.loads(output.getvalue())
+    assert record["message"] == "Job 9 completed"
+    assert (record["event"], record["job_id"], record["idExport"], record["duration_ms"]) == (
+        "job.completed",
+        "9",
+        3,
+        4,
+    )
+    assert record["level"] == "INFO" and "time" in record
+
+
+def test_escape_controls_keeps_ordinary_text() -> None:
+    assert escape_controls("usuarioId inválido en job.data") == "usuarioId inválido en job.data"
+
+
+def test_throttle_lets_one_line_a_minute_through_and_counts_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    throttle = Throttle(interval=60, clock=lambda: now[0])
+    log = logging.getLogger("throttled")
+    with caplog.at_level(logging.ERROR):
+        for _ in range(100):
+            throttle.log(log, "redis", logging.ERROR, "Redis lost")
+            now[0] += 0.5
+        throttle.log(log, "other", logging.ERROR, "another kind")
+        now[0] += 10
+        throttle.log(log, "redis", logging.ERROR, "Redis lost")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Redis lost",
+        "another kind",
+        "Redis lost (99 similar lines held back in the last 60 s)",
+    ]
