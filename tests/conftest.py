@@ -72,7 +72,7 @@ def queue_name(redis_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def postgres_url() -> Iterator[str]:
+def postgresql_url() -> Iterator[str]:
     """A PostgreSQL schema of this test's own, as a Prisma-style URL (`?schema=`); dropped afterwards."""
     require_service("PostgreSQL", POSTGRES_URL)
     schema = f"t_{uuid.uuid4().hex[:12]}"

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from kpi_export.audit import audit_table, create_engine
 from kpi_export.config import Settings
 from kpi_export.queue import create_queue, redis_client
-from kpi_export.worker import StopSignals, run_worker
+from kpi_export.worker import Exit, StopSignals, run_worker
 
 
 class JobEvents:
@@ -106,8 +106,8 @@ async def running_worker(settings: Settings) -> AsyncIterator[StopSignals]:
         yield stop
     finally:
         stop.request("test over")
-        status = await asyncio.wait_for(task, timeout=settings.shutdown_timeout + 10)
-        assert status == 0
+        outcome = await asyncio.wait_for(task, timeout=settings.shutdown_timeout + 10)
+        assert outcome == Exit(0)
 
 
 class WorkerProcess:
@@ -158,7 +158,10 @@ class WorkerProcess:
         return status
 
     def kill(self) -> None:
+        """Make sure the process is gone and its pipe closed (every test calls it in `finally`)."""
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
         self._reader.join(timeout=5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()

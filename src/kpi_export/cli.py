@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -48,7 +49,11 @@ def worker() -> None:
     from kpi_export.worker import run_worker
 
     settings = _settings(stream=sys.stdout)
-    sys.exit(_run(run_worker(settings)))
+    outcome = _run(run_worker(settings))
+    if not outcome.clean:
+        logging.shutdown()
+        os._exit(outcome.status)  # leave bullmq's stuck task behind instead of waiting on it
+    sys.exit(outcome.status)
 
 
 @cli.group()

@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     database_url: SecretStr = SecretStr(DEFAULT_DATABASE_URL)
     shutdown_timeout: float = Field(25.0, ge=0)
     db_retry_window: float = Field(30.0, ge=0)
+    # A job whose worker died goes back to wait after this long (bullmq's lockDuration and stalledInterval).
+    lock_duration: float = Field(30.0, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 

@@ -71,7 +71,7 @@ async def write_audit_row(deps: JobDeps, job: QueuedJob, entry: AuditEntry, key:
     try:
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(is_transient),
-            wait=wait_exponential_jitter(initial=0.1, max=5.0),
+            wait=wait_exponential_jitter(multiplier=0.1, max=5.0),
             stop=stop_after_delay(deps.retry_window),
             before_sleep=before_sleep,
             reraise=True,

@@ -26,8 +26,7 @@ CONNECT_TIMEOUT = 5.0
 # After Redis was lost, how long the worker loop waits before it asks for jobs again (bullmq's default: 15 s).
 RUN_RETRY_DELAY_MS = 1000
 # A job whose worker died is taken over when its lock expires; the idempotency key makes a re-run harmless,
-# so a job may stall a few times (a crash loop, chaos) before bullmq gives up on it.
-LOCK_DURATION_MS = 30_000
+# so a job may stall a few times (a crash loop, chaos) before bullmq gives up on it (its default: once).
 MAX_STALLED_COUNT = 5
 
 
@@ -100,7 +99,8 @@ def create_worker(settings: Settings, processor: Processor) -> Worker:
             "concurrency": settings.worker_concurrency,
             "drainDelay": DRAIN_DELAY,
             "runRetryDelay": RUN_RETRY_DELAY_MS,
-            "lockDuration": LOCK_DURATION_MS,
+            "lockDuration": int(settings.lock_duration * 1000),
+            "stalledInterval": int(settings.lock_duration * 1000),
             "maxStalledCount": MAX_STALLED_COUNT,
             "name": worker_name(),
         },

@@ -10,6 +10,7 @@ import functools
 import logging
 import signal
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from bullmq import Worker
@@ -64,17 +65,23 @@ class StopSignals:
                 self._loop.remove_signal_handler(sig)
 
 
-async def run_worker(settings: Settings, stop: StopSignals | None = None) -> int:
-    """Run until a signal (or `stop`) stops it; return the exit status."""
+@dataclass(frozen=True)
+class Exit:
+    status: int
+    clean: bool = True  # False: a task of bullmq's would not stop; the process must exit without waiting
+
+
+async def run_worker(settings: Settings, stop: StopSignals | None = None) -> Exit:
+    """Run until a signal (or `stop`) stops it."""
     stop = stop or StopSignals()
     throttle = Throttle()
     watch = RedisWatch(redis_client(settings, max_connections=1), redis_target(settings))
     engine = create_engine(settings.database, pool_size=min(settings.worker_concurrency, 20))
     try:
         if not await watch.wait_until_up(stop.requested):
-            return 0
+            return Exit(0)
         if not await _wait_for_database(engine, stop.requested):
-            return 0
+            return Exit(0)
         watch.start()
         deps = JobDeps(AuditStore(engine), settings.db_retry_window, throttle)
         worker = create_worker(settings, functools.partial(process_job, deps=deps))
@@ -82,7 +89,7 @@ async def run_worker(settings: Settings, stop: StopSignals | None = None) -> int
         return await _supervise(worker, settings, stop)
     except SchemaNotReady as exc:
         log.error("Cannot start: %s", exc, extra={"event": "worker.schema_not_ready"})
-        return 1
+        return Exit(1)
     finally:
         stop.remove()
         await watch.close()
@@ -117,7 +124,7 @@ async def _wait_for_database(engine: AsyncEngine, give_up: asyncio.Event) -> boo
         return True
 
 
-async def _supervise(worker: Worker, settings: Settings, stop: StopSignals) -> int:
+async def _supervise(worker: Worker, settings: Settings, stop: StopSignals) -> Exit:
     run = asyncio.create_task(worker.run(), name="bullmq-worker")
     log.info(
         'Worker escuchando cola "%s" (concurrency=%d)',
@@ -136,42 +143,44 @@ async def _supervise(worker: Worker, settings: Settings, stop: StopSignals) -> i
             extra={"event": "worker.crashed"},
         )
         stopping.cancel()
-        await _close(worker, force=True)
-        return 1
-    await _drain(worker, settings.shutdown_timeout, stop.forced)
+        return Exit(1, await _close(worker, abandon=True))
+    closed = await _close(worker, timeout=settings.shutdown_timeout, forced=stop.forced)
     await asyncio.wait({run}, timeout=FORCED_CLOSE_GRACE)
     log.info("Worker stopped", extra={"event": "worker.stopped"})
-    return 0
+    return Exit(0, closed)
 
 
-async def _drain(worker: Worker, timeout: float, forced: asyncio.Event) -> None:
-    """Let the jobs in flight finish for up to `timeout` seconds, or until a second signal."""
+async def _close(
+    worker: Worker, *, timeout: float = 0, forced: asyncio.Event | None = None, abandon: bool = False
+) -> bool:
+    """Close the worker, letting the jobs in flight finish for up to `timeout` s or until `forced` is set;
+    then abandon them. Returns False when bullmq's close() did not finish even then."""
     started = time.monotonic()
-    graceful = asyncio.create_task(worker.close())
-    force_requested = asyncio.create_task(forced.wait())
-    done, _ = await asyncio.wait(
-        {graceful, force_requested}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-    )
-    force_requested.cancel()
-    if graceful in done:
-        log.info("Drained in %.1f s", time.monotonic() - started, extra={"event": "worker.drained"})
-        return
-    in_flight = len(worker.jobs)
-    log.warning(
-        "Stopping with %d job(s) in flight: they stay active in Redis and another worker takes them "
-        "over when their lock expires",
-        in_flight,
-        extra={"event": "worker.abandoned"},
-    )
-    await _close(worker, force=True)
-    graceful.cancel()
-
-
-async def _close(worker: Worker, *, force: bool) -> None:
-    try:
-        await asyncio.wait_for(worker.close(force=force), timeout=FORCED_CLOSE_GRACE)
-    except Exception as exc:
-        log.warning("Closing the worker did not finish cleanly: %s", describe(exc))
+    closing = asyncio.create_task(worker.close())
+    if not abandon:
+        force_requested = asyncio.create_task((forced or asyncio.Event()).wait())
+        await asyncio.wait({closing, force_requested}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        force_requested.cancel()
+        if closing.done():
+            log.info("Drained in %.1f s", time.monotonic() - started, extra={"event": "worker.drained"})
+            return True
+    if worker.jobs:
+        log.warning(
+            "Stopping with %d job(s) in flight: they stay active in Redis and another worker takes them "
+            "over when their lock expires",
+            len(worker.jobs),
+            extra={"event": "worker.abandoned"},
+        )
+    # What close(force=True) does before its teardown. A second, forced close() beside the pending one
+    # would leave that one spinning forever once asyncio.run() cancels its teardown.
+    worker.forceClosing = True
+    worker.cancelAllJobs("worker stopping")
+    worker.cancelProcessing()
+    await asyncio.wait({closing}, timeout=FORCED_CLOSE_GRACE)
+    if not closing.done():
+        log.warning("bullmq did not close within %.0f s; exiting anyway", FORCED_CLOSE_GRACE)
+        return False
+    return True
 
 
 def _attach_listeners(worker: Worker, queue: str, throttle: Throttle) -> None:

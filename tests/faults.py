@@ -1,0 +1,119 @@
+"""Fault injection between the worker and a real Redis: a TCP proxy that understands just enough RESP to
+refuse chosen commands (as a failing Redis would) or to cut every connection (as a network fault would)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import Callable
+from typing import Self
+
+from bullmq.redis_connection import SCRIPT_DEFINITIONS, loadScript
+
+Command = list[bytes]
+
+
+def script_sha(name: str) -> bytes:
+    """The SHA1 under which bullmq's client calls one of its Lua scripts (EVALSHA)."""
+    return hashlib.sha1(loadScript(SCRIPT_DEFINITIONS[name]).encode()).hexdigest().encode()
+
+
+def calls_script(name: str) -> Callable[[Command], bool]:
+    sha = script_sha(name)
+    return lambda command: command[0].upper() == b"EVALSHA" and command[1] == sha
+
+
+def _parse_command(buffer: bytearray) -> tuple[Command, int] | None:
+    """One RESP array of bulk strings from the start of `buffer`, and its length; None if incomplete."""
+    if not buffer:
+        return None
+    if not buffer.startswith(b"*"):
+        raise ValueError("inline commands are not supported by this proxy")
+    end = buffer.find(b"\r\n")
+    if end < 0:
+        return None
+    count, position, parts = int(buffer[1:end]), end + 2, []
+    for _ in range(count):
+        end = buffer.find(b"\r\n", position)
+        if end < 0:
+            return None
+        length = int(buffer[position + 1 : end])
+        start = end + 2
+        if len(buffer) < start + length + 2:
+            return None
+        parts.append(bytes(buffer[start : start + length]))
+        position = start + length + 2
+    return parts, position
+
+
+class RedisFaultProxy:
+    """`async with RedisFaultProxy(6379) as proxy:` then connect to redis://127.0.0.1:{proxy.port}."""
+
+    def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.refuse: Callable[[Command], bool] = lambda _command: False
+        self.refused = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.StreamWriter] = set()
+
+    async def __aenter__(self) -> Self:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        self.cut_all()
+        await self._server.wait_closed()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def cut_all(self) -> None:
+        """Drop every open connection, as a network fault would."""
+        for writer in list(self._connections):
+            writer.transport.abort()
+
+    async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            client_writer.transport.abort()
+            return
+        self._connections.update((client_writer, upstream_writer))
+        back = asyncio.create_task(self._pump(upstream_reader, client_writer))
+        try:
+            buffer = bytearray()
+            while chunk := await client_reader.read(65536):
+                buffer += chunk
+                while (parsed := _parse_command(buffer)) is not None:
+                    command, size = parsed
+                    raw = bytes(buffer[:size])
+                    del buffer[:size]
+                    if self.refuse(command):
+                        self.refused += 1
+                        client_writer.write(b"-ERR injected fault: command refused by the test proxy\r\n")
+                    else:
+                        upstream_writer.write(raw)
+                await upstream_writer.drain()
+        except (ConnectionError, ValueError):
+            pass
+        finally:
+            back.cancel()
+            for writer in (client_writer, upstream_writer):
+                self._connections.discard(writer)
+                writer.transport.abort()
+            with contextlib.suppress(asyncio.CancelledError):
+                await back
+
+    @staticmethod
+    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while chunk := await reader.read(65536):
+                writer.write(chunk)
+                await writer.drain()
+        writer.transport.abort()

@@ -1,0 +1,143 @@
+"""Jobs through the real worker, real Redis and a real database (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from pydantic import SecretStr
+
+from kpi_export.audit import AuditStore, create_engine
+from kpi_export.config import Settings
+from kpi_export.logs import Throttle
+from kpi_export.processor import JobDeps, process_job
+from tests.faults import RedisFaultProxy, calls_script
+from tests.support import audit_rows, job_events, queue_for, running_worker, wait_until
+
+FILTERS = {"desde": "2026-01-01", "hasta": "2026-03-31", "area": "ventas", "kpis": ["margen", "ventas"]}
+
+
+async def test_a_valid_job_gives_one_row_progress_and_result(migrated: Settings) -> None:
+    data = {
+        "usuarioId": " 42 ",
+        "ip": "::ffff:203.0.113.7",
+        "filters": json.dumps(FILTERS),
+        "format": " XLSX",
+    }
+    async with job_events(migrated) as events, queue_for(migrated) as queue, running_worker(migrated):
+        job = await queue.add("kpi-export", data)
+        outcome, result = await events.finished(job.id)
+        stored = await queue.getJob(job.id)
+
+    rows = await audit_rows(migrated)
+    assert len(rows) == 1
+    row = rows[0]
+    assert (outcome, result) == ("completed", {"idExport": row.idExport})
+    assert type(result["idExport"]) is int
+    assert stored.returnvalue == {"idExport": row.idExport}
+    assert stored.progress == {"idExport": row.idExport}
+    assert (row.usuarioId, row.ip, row.filters, row.format, row.codigoEstado) == (
+        42,
+        "203.0.113.7",
+        FILTERS,
+        "xlsx",
+        0,
+    )
+    assert abs(row.createdAt - datetime.now(UTC).replace(tzinfo=None)) < timedelta(minutes=1)
+    assert row.idempotencyKey is not None
+
+
+async def test_invalid_usuario_id_fails_once_without_retry_and_without_row(migrated: Settings) -> None:
+    async with job_events(migrated) as events, queue_for(migrated) as queue, running_worker(migrated):
+        job = await queue.add("kpi-export", {"usuarioId": "0x1A", "ip": "1.2.3.4"}, {"attempts": 3})
+        outcome, reason = await events.finished(job.id)
+        stored = await queue.getJob(job.id)
+        state = await stored.getState()
+
+    assert (outcome, reason) == ("failed", "usuarioId inválido en job.data")
+    assert state == "failed"
+    assert stored.attemptsMade == 1
+    assert stored.failedReason == "usuarioId inválido en job.data"
+    assert stored.data == {"usuarioId": "0x1A", "ip": "1.2.3.4"}  # kept in the failed set, nothing lost
+    assert await audit_rows(migrated) == []
+
+
+async def test_a_redelivered_job_keeps_its_row_and_id(migrated: Settings) -> None:
+    async with job_events(migrated) as events, queue_for(migrated) as queue, running_worker(migrated):
+        job = await queue.add("kpi-export", {"usuarioId": 7, "ip": "10.0.0.1", "format": "pdf"})
+        first = await events.finished(job.id)
+        await (await queue.getJob(job.id)).retry("completed")  # back to wait: the same job, a second run
+
+        async def ran_twice() -> bool:
+            again = await queue.getJob(job.id)
+            return bool(again.attemptsMade >= 2 and await again.getState() == "completed")
+
+        await wait_until(ran_twice, timeout=15, what="the second run")
+        second = (await queue.getJob(job.id)).returnvalue
+
+    rows = await audit_rows(migrated)
+    assert len(rows) == 1
+    assert first == ("completed", {"idExport": rows[0].idExport})
+    assert second == {"idExport": rows[0].idExport}
+
+
+async def test_two_workers_delivering_the_same_job_at_once_write_one_row(migrated: Settings) -> None:
+    """As if the job stalled on one worker and a second took it while the first was still writing."""
+    engines = [create_engine(migrated.database) for _ in range(2)]
+    try:
+        async with queue_for(migrated) as queue:
+            added = await queue.add("kpi-export", {"usuarioId": 5, "ip": "10.1.1.1"})
+            job = await queue.getJob(added.id)
+            deps = [JobDeps(AuditStore(engine), 5.0, Throttle()) for engine in engines]
+            results = await asyncio.gather(*(process_job(job, "token", deps=d) for d in deps))
+    finally:
+        for engine in engines:
+            await engine.dispose()
+    rows = await audit_rows(migrated)
+    assert len(rows) == 1
+    assert results == [{"idExport": rows[0].idExport}] * 2
+
+
+async def test_a_failed_progress_update_is_a_warning_and_the_job_completes(
+    migrated: Settings, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    async with RedisFaultProxy(port) as proxy:
+        proxy.refuse = calls_script("updateProgress")
+        through_proxy = migrated.model_copy(update={"redis_url": SecretStr(proxy.url)})
+        with caplog.at_level(logging.WARNING, logger="kpi_export"):
+            async with job_events(migrated) as events, queue_for(migrated) as queue:
+                async with running_worker(through_proxy):
+                    job = await queue.add("kpi-export", {"usuarioId": 9, "ip": "10.0.0.9"})
+                    outcome, result = await events.finished(job.id)
+                stored = await queue.getJob(job.id)
+
+    rows = await audit_rows(migrated)
+    assert proxy.refused >= 1
+    assert (outcome, result) == ("completed", {"idExport": rows[0].idExport})
+    assert stored.progress == 0  # never published
+    warnings = [r.getMessage() for r in caplog.records if "progress not published" in r.getMessage()]
+    assert warnings == [
+        (
+            f"Job {job.id}: progress not published (ResponseError: injected fault: command refused by the "
+            "test proxy); the job completes with its result"
+        )
+    ]
+
+
+async def test_warnings_for_a_bad_ip_and_filters_do_not_fail_the_job(
+    migrated: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="kpi_export"):
+        async with job_events(migrated) as events, queue_for(migrated) as queue, running_worker(migrated):
+            job = await queue.add("kpi-export", {"usuarioId": 3, "ip": "not-an-ip", "filters": 17})
+            outcome, _ = await events.finished(job.id)
+    row = (await audit_rows(migrated))[0]
+    assert outcome == "completed"
+    assert (row.ip, row.filters, row.format) == (None, {}, "csv")
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"Job {job.id}: ip in job.data is not an IP address; stored as null" in messages
+    assert f"Job {job.id}: filters in job.data is a int; stored as {{}}" in messages

@@ -1,0 +1,196 @@
+"""`kpi-export worker` as a process: start line, configuration errors, signals, drain, waiting for Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from pydantic import SecretStr
+
+from kpi_export.config import Settings
+from kpi_export.embedded_redis import EmbeddedRedis, free_port
+from tests.conftest import worker_env
+from tests.support import WorkerProcess, audit_rows, job_events, queue_for, running_worker, wait_until
+
+START = 'Worker escuchando cola "{queue}" (concurrency={concurrency})'
+
+
+def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kpi_export", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("WORKER_CONCURRENCY", "abc"),
+        ("REDIS_PORT", "port"),
+        ("REDIS_URL", "http://admin:hunter2@cache:6379"),
+        ("DATABASE_URL", "postgresql://app:hunter2@db/kpis?sslcert=client.pem"),
+        ("SHUTDOWN_TIMEOUT", "soon"),
+    ],
+)
+def test_bad_configuration_stops_at_start_with_one_line_and_status_2(
+    settings: Settings, variable: str, value: str
+) -> None:
+    result = run_cli(worker_env(settings, **{variable: value}), "worker")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"kpi-export: invalid {variable}: "), result.stderr
+    assert "hunter2" not in result.stderr
+
+
+def test_a_missing_table_stops_the_worker_with_what_to_run(settings: Settings) -> None:
+    result = run_cli(worker_env(settings), "worker")
+    assert result.returncode == 1
+    assert "run `kpi-export db upgrade` with the same DATABASE_URL" in result.stdout
+
+
+async def test_start_line_then_an_idle_worker_stops_within_a_second(migrated: Settings) -> None:
+    worker = WorkerProcess(worker_env(migrated))
+    try:
+        line = await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
+        assert line == START.format(queue=migrated.queue_name, concurrency=migrated.worker_concurrency)
+        started = time.monotonic()
+        worker.process.send_signal(signal.SIGTERM)
+        status = await asyncio.to_thread(worker.wait, 10)
+        assert time.monotonic() - started < 1.0
+        assert status == 0
+    finally:
+        worker.kill()
+
+
+@contextlib.asynccontextmanager
+async def table_locked(settings: Settings) -> AsyncIterator[None]:
+    """Hold an exclusive lock on the audit table: inserts wait, so a job stays in flight until release."""
+    base, schema = settings.database_url.get_secret_value().split("?schema=")
+    conn = await asyncpg.connect(base, server_settings={"search_path": schema})
+    transaction = conn.transaction()
+    await transaction.start()
+    await conn.execute("LOCK TABLE kpi_auditoria_export IN ACCESS EXCLUSIVE MODE")
+    try:
+        yield
+    finally:
+        await transaction.rollback()
+        await conn.close()
+
+
+async def wait_until_active(settings: Settings, job_id: str) -> None:
+    async with queue_for(settings) as queue:
+
+        async def active() -> bool:
+            return bool(await queue.getJobState(job_id) == "active")
+
+        await wait_until(active, timeout=15, what=f"job {job_id} to be active")
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_sigterm_lets_a_two_second_job_finish_then_exits_0(migrated: Settings) -> None:
+    worker = WorkerProcess(worker_env(migrated))
+    try:
+        await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
+        async with job_events(migrated) as events, queue_for(migrated) as queue:
+            async with table_locked(migrated):
+                job = await queue.add("kpi-export", {"usuarioId": 21, "ip": "10.2.2.2"})
+                await wait_until_active(migrated, job.id)
+                worker.process.send_signal(signal.SIGTERM)
+                await asyncio.to_thread(worker.wait_for_line, "SIGTERM: finishing the jobs in flight")
+                await asyncio.sleep(2)  # the job's two seconds of work: the insert waits on the lock
+            outcome = await events.finished(job.id)
+        status = await asyncio.to_thread(worker.wait, 15)
+    finally:
+        worker.kill()
+    rows = await audit_rows(migrated)
+    assert status == 0, worker.output
+    assert outcome == ("completed", {"idExport": rows[0].idExport})
+    assert len(rows) == 1
+    assert worker.output.index("SIGTERM: finishing") < worker.output.index(f"Job {job.id} completed")
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("stop", ["second signal", "shutdown timeout"])
+async def test_an_immediate_stop_leaves_the_job_to_another_worker_and_one_row(
+    migrated: Settings, stop: str
+) -> None:
+    settings = migrated.model_copy(
+        update={"lock_duration": 2.0, "shutdown_timeout": 1.0 if "timeout" in stop else 30}
+    )
+    env = worker_env(settings, LOCK_DURATION="2")
+    first = WorkerProcess(env)
+    second: WorkerProcess | None = None
+    try:
+        await asyncio.to_thread(first.wait_for_line, "Worker escuchando")
+        async with job_events(settings) as events, queue_for(settings) as queue:
+            async with table_locked(settings):
+                job = await queue.add("kpi-export", {"usuarioId": 22, "ip": "10.2.2.3"})
+                await wait_until_active(settings, job.id)
+                started = time.monotonic()
+                first.process.send_signal(signal.SIGTERM)
+                if stop == "second signal":
+                    await asyncio.to_thread(first.wait_for_line, "SIGTERM: finishing")
+                    first.process.send_signal(signal.SIGTERM)
+                status = await asyncio.to_thread(first.wait, 15)
+                stopped_after = time.monotonic() - started
+                assert await queue.getJobState(job.id) == "active"  # left in Redis, not lost
+            second = WorkerProcess(env)
+            outcome = await events.finished(job.id, timeout=20)
+    finally:
+        first.kill()
+        if second is not None:
+            second.process.send_signal(signal.SIGTERM)
+            second.wait(15)
+            second.kill()
+    assert status == 0, first.output
+    assert stopped_after < settings.shutdown_timeout + 3
+    assert "Stopping with 1 job(s) in flight" in first.output
+    rows = await audit_rows(settings)
+    assert len(rows) == 1
+    assert outcome == ("completed", {"idExport": rows[0].idExport})
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_redis_down_at_start_is_waited_for_with_one_line(migrated: Settings, tmp_path: Path) -> None:
+    port = free_port()
+    settings = migrated.model_copy(update={"redis_url": SecretStr(f"redis://127.0.0.1:{port}")})
+    worker = WorkerProcess(worker_env(settings))
+    try:
+        await asyncio.to_thread(worker.wait_for_line, "Redis not reachable at redis://127.0.0.1")
+        with EmbeddedRedis(tmp_path / "redis", port=port):
+            await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
+            async with job_events(settings) as events, queue_for(settings) as queue:
+                job = await queue.add("kpi-export", {"usuarioId": 5, "ip": "10.0.0.5"})
+                outcome, _ = await events.finished(job.id)
+            worker.process.send_signal(signal.SIGTERM)
+            status = await asyncio.to_thread(worker.wait, 15)
+    finally:
+        worker.kill()
+    assert outcome == "completed"
+    assert status == 0
+    assert worker.output.count("Redis not reachable") == 1, worker.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_job_added_after_30_s_of_idle_time_is_picked_up_within_a_second(migrated: Settings) -> None:
+    async with job_events(migrated) as events, queue_for(migrated) as queue, running_worker(migrated):
+        await asyncio.sleep(30)  # the idle time under test, not a wait for a result
+        job = await queue.add("kpi-export", {"usuarioId": 30, "ip": "10.3.3.3"})
+        outcome, _ = await events.finished(job.id, timeout=5)
+        stored = await queue.getJob(job.id)
+    assert outcome == "completed"
+    assert stored.processedOn - stored.timestamp < 1000

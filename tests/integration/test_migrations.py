@@ -1,0 +1,182 @@
+"""`kpi-export db upgrade`: on an empty database, and in place on the table the Node original's Prisma made."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from click.testing import CliRunner, Result
+from pydantic import SecretStr
+
+from kpi_export.audit import AuditStore, create_engine
+from kpi_export.cli import cli
+from kpi_export.config import Settings
+from kpi_export.errors import SchemaNotReady
+from kpi_export.payload import AuditEntry
+from kpi_export.schema import check_ready, head_revision
+from tests.support import audit_rows
+
+# The original's table, as `prisma migrate` makes it (SPEC.md).
+PRISMA_POSTGRES = """
+CREATE TABLE "kpi_auditoria_export" (
+    "idExport" SERIAL NOT NULL,
+    "usuarioId" INTEGER NOT NULL,
+    "ip" TEXT,
+    "filters" JSONB,
+    "format" TEXT NOT NULL,
+    "codigoEstado" INTEGER NOT NULL DEFAULT 0,
+    "createdAt" TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    CONSTRAINT "kpi_auditoria_export_pkey" PRIMARY KEY ("idExport")
+);
+"""
+PRISMA_SQLITE = """
+CREATE TABLE "kpi_auditoria_export" (
+    "idExport" INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
+    "usuarioId" INTEGER NOT NULL,
+    "ip" TEXT,
+    "filters" JSONB,
+    "format" TEXT NOT NULL,
+    "codigoEstado" INTEGER NOT NULL DEFAULT 0,
+    "createdAt" DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP
+);
+"""
+OLD_ROWS = [
+    (11, "203.0.113.7", '{"area": "ventas"}', "xlsx", 0, "2026-01-15 10:20:30.123"),
+    (12, None, "{}", "csv", 1, "2026-02-01 00:00:00.000"),
+]
+
+
+def db_command(database_url: str, *args: str) -> Result:
+    return CliRunner().invoke(cli, ["db", *args], env={"DATABASE_URL": database_url}, catch_exceptions=False)
+
+
+def settings_for(database_url: str) -> Settings:
+    return Settings(database_url=SecretStr(database_url))
+
+
+async def _postgres(
+    url: str, schema: str, *statements: str, args: list[tuple[Any, ...]] | None = None
+) -> None:
+    conn = await asyncpg.connect(url, server_settings={"search_path": schema})
+    try:
+        for statement in statements:
+            if args:
+                await conn.executemany(statement, args)
+            else:
+                await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def prisma_postgresql(postgresql_url: str) -> Iterator[str]:
+    """A PostgreSQL schema holding the original's table with two rows, as the Node worker left them."""
+    base, schema = postgresql_url.split("?schema=")
+    asyncio.run(_postgres(base, schema, PRISMA_POSTGRES))
+    insert = (
+        'INSERT INTO "kpi_auditoria_export" ("usuarioId", "ip", "filters", "format", "codigoEstado", "createdAt") '
+        "VALUES ($1, $2, $3::jsonb, $4, $5, $6::timestamp)"
+    )
+    from datetime import datetime
+
+    rows = [(*row[:5], datetime.fromisoformat(row[5])) for row in OLD_ROWS]
+    asyncio.run(_postgres(base, schema, insert, args=rows))
+    yield postgresql_url
+
+
+@pytest.fixture
+def prisma_sqlite(tmp_path: Path) -> str:
+    path = tmp_path / "dev.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(PRISMA_SQLITE)
+        conn.executemany(
+            'INSERT INTO "kpi_auditoria_export" ("usuarioId", "ip", "filters", "format", "codigoEstado", '
+            '"createdAt") VALUES (?, ?, ?, ?, ?, ?)',
+            OLD_ROWS,
+        )
+    conn.close()
+    return f"file:{path}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def prisma_database(request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue(f"prisma_{request.param}"))
+
+
+def test_upgrade_creates_the_table_on_an_empty_database(database_url: str) -> None:
+    result = db_command(database_url, "upgrade")
+    assert result.exit_code == 0, result.output
+    assert f"migrated from nothing to {head_revision()}" in result.output
+
+    again = db_command(database_url, "upgrade")
+    assert f"already at migration {head_revision()}" in again.output
+    current = db_command(database_url, "current")
+    assert "(up to date)" in current.output
+
+    async def write_twice() -> list[int]:
+        engine = create_engine(settings_for(database_url).database)
+        try:
+            await check_ready(engine)
+            store = AuditStore(engine)
+            entry = AuditEntry(1, None, {}, "csv")
+            from kpi_export.audit import utc_now
+
+            return [await store.record(entry, "k" * 64, utc_now()) for _ in range(2)]
+        finally:
+            await engine.dispose()
+
+    first, second = asyncio.run(write_twice())
+    assert first == second
+
+
+def test_upgrade_in_place_keeps_the_originals_rows_and_adds_the_key(prisma_database: str) -> None:
+    settings = settings_for(prisma_database)
+    with pytest.raises(SchemaNotReady, match="run `kpi-export db upgrade`"):
+        asyncio.run(_check(settings))
+
+    result = db_command(prisma_database, "upgrade")
+    assert result.exit_code == 0, result.output
+    asyncio.run(_check(settings))
+
+    async def write_new_row() -> int:
+        engine = create_engine(settings.database)
+        try:
+            from kpi_export.audit import utc_now
+
+            return await AuditStore(engine).record(
+                AuditEntry(13, "10.0.0.1", ["x"], "pdf"), "a" * 64, utc_now()
+            )
+        finally:
+            await engine.dispose()
+
+    new_id = asyncio.run(write_new_row())
+    rows = asyncio.run(audit_rows(settings))
+    assert [(r.idExport, r.usuarioId, r.ip, r.filters, r.format, r.codigoEstado) for r in rows] == [
+        (1, 11, "203.0.113.7", {"area": "ventas"}, "xlsx", 0),
+        (2, 12, None, {}, "csv", 1),
+        (new_id, 13, "10.0.0.1", ["x"], "pdf", 0),
+    ]
+    assert new_id == 3  # the sequence carries on after the old rows
+    assert [r.idempotencyKey for r in rows] == [None, None, "a" * 64]
+    assert str(rows[0].createdAt) == "2026-01-15 10:20:30.123000"
+
+
+async def _check(settings: Settings) -> None:
+    engine = create_engine(settings.database)
+    try:
+        await check_ready(engine)
+    finally:
+        await engine.dispose()
+
+
+def test_the_worker_refuses_to_start_on_a_missing_table_and_says_what_to_run(sqlite_url: str) -> None:
+    with pytest.raises(SchemaNotReady) as caught:
+        asyncio.run(_check(settings_for(sqlite_url)))
+    assert str(caught.value) == (
+        "the table kpi_auditoria_export does not exist: run `kpi-export db upgrade` with the same DATABASE_URL"
+    )
