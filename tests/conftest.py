@@ -8,6 +8,7 @@ leaves nothing behind.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import uuid
@@ -49,6 +50,16 @@ def require_service(name: str, url: str) -> None:
     if IN_CI:
         pytest.fail(f"{name} is not reachable at {where}, and CI needs it (.ci/run starts it)")
     pytest.skip(f"{name} is not reachable at {where}")
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """The CLI configures the root logger; put it back as pytest had it."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture

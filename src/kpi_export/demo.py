@@ -166,15 +166,9 @@ def _summary(total: int, counts: Counter[str], rows: int, reasons: Counter[str],
 
 def _rows_table(rows: list[Any]) -> Table:
     table = Table(title="Latest audit rows")
-    for column in ("idExport", "usuarioId", "ip", "format", "filters", "createdAt (UTC)"):
-        table.add_column(column)
+    for column in ("idExport", "usuarioId", "format", "createdAt (UTC)", "ip"):
+        table.add_column(column, no_wrap=True)
     for row in rows:
-        table.add_row(
-            str(row.idExport),
-            str(row.usuarioId),
-            str(row.ip),
-            row.format,
-            str(row.filters)[:60],
-            str(row.createdAt),
-        )
+        created = row.createdAt.isoformat(sep=" ", timespec="milliseconds")
+        table.add_row(str(row.idExport), str(row.usuarioId), row.format, created, str(row.ip))
     return table
