@@ -18,13 +18,27 @@ async def invoke(settings: Settings, *args: str, stdin: str | None = None) -> Re
     """The CLI in a thread of its own (it runs its own event loop)."""
     runner = CliRunner()
     env = worker_env(settings)
-    return await asyncio.to_thread(runner.invoke, cli, list(args), input=stdin, env=env, catch_exceptions=False)
+    return await asyncio.to_thread(
+        runner.invoke, cli, list(args), input=stdin, env=env, catch_exceptions=False
+    )
 
 
 async def test_enqueue_adds_jobs_as_a_node_producer_would(migrated: Settings) -> None:
     result = await invoke(
-        migrated, "enqueue", "--usuario-id", "42", "--ip", "203.0.113.7", "--filters", '{"area": "ventas"}',
-        "--format", "xlsx", "--attempts", "3", "--count", "2",
+        migrated,
+        "enqueue",
+        "--usuario-id",
+        "42",
+        "--ip",
+        "203.0.113.7",
+        "--filters",
+        '{"area": "ventas"}',
+        "--format",
+        "xlsx",
+        "--attempts",
+        "3",
+        "--count",
+        "2",
     )
     assert result.exit_code == 0, result.output
     ids = result.stdout.split()
@@ -33,7 +47,12 @@ async def test_enqueue_adds_jobs_as_a_node_producer_would(migrated: Settings) ->
         for job_id in ids:
             job = await queue.getJob(job_id)
             assert job.name == "kpi-export"
-            assert job.data == {"usuarioId": 42, "ip": "203.0.113.7", "filters": {"area": "ventas"}, "format": "xlsx"}
+            assert job.data == {
+                "usuarioId": 42,
+                "ip": "203.0.113.7",
+                "filters": {"area": "ventas"},
+                "format": "xlsx",
+            }
             assert job.opts["attempts"] == 3
             assert await job.getState() == "waiting"
 
@@ -62,8 +81,11 @@ async def test_job_shows_state_progress_result_and_failure_as_json(migrated: Set
     assert good["state"] == "completed"
     assert good["returnvalue"] == good["progress"] == {"idExport": row.idExport}
     assert (good["attemptsMade"], good["failedReason"]) == (1, None)
-    assert good["idempotencyKey"] == row.idempotencyKey == idempotency_key(
-        f"bull:{migrated.queue_name}", good_id, good["timestamp"])
+    assert (
+        good["idempotencyKey"]
+        == row.idempotencyKey
+        == idempotency_key(f"bull:{migrated.queue_name}", good_id, good["timestamp"])
+    )
 
     failed = json.loads((await invoke(migrated, "job", bad_id)).stdout)
     assert (failed["state"], failed["failedReason"]) == ("failed", "usuarioId inválido en job.data")
