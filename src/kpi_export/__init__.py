@@ -8,6 +8,7 @@ from kpi_export.errors import (
     InvalidJobData,
     KpiExportError,
     SchemaNotReady,
+    StartupError,
     TransientDatabaseError,
 )
 from kpi_export.payload import AuditEntry, idempotency_key, parse_job_data
@@ -21,6 +22,7 @@ __all__ = [
     "KpiExportError",
     "SchemaNotReady",
     "Settings",
+    "StartupError",
     "TransientDatabaseError",
     "audit_table",
     "idempotency_key",

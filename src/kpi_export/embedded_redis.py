@@ -35,10 +35,13 @@ def free_port() -> int:
 class EmbeddedRedis:
     """`with EmbeddedRedis(folder) as server:` a Redis on 127.0.0.1:server.port, gone at the end."""
 
-    def __init__(self, folder: Path, *, port: int | None = None, appendonly: bool = False) -> None:
+    def __init__(
+        self, folder: Path, *, port: int | None = None, appendonly: bool = False, password: str | None = None
+    ) -> None:
         self.folder = folder
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.password = password
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -47,25 +50,22 @@ class EmbeddedRedis:
 
     def start(self, timeout: float = 10.0) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        command = [
-            redis_server_binary(),
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "yes" if self.appendonly else "no",
-            "--dir",
-            str(self.folder.resolve()),
-            "--logfile",
-            "redis.log",
-            "--maxmemory-policy",
-            "noeviction",
-        ]
+        options = {
+            "port": str(self.port),
+            "bind": "127.0.0.1",
+            "save": "",
+            "appendonly": "yes" if self.appendonly else "no",
+            "dir": str(self.folder.resolve()),
+            "logfile": "redis.log",
+            "maxmemory-policy": "noeviction",
+        }
+        if self.password:
+            options["requirepass"] = self.password
+        command = [redis_server_binary()]
+        for name, value in options.items():
+            command += [f"--{name}", value]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout
         try:
             while True:

@@ -2,7 +2,8 @@
 
     KpiExportError
      ├── ConfigError          bad settings: the program stops at start with exit status 2
-     ├── SchemaNotReady       the audit table is missing or behind: run `kpi-export db upgrade`
+     ├── StartupError         the worker cannot run (exit status 1): credentials refused, …
+     │    └── SchemaNotReady  the audit table is missing or behind: run `kpi-export db upgrade`
      ├── InvalidJobData       permanent: the job fails and is never retried (a bullmq UnrecoverableError)
      └── AuditWriteError      the database refused the row; the producer's attempts/backoff apply
           └── TransientDatabaseError   connection lost, failover, deadlock: retried inside the job first
@@ -28,7 +29,11 @@ class ConfigError(KpiExportError):
         self.problem = problem
 
 
-class SchemaNotReady(KpiExportError):
+class StartupError(KpiExportError):
+    """A service refuses the worker for a reason that waiting will not cure."""
+
+
+class SchemaNotReady(StartupError):
     """The database lacks the audit table, or its migrations are not at head."""
 
 

@@ -10,12 +10,15 @@ import logging
 import time
 
 from redis.asyncio import Redis
+from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError
 
+from kpi_export.errors import StartupError
 from kpi_export.queue import RedisTarget
 
 log = logging.getLogger(__name__)
 
 PING_INTERVAL = 2.0
+_REFUSALS = (AuthenticationError, AuthorizationError, NoPermissionError)
 
 
 class RedisWatch:
@@ -24,18 +27,27 @@ class RedisWatch:
         self.target = target
         self.interval = interval
         self.up = False
+        self.reached = False  # answered at least once
         self.outages = 0  # times Redis was lost after having been reached
         self._lost_at: float | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def check(self) -> bool:
-        """Ping once; log the transitions between reachable and not."""
+        """Ping once; log the transitions between reachable and not.
+
+        Raises StartupError when Redis refuses the credentials before it was ever reached: waiting will not
+        change the password. Later (a password rotated under a running worker) it counts as an outage.
+        """
         try:
             await asyncio.wait_for(self.client.ping(), timeout=self.interval * 3)
         except Exception as exc:
+            if isinstance(exc, _REFUSALS) and not self.reached:
+                raise StartupError(
+                    f"Redis at {self.target.display} refused the worker: {_why(exc)}"
+                ) from None
             if self._lost_at is None:
                 self._lost_at = time.monotonic()
-                if self.up:
+                if self.reached:
                     self.outages += 1
                     log.warning(
                         "Redis connection lost at %s (%s); reconnecting",
@@ -60,7 +72,7 @@ class RedisWatch:
                 extra={"event": "redis.back"},
             )
             self._lost_at = None
-        self.up = True
+        self.up = self.reached = True
         return True
 
     async def wait_until_up(self, give_up: asyncio.Event) -> bool:

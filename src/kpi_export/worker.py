@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from kpi_export.audit import AuditStore, create_engine
 from kpi_export.config import Settings
 from kpi_export.dbfaults import describe, is_transient
-from kpi_export.errors import SchemaNotReady
+from kpi_export.errors import SchemaNotReady, StartupError
 from kpi_export.logs import Throttle
 from kpi_export.processor import JobDeps, process_job
 from kpi_export.queue import attempts_allowed, create_worker, redis_client, redis_target
@@ -87,8 +87,8 @@ async def run_worker(settings: Settings, stop: StopSignals | None = None) -> Exi
         worker = create_worker(settings, functools.partial(process_job, deps=deps))
         _attach_listeners(worker, settings.queue_name, throttle)
         return await _supervise(worker, settings, stop)
-    except SchemaNotReady as exc:
-        log.error("Cannot start: %s", exc, extra={"event": "worker.schema_not_ready"})
+    except StartupError as exc:
+        log.error("Cannot start: %s", exc, extra={"event": "worker.cannot_start"})
         return Exit(1)
     finally:
         stop.remove()
@@ -97,7 +97,7 @@ async def run_worker(settings: Settings, stop: StopSignals | None = None) -> Exi
 
 
 async def _wait_for_database(engine: AsyncEngine, give_up: asyncio.Event) -> bool:
-    """Wait while the database is unreachable; raise SchemaNotReady when the table is not there."""
+    """Wait while the database is unreachable; raise StartupError when waiting cannot help."""
     reported = False
     while True:
         try:
@@ -106,7 +106,7 @@ async def _wait_for_database(engine: AsyncEngine, give_up: asyncio.Event) -> boo
             raise
         except Exception as exc:
             if not is_transient(exc):
-                raise SchemaNotReady(f"the database refused the connection: {describe(exc)}") from None
+                raise StartupError(f"the database refused the worker: {describe(exc)}") from None
             if not reported:
                 log.warning(
                     "Database not reachable (%s); waiting for it",

@@ -194,3 +194,62 @@ async def test_a_job_added_after_30_s_of_idle_time_is_picked_up_within_a_second(
         stored = await queue.getJob(job.id)
     assert outcome == "completed"
     assert stored.processedOn - stored.timestamp < 1000
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_redis_restart_gives_one_line_when_lost_one_when_back_and_work_goes_on(
+    migrated: Settings, tmp_path: Path
+) -> None:
+    server = EmbeddedRedis(tmp_path / "redis")
+    server.start()
+    settings = migrated.model_copy(update={"redis_url": SecretStr(server.url)})
+    worker = WorkerProcess(worker_env(settings))
+    try:
+        await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
+        server.stop()
+        await asyncio.to_thread(worker.wait_for_line, "Redis connection lost at")
+        server.start()
+        await asyncio.to_thread(worker.wait_for_line, "Redis reachable again")
+        async with job_events(settings) as events, queue_for(settings) as queue:
+            job = await queue.add("kpi-export", {"usuarioId": 8, "ip": "10.0.0.8"})
+            outcome, _ = await events.finished(job.id, timeout=20)
+        worker.process.send_signal(signal.SIGTERM)
+        status = await asyncio.to_thread(worker.wait, 15)
+    finally:
+        worker.kill()
+        server.stop()
+    assert outcome == "completed"
+    assert status == 0
+    assert worker.output.count("Redis connection lost") == 1, worker.output
+    assert worker.output.count("Redis reachable again") == 1, worker.output
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_redis_host_port_and_password_and_a_wrong_password(migrated: Settings, tmp_path: Path) -> None:
+    with EmbeddedRedis(tmp_path / "redis", password="s3cr3t-pw") as server:
+        env = worker_env(
+            migrated,
+            REDIS_URL="",
+            REDIS_HOST="127.0.0.1",
+            REDIS_PORT=str(server.port),
+            REDIS_PASSWORD="s3cr3t-pw",
+        )
+        settings = migrated.model_copy(
+            update={"redis_url": SecretStr(f"redis://:s3cr3t-pw@127.0.0.1:{server.port}")}
+        )
+        worker = WorkerProcess(env)
+        try:
+            await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
+            async with job_events(settings) as events, queue_for(settings) as queue:
+                job = await queue.add("kpi-export", {"usuarioId": 9})
+                outcome, _ = await events.finished(job.id)
+            worker.process.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(worker.wait, 15) == 0
+        finally:
+            worker.kill()
+        refused = run_cli({**env, "REDIS_PASSWORD": "wrong-pw"}, "worker")
+    assert outcome == "completed"
+    assert "s3cr3t-pw" not in worker.output
+    assert refused.returncode == 1
+    assert f"Cannot start: Redis at redis://127.0.0.1:{server.port} refused the worker" in refused.stdout
+    assert "wrong-pw" not in refused.stdout + refused.stderr
