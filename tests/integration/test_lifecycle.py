@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
+import redis
 from pydantic import SecretStr
 
 from kpi_export.config import Settings
@@ -253,3 +255,86 @@ async def test_redis_host_port_and_password_and_a_wrong_password(migrated: Setti
     assert refused.returncode == 1
     assert f"Cannot start: Redis at redis://127.0.0.1:{server.port} refused the worker" in refused.stdout
     assert "wrong-pw" not in refused.stdout + refused.stderr
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A Redis that speaks only TLS, with a certificate of a private CA: (port, CA file)."""
+    server_binary, openssl = shutil.which("redis-server"), shutil.which("openssl")
+    if server_binary is None or openssl is None:
+        pytest.skip("a TLS test needs redis-server and openssl on PATH")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            server_binary,
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--tls-cert-file",
+            str(cert),
+            "--tls-key-file",
+            str(key),
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        client = redis.Redis(
+            host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(cert), socket_connect_timeout=0.5
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("the TLS redis-server did not start")
+                time.sleep(0.05)  # a server starting up, not a result
+        client.close()
+        yield port, cert
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_rediss_url_reaches_redis_over_tls(migrated: Settings, tls_redis: tuple[int, Path]) -> None:
+    port, ca = tls_redis
+    url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}"
+    settings = migrated.model_copy(update={"redis_url": SecretStr(url)})
+    async with job_events(settings) as events, queue_for(settings) as queue, running_worker(settings):
+        job = await queue.add("kpi-export", {"usuarioId": 11, "ip": "10.0.0.11"})
+        outcome, result = await events.finished(job.id)
+    rows = await audit_rows(settings)
+    assert (outcome, result) == ("completed", {"idExport": rows[0].idExport})
