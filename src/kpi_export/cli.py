@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -136,7 +137,7 @@ def enqueue(
     else:
         data: dict[str, Any] = {}
         if usuario_id is not None:
-            data["usuarioId"] = int(usuario_id) if usuario_id.strip().lstrip("-").isdigit() else usuario_id
+            data["usuarioId"] = int(usuario_id) if re.fullmatch(r"-?[0-9]+", usuario_id) else usuario_id
         if ip is not None:
             data["ip"] = ip
         if filters_json is not None:

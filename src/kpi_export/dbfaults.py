@@ -6,9 +6,11 @@ Pure: looks only at the exception objects.
 from __future__ import annotations
 
 import asyncio
-import re
+import ssl
 
 from sqlalchemy import exc as sa_exc
+
+from kpi_export.redaction import escape_controls, hide_url_credentials
 
 # PostgreSQL SQLSTATEs: class 08 connection exceptions, plus these.
 _TRANSIENT_SQLSTATES = {
@@ -24,6 +26,7 @@ _TRANSIENT_SQLSTATES = {
 # MySQL / MariaDB error numbers.
 _TRANSIENT_MYSQL_CODES = {
     1040,  # too many connections
+    1053,  # server shutdown in progress
     1205,  # lock wait timeout
     1213,  # deadlock
     1290,  # --read-only (failover)
@@ -32,6 +35,7 @@ _TRANSIENT_MYSQL_CODES = {
     2003,  # can't connect (TCP)
     2006,  # server has gone away
     2013,  # lost connection during query
+    1927,  # connection killed
     4031,  # disconnected by the server
 }
 _SQLITE_BUSY = ("database is locked", "database is busy", "database table is locked")
@@ -64,22 +68,28 @@ def _mysql_code(orig: BaseException | None) -> int | None:
 
 
 def _caused_by_network(error: BaseException) -> bool:
-    seen: set[int] = set()
+    chain = _chain(error)
+    if any(
+        isinstance(e, ssl.SSLError) for e in chain
+    ):  # a certificate or TLS setting: waiting will not fix it
+        return False
+    return any(isinstance(e, _NETWORK_ERRORS) and not isinstance(e, sa_exc.SQLAlchemyError) for e in chain)
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
     current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, _NETWORK_ERRORS) and not isinstance(current, sa_exc.SQLAlchemyError):
-            return True
+    while current is not None and all(current is not e for e in seen):
+        seen.append(current)
         current = current.__cause__ or current.__context__
-    return False
-
-
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]*@", re.IGNORECASE)
+    return seen
 
 
 def describe(error: BaseException) -> str:
     """A one-line reason for a log line or `failedReason`: the driver's message, credentials removed."""
     orig = getattr(error, "orig", None) or error
+    # SQLAlchemy's adapters wrap the driver's exception, whose class says more ("DeadlockDetectedError").
+    named = orig.__cause__ if isinstance(orig.__cause__, Exception) else orig
     first_line = (str(orig).strip().splitlines() or [""])[0]
-    text = f"{type(orig).__name__}: {first_line}" if first_line else type(orig).__name__
-    return _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)[:500]
+    text = f"{type(named).__name__}: {first_line}" if first_line else type(named).__name__
+    return escape_controls(hide_url_credentials(text))[:500]

@@ -71,7 +71,8 @@ def _postgres(url: URL) -> DatabaseTarget:
     pool_size = None
     schema = _pop_text(query, "schema")
     if schema:
-        server_settings["search_path"] = schema
+        # Quoted, as Prisma does: an unquoted name would be folded to lower case.
+        server_settings["search_path"] = '"' + schema.replace('"', '""') + '"'
     if name := _pop_text(query, "application_name"):
         server_settings["application_name"] = name
     if sslmode := _pop_text(query, "sslmode"):

@@ -3,9 +3,7 @@ and a throttle so that an outage gives one line, not one per retry."""
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -13,35 +11,10 @@ from typing import Any, TextIO
 
 from pythonjsonlogger.json import JsonFormatter
 
-# C0 and C1 controls, DEL, line/paragraph separators and bidi overrides: anything that could forge a new
-# log line or hide text when job data (a custom job id, a failed reason) reaches a log line.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]*@", re.IGNORECASE)
+from kpi_export.redaction import Redactor, escape_controls
+
 # Fields that JSON lines carry when a log call gives them as `extra`.
 FIELDS = ("event", "job_id", "queue", "idExport", "duration_ms", "outcome", "attempt", "attempts")
-
-
-def escape_controls(text: str) -> str:
-    return _UNSAFE.sub(
-        lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", text
-    )
-
-
-class Redactor:
-    """Replaces known secrets and any URL's credentials with ***."""
-
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        forms = set()
-        for secret in secrets:
-            if secret:
-                forms.update({secret, json.dumps(secret)[1:-1], escape_controls(secret)})
-        self._secrets = sorted(forms, key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        text = _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
 
 
 class TextFormatter(logging.Formatter):
@@ -56,7 +29,9 @@ class TextFormatter(logging.Formatter):
         if record.levelno != logging.INFO:
             message = f"{record.levelname}: {message}"
         if record.exc_info:
-            message = f"{message}\n{self.formatException(record.exc_info)}"
+            # The traceback keeps its lines, indented, so that none can pass for a log line of its own.
+            trace = escape_controls(self.formatException(record.exc_info), keep_newlines=True)
+            message += "\n" + "\n".join(f"  {line}" for line in trace.splitlines())
         return self.redact(message)
 
 
@@ -119,8 +94,3 @@ class Throttle:
         if held:
             msg = f"{msg} ({held} similar lines held back in the last {self.interval:.0f} s)"
         logger.log(level, msg, *args, **kwargs)
-
-    def reset(self, key: str) -> None:
-        """Forget `key`, so that the next outage is reported at once."""
-        self._last.pop(key, None)
-        self._held.pop(key, None)

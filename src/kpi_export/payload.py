@@ -21,7 +21,8 @@ FILTERS_MAX_BYTES = 64 * 1024
 FILTERS_MAX_DEPTH = 32
 FORMAT_MAX_LENGTH = 16
 DEFAULT_FORMAT = "csv"
-IP_MAX_LENGTH = 1024  # far above any real address list; longer text is not an address
+IP_MAX_LENGTH = 64  # far above the longest address with a port; longer text is not an address
+_SPACES = " \t\r\n"  # the "surrounding spaces" the contract allows: ASCII whitespace only
 
 USUARIO_ID_ERROR = "usuarioId inválido en job.data"
 
@@ -67,7 +68,7 @@ def parse_usuario_id(value: object) -> int:
         if value.is_integer():
             number = int(value)
     elif isinstance(value, str):
-        digits = value.strip()
+        digits = value.strip(_SPACES)
         if _DIGITS.fullmatch(digits):
             significant = digits.lstrip("0") or "0"
             # Bounding the length first keeps int() cheap on a hostile million-digit string.
@@ -91,10 +92,10 @@ def parse_ip(value: object, *, present: bool = True) -> tuple[str | None, str | 
 
 
 def _canonical_address(text: str) -> str | None:
-    if len(text) > IP_MAX_LENGTH:
-        return None
     # X-Forwarded-For: the first entry is the client.
-    candidate = text.split(",", 1)[0].strip()
+    candidate = text.partition(",")[0].strip(_SPACES)
+    if len(candidate) > IP_MAX_LENGTH:
+        return None
     host = _strip_port(candidate)
     if host is None:
         return None
@@ -102,9 +103,13 @@ def _canonical_address(text: str) -> str | None:
         address = ipaddress.ip_address(host)
     except ValueError:
         return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        # Node on a dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d.
-        return str(address.ipv4_mapped)
+    if isinstance(address, ipaddress.IPv6Address):
+        # A zone id (fe80::1%eth0) names an interface of the proxy's host, meaningless here, and is free text.
+        address = ipaddress.IPv6Address(address.packed)
+        if (
+            address.ipv4_mapped is not None
+        ):  # Node on a dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d
+            return str(address.ipv4_mapped)
     return str(address)
 
 
@@ -176,9 +181,7 @@ def _check_storable(value: JsonContainer) -> None:
             _check_text(item)
 
 
-def _check_text(text: object) -> None:
-    if not isinstance(text, str):
-        raise InvalidJobData("filters", "filters inválido en job.data: claves que no son texto")
+def _check_text(text: str) -> None:
     if "\x00" in text:
         raise InvalidJobData("filters", "filters inválido en job.data: contiene el carácter NUL")
     try:
@@ -203,9 +206,14 @@ def parse_format(value: object) -> str:
         return DEFAULT_FORMAT
     if not isinstance(value, str):
         raise InvalidJobData("format", "format inválido en job.data: debe ser texto")
-    fmt = value.strip().lower()
+    fmt = value.strip(_SPACES)
     if not fmt:
         return DEFAULT_FORMAT
+    if not fmt.isascii():  # before lower(): "\u212a" (Kelvin) lowers to an ASCII "k"
+        raise InvalidJobData(
+            "format", "format inválido en job.data: solo se admiten a-z, 0-9, '.', '_' y '-'"
+        )
+    fmt = fmt.lower()
     if len(fmt) > FORMAT_MAX_LENGTH:
         raise InvalidJobData("format", f"format inválido en job.data: más de {FORMAT_MAX_LENGTH} caracteres")
     if not _FORMAT.fullmatch(fmt):

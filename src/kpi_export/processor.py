@@ -60,7 +60,7 @@ async def write_audit_row(deps: JobDeps, job: QueuedJob, entry: AuditEntry, key:
             log,
             "database-transient",
             logging.WARNING,
-            "Database unavailable (%s); audit writes are retried for up to %.0f s (job %s)",
+            "Transient database fault (%s); the audit write is retried for up to %.0f s (job %s)",
             describe(error) if error else "unknown",
             deps.retry_window,
             job.id,

@@ -25,10 +25,18 @@ def _config(connection: Connection | None = None) -> Config:
     return config
 
 
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(_config())
+
+
 def head_revision() -> str:
-    head = ScriptDirectory.from_config(_config()).get_current_head()
+    head = _scripts().get_current_head()
     assert head is not None
     return head
+
+
+def _known(revision: str) -> bool:
+    return any(script.revision == revision for script in _scripts().walk_revisions())
 
 
 def _current(sync_conn: Connection) -> str | None:
@@ -63,7 +71,9 @@ async def check_ready(engine: AsyncEngine) -> None:
     head = head_revision()
     if not columns:
         raise SchemaNotReady(f"the table {TABLE_NAME} does not exist: {UPGRADE_HINT}")
-    if KEY_COLUMN not in columns or current != head:
+    # A revision this worker does not know is a newer one (a rolling upgrade): fine while the column is there.
+    newer = current is not None and not _known(current)
+    if KEY_COLUMN not in columns or (current != head and not newer):
         raise SchemaNotReady(
             f"the table {TABLE_NAME} is at migration {current or 'none'}, this worker needs {head}: "
             f"{UPGRADE_HINT}"

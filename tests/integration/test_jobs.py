@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from datetime import UTC, datetime, timedelta
@@ -10,10 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import SecretStr
 
-from kpi_export.audit import AuditStore, create_engine
 from kpi_export.config import Settings
-from kpi_export.logs import Throttle
-from kpi_export.processor import JobDeps, process_job
 from tests.faults import RedisFaultProxy, calls_script
 from tests.support import audit_rows, job_events, queue_for, running_worker, wait_until
 
@@ -82,23 +78,6 @@ async def test_a_redelivered_job_keeps_its_row_and_id(migrated: Settings) -> Non
     assert len(rows) == 1
     assert first == ("completed", {"idExport": rows[0].idExport})
     assert second == {"idExport": rows[0].idExport}
-
-
-async def test_two_workers_delivering_the_same_job_at_once_write_one_row(migrated: Settings) -> None:
-    """As if the job stalled on one worker and a second took it while the first was still writing."""
-    engines = [create_engine(migrated.database) for _ in range(2)]
-    try:
-        async with queue_for(migrated) as queue:
-            added = await queue.add("kpi-export", {"usuarioId": 5, "ip": "10.1.1.1"})
-            job = await queue.getJob(added.id)
-            deps = [JobDeps(AuditStore(engine), 5.0, Throttle()) for engine in engines]
-            results = await asyncio.gather(*(process_job(job, "token", deps=d) for d in deps))
-    finally:
-        for engine in engines:
-            await engine.dispose()
-    rows = await audit_rows(migrated)
-    assert len(rows) == 1
-    assert results == [{"idExport": rows[0].idExport}] * 2
 
 
 async def test_a_failed_progress_update_is_a_warning_and_the_job_completes(

@@ -180,3 +180,14 @@ def test_the_worker_refuses_to_start_on_a_missing_table_and_says_what_to_run(sql
     assert str(caught.value) == (
         "the table kpi_auditoria_export does not exist: run `kpi-export db upgrade` with the same DATABASE_URL"
     )
+
+
+def test_a_database_migrated_by_a_newer_worker_is_accepted_while_the_key_column_is_there(
+    sqlite_url: str,
+) -> None:
+    """During a rolling upgrade the new version migrates first; the old pods must keep running."""
+    assert db_command(sqlite_url, "upgrade").exit_code == 0
+    with sqlite3.connect(sqlite_url.removeprefix("file:")) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999_from_the_future'")
+    conn.close()
+    asyncio.run(_check(settings_for(sqlite_url)))  # no SchemaNotReady

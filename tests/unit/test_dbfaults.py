@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ssl
+
 import pytest
 from sqlalchemy import exc as sa_exc
 
@@ -57,6 +59,16 @@ def test_an_invalidated_connection_and_a_network_error_are_transient() -> None:
     assert is_transient(sa_exc.TimeoutError("QueuePool limit reached"))
 
 
+def test_a_tls_error_is_permanent_even_though_it_is_an_oserror() -> None:
+    try:
+        try:
+            raise ssl.SSLCertVerificationError("certificate verify failed")
+        except ssl.SSLError as cause:
+            raise ConnectionError("could not connect") from cause
+    except ConnectionError as chained:
+        assert not is_transient(chained)
+
+
 def test_other_errors_are_permanent() -> None:
     assert not is_transient(ValueError("bad"))
     assert not is_transient(wrapped(DriverError("value too long", "22001"), sa_exc.DataError))
@@ -67,3 +79,5 @@ def test_describe_gives_the_driver_message_on_one_line_without_credentials() -> 
         DriverError("connect to postgresql://app:hunter2@db:5432/kpis failed\nDETAIL: more", "08001")
     )
     assert describe(error) == "DriverError: connect to postgresql://***@db:5432/kpis failed"
+    unencoded = wrapped(DriverError("redis://user:p@ss@cache:6379 refused\x1b[2J"))
+    assert describe(unencoded) == "DriverError: redis://***@cache:6379 refused\\x1b[2J"

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from kpi_export.logs import Throttle, escape_controls, setup_logging
+from kpi_export.logs import Throttle, setup_logging
+from kpi_export.redaction import escape_controls
 
 
 @pytest.fixture
@@ -39,9 +40,9 @@ def test_secrets_and_url_credentials_are_redacted_in_text_and_json(output: io.St
     for fmt in ("text", "json"):
         output.seek(0)
         output.truncate()
-        setup_logging("INFO", fmt, secrets=["hunter2", 'pa"ss'], stream=output)
+        setup_logging("INFO", fmt, secrets=["hunter2", 'pa"ss:w', "p%40ssword"], stream=output)
         log = logging.getLogger("t")
-        log.info("password %s and %s", "hunter2", 'pa"ss')
+        log.info("password %s and %s and %s", "hunter2", 'pa"ss:w', "p@ssword")
         log.info("url redis://default:whatever@cache:6379/0")
         try:
             raise RuntimeError("failed with hunter2")
@@ -49,6 +50,7 @@ def test_secrets_and_url_credentials_are_redacted_in_text_and_json(output: io.St
             log.exception("boom")
         text = output.getvalue()
         assert "hunter2" not in text and 'pa"ss' not in text and 'pa\\"ss' not in text
+        assert "p@ssword" not in text
         assert "whatever" not in text
         assert "redis://***@cache:6379/0" in text
 
@@ -69,6 +71,24 @@ def test_json_lines_carry_the_structured_fields(output: io.StringIO) -> None:
         4,
     )
     assert record["level"] == "INFO" and "time" in record
+
+
+def test_a_short_secret_does_not_mangle_the_logs(output: io.StringIO) -> None:
+    setup_logging("INFO", "text", secrets=["kpi"], stream=output)
+    logging.getLogger("t").info('Worker escuchando cola "kpi-export-queue" (concurrency=1)')
+    assert output.getvalue() == 'Worker escuchando cola "kpi-export-queue" (concurrency=1)\n'
+
+
+def test_a_traceback_cannot_forge_a_line_either(output: io.StringIO) -> None:
+    setup_logging("INFO", "text", stream=output)
+    try:
+        raise ValueError("bad\x1b[2J\nINFO: forged line")
+    except ValueError:
+        logging.getLogger("t").exception("boom")
+    lines = output.getvalue().splitlines()
+    assert lines[0] == "ERROR: boom"
+    assert all(line.startswith("  ") for line in lines[1:])
+    assert "  INFO: forged line" in lines and "\\x1b[2J" in output.getvalue()
 
 
 def test_escape_controls_keeps_ordinary_text() -> None:
