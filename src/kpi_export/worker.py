@@ -277,7 +277,11 @@ async def _close(
     worker.cancelProcessing()
     await asyncio.wait({closing}, timeout=FORCED_CLOSE_GRACE)
     if not closing.done():
-        log.warning("bullmq did not close within %.0f s; exiting anyway", FORCED_CLOSE_GRACE)
+        log.warning(
+            "bullmq did not close within %.0f s; exiting anyway",
+            FORCED_CLOSE_GRACE,
+            extra={"event": "worker.close_timeout"},
+        )
         return False
     return True
 
@@ -291,7 +295,9 @@ def _attach_listeners(worker: Worker, queue: str, throttle: Throttle, metrics: W
             try:
                 handler(*args)
             except Exception:
-                log.exception("Error in the %s event handler", handler.__name__)
+                log.exception(
+                    "Error in the %s event handler", handler.__name__, extra={"event": "worker.handler_error"}
+                )
 
         return call
 
