@@ -150,7 +150,7 @@ async def _serve_health(
     """Start /livez, /readyz and /metrics. Readiness uses connections of its own (a fresh database connection
     per check), so that a busy worker pool cannot make a probe wait."""
     assert settings.health_port is not None
-    client = redis_client(settings, max_connections=2)
+    client = redis_client(settings, max_connections=4)  # a few probes may ask at once
     engine = create_engine(settings.database, pooled=False)
     closers += [client.aclose, engine.dispose]
     server = HealthServer(
