@@ -26,6 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.dml import Insert
 
 from kpi_export.dburl import DatabaseTarget
@@ -61,10 +62,14 @@ audit_table = Table(
 PENDING = 0  # codigoEstado of a new export
 
 
-def create_engine(target: DatabaseTarget, *, pool_size: int = 5) -> AsyncEngine:
-    """An engine that never puts job data in an error message (`hide_parameters`)."""
+def create_engine(target: DatabaseTarget, *, pool_size: int = 5, pooled: bool = True) -> AsyncEngine:
+    """An engine that never puts job data in an error message (`hide_parameters`).
+
+    `pooled=False`: a new connection each time (health checks, which must see the server as it is now)."""
     kwargs: dict[str, Any] = {"connect_args": target.connect_args, "hide_parameters": True}
-    if target.dialect != "sqlite":
+    if not pooled:
+        kwargs["poolclass"] = NullPool
+    elif target.dialect != "sqlite":
         kwargs |= {"pool_size": target.pool_size or pool_size, "max_overflow": 0, "pool_timeout": 60}
     engine = create_async_engine(target.url, **kwargs)
     if target.dialect == "sqlite":

@@ -32,6 +32,17 @@ class Settings(BaseSettings):
     lock_duration: float = Field(30.0, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
+    # /livez, /readyz and /metrics; off unless set.
+    health_port: int | None = Field(None, ge=1, le=65535)
+    health_host: str = "0.0.0.0"
+    # Seconds between two reads of the queue's job counts for /metrics.
+    queue_metrics_interval: float = Field(15.0, gt=0)
+    # Retention of finished jobs in Redis (bullmq's removeOnComplete/removeOnFail, when a job has none of
+    # its own): up to AGE seconds and at most COUNT jobs. Failed jobs are kept long enough to be acted on.
+    keep_completed_age: int = Field(24 * 3600, ge=1)
+    keep_completed_count: int = Field(1000, ge=0)
+    keep_failed_age: int = Field(30 * 24 * 3600, ge=1)
+    keep_failed_count: int = Field(10_000, ge=0)
 
     @field_validator("queue_name")
     @classmethod

@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
 
@@ -36,12 +37,23 @@ class EmbeddedRedis:
     """`with EmbeddedRedis(folder) as server:` a Redis on 127.0.0.1:server.port, gone at the end."""
 
     def __init__(
-        self, folder: Path, *, port: int | None = None, appendonly: bool = False, password: str | None = None
+        self,
+        folder: Path,
+        *,
+        port: int | None = None,
+        appendonly: bool = False,
+        password: str | None = None,
+        config: dict[str, str] | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
+        """`config` overrides the options below (e.g. maxmemory-policy); `extra_args` are added as they are
+        (e.g. `--rename-command CONFIG ""`, as a managed Redis that forbids CONFIG)."""
         self.folder = folder
         self.port = port or free_port()
         self.appendonly = appendonly
         self.password = password
+        self.config = dict(config or {})
+        self.extra_args = list(extra_args)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -61,9 +73,11 @@ class EmbeddedRedis:
         }
         if self.password:
             options["requirepass"] = self.password
+        options.update(self.config)
         command = [redis_server_binary()]
         for name, value in options.items():
             command += [f"--{name}", value]
+        command += self.extra_args
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout

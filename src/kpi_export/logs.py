@@ -44,6 +44,12 @@ class JsonLineFormatter(JsonFormatter):
         )
         self.redact = redact
 
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        super().add_fields(log_data, record, message_dict)
+        log_data.setdefault("event", record.name)  # every line has one; a library's line, its logger's name
+
     def format(self, record: logging.LogRecord) -> str:
         return self.redact(super().format(record))  # json.dumps has escaped every control character
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from tenacity import (
     AsyncRetrying,
@@ -17,6 +18,7 @@ from kpi_export.audit import AuditStore, utc_now
 from kpi_export.dbfaults import describe, is_transient
 from kpi_export.errors import AuditWriteError, TransientDatabaseError
 from kpi_export.logs import Throttle
+from kpi_export.metrics import WorkerMetrics
 from kpi_export.payload import AuditEntry, idempotency_key, parse_job_data
 from kpi_export.queue import QueuedJob
 
@@ -30,23 +32,48 @@ class JobDeps:
     store: AuditStore
     retry_window: float  # seconds a transient database fault is retried inside the job
     throttle: Throttle
+    metrics: WorkerMetrics = field(default_factory=lambda: WorkerMetrics(""))
+
+    @property
+    def queue(self) -> str:
+        return self.metrics.queue
 
 
 async def process_job(job: QueuedJob, token: str, *, deps: JobDeps) -> dict[str, int]:
+    started = time.monotonic()
+    deps.metrics.job_started()
+    try:
+        return await _process(job, deps)
+    finally:
+        deps.metrics.job_ended(time.monotonic() - started)
+
+
+async def _process(job: QueuedJob, deps: JobDeps) -> dict[str, int]:
     entry = parse_job_data(job.data)  # InvalidJobData fails the job for good
     for warning in entry.warnings:
-        log.warning("Job %s: %s", job.id, warning, extra={"event": "job.warning", "job_id": job.id})
+        log.warning(
+            "Job %s: %s",
+            job.id,
+            warning,
+            extra={"event": "job.warning", "job_id": job.id, "queue": deps.queue},
+        )
     key = idempotency_key(job.queueQualifiedName, job.id, job.timestamp)
     id_export = await write_audit_row(deps, job, entry, key)
     try:
         await job.updateProgress({"idExport": id_export})
     except Exception as exc:
+        deps.metrics.progress_failed()
         log.warning(
             "Job %s: progress not published (%s: %s); the job completes with its result",
             job.id,
             type(exc).__name__,
             exc,
-            extra={"event": "job.progress_failed", "job_id": job.id, "idExport": id_export},
+            extra={
+                "event": "job.progress_failed",
+                "job_id": job.id,
+                "queue": deps.queue,
+                "idExport": id_export,
+            },
         )
     return {"idExport": id_export}
 
@@ -54,7 +81,13 @@ async def process_job(job: QueuedJob, token: str, *, deps: JobDeps) -> dict[str,
 async def write_audit_row(deps: JobDeps, job: QueuedJob, entry: AuditEntry, key: str) -> int:
     """The idempotent insert, retried with backoff while the fault is transient and the window lasts."""
 
+    retried = False
+
     def before_sleep(state: RetryCallState) -> None:
+        nonlocal retried
+        if not retried:
+            deps.metrics.retried_inside()
+            retried = True
         error = state.outcome.exception() if state.outcome else None
         deps.throttle.log(
             log,
@@ -64,7 +97,7 @@ async def write_audit_row(deps: JobDeps, job: QueuedJob, entry: AuditEntry, key:
             describe(error) if error else "unknown",
             deps.retry_window,
             job.id,
-            extra={"event": "db.retry", "job_id": job.id},
+            extra={"event": "db.retry", "job_id": job.id, "queue": deps.queue},
         )
 
     created_at = utc_now()
@@ -77,12 +110,26 @@ async def write_audit_row(deps: JobDeps, job: QueuedJob, entry: AuditEntry, key:
             reraise=True,
         ):
             with attempt:
-                return await deps.store.record(entry, key, created_at)
+                write_started = time.monotonic()
+                try:
+                    return await deps.store.record(entry, key, created_at)
+                finally:
+                    deps.metrics.db_write(time.monotonic() - write_started)
     except Exception as exc:
         # The driver's exception stays out of the chain: bullmq stores the traceback in Redis.
         if is_transient(exc):
-            log.error("Job %s: database still unavailable: %s", job.id, describe(exc))
+            log.error(
+                "Job %s: database still unavailable: %s",
+                job.id,
+                describe(exc),
+                extra={"event": "db.unavailable", "job_id": job.id, "queue": deps.queue},
+            )
             raise TransientDatabaseError(f"base de datos no disponible: {describe(exc)}") from None
-        log.error("Job %s: audit row refused: %s", job.id, describe(exc))
+        log.error(
+            "Job %s: audit row refused: %s",
+            job.id,
+            describe(exc),
+            extra={"event": "db.refused", "job_id": job.id, "queue": deps.queue},
+        )
         raise AuditWriteError(f"error de base de datos: {describe(exc)}") from None
     raise AssertionError("unreachable: tenacity either returns or raises")

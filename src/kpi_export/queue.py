@@ -12,7 +12,7 @@ from bullmq import Queue, Worker
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
+from redis.exceptions import BusyLoadingError, ConnectionError, RedisError, TimeoutError
 
 from kpi_export.config import Settings
 
@@ -103,12 +103,15 @@ def create_worker(settings: Settings, processor: Processor) -> Worker:
             "stalledInterval": int(settings.lock_duration * 1000),
             "maxStalledCount": MAX_STALLED_COUNT,
             "name": worker_name(),
+            # Applied by bullmq to the jobs that carry no removeOnComplete/removeOnFail of their own.
+            "removeOnComplete": {"age": settings.keep_completed_age, "count": settings.keep_completed_count},
+            "removeOnFail": {"age": settings.keep_failed_age, "count": settings.keep_failed_count},
         },
     )
 
 
-def create_queue(settings: Settings) -> Queue:
-    return Queue(settings.queue_name, {"connection": redis_client(settings, max_connections=10)})
+def create_queue(settings: Settings, *, max_connections: int = 10) -> Queue:
+    return Queue(settings.queue_name, {"connection": redis_client(settings, max_connections=max_connections)})
 
 
 def attempts_allowed(job: QueuedJob) -> int:
@@ -153,3 +156,158 @@ async def job_snapshot(settings: Settings, job_id: str) -> dict[str, Any] | None
         }
     finally:
         await queue.close()
+
+
+# --- operator reads and actions (kpi-export stats, jobs, retry) and the worker's own checks ---------------
+
+JOB_STATES = (
+    "waiting",
+    "prioritized",
+    "active",
+    "delayed",
+    "waiting-children",
+    "paused",
+    "completed",
+    "failed",
+)
+RETRY_BATCH = 500
+
+
+async def eviction_policy(client: Redis) -> str | None:
+    """Redis' maxmemory-policy, or None when this Redis will not tell (a managed Redis may forbid CONFIG)."""
+    try:
+        reply = await client.config_get("maxmemory-policy")
+        if reply.get("maxmemory-policy"):
+            return str(reply["maxmemory-policy"])
+    except RedisError:
+        pass
+    try:
+        info = await client.info("memory")
+    except RedisError:
+        return None
+    policy = info.get("maxmemory_policy")
+    return str(policy) if policy else None
+
+
+async def job_counts(queue: Queue) -> dict[str, int]:
+    """Jobs in each of bullmq's states."""
+    counts = await queue.getJobCounts(*JOB_STATES)
+    return {state: int(counts.get(state, 0)) for state in JOB_STATES}
+
+
+def queue_depth(counts: dict[str, int]) -> dict[str, int]:
+    """The four states /metrics shows; `waiting` includes prioritized and paused jobs (all wait for a worker)."""
+    return {
+        "waiting": counts["waiting"] + counts["prioritized"] + counts["paused"],
+        "active": counts["active"],
+        "delayed": counts["delayed"],
+        "failed": counts["failed"],
+    }
+
+
+async def queue_stats(settings: Settings) -> dict[str, Any]:
+    """Job counts by state, the workers connected, and how long the oldest waiting job has waited."""
+    queue = create_queue(settings, max_connections=2)
+    try:
+        counts = await job_counts(queue)
+        oldest = await queue.getJobs(["waiting"], 0, 0, True)
+        workers = await _workers(queue)
+    finally:
+        await queue.close()
+    now_ms = _now_ms()
+    return {
+        "queue": settings.queue_name,
+        "counts": counts,
+        "workers": workers,
+        "oldest_waiting_age_s": round((now_ms - oldest[0].timestamp) / 1000, 1) if oldest else None,
+    }
+
+
+async def _workers(queue: Queue) -> list[dict[str, Any]] | None:
+    """One entry per worker connected to the queue (bullmq names each of its connections after its worker);
+    None when this Redis does not allow CLIENT LIST."""
+    try:
+        clients = await queue.get_workers()
+    except RedisError:
+        return None
+    if any(client.get("name") == "CLIENT LIST not supported" for client in clients):
+        return None
+    prefix = f"{queue.qualifiedName}:w:"
+    workers: dict[str, dict[str, Any]] = {}
+    for client in clients:
+        raw = str(client.get("rawname", ""))
+        name = raw.removeprefix(prefix) if raw.startswith(prefix) else "(unnamed)"
+        entry = workers.setdefault(name, {"name": name, "connections": 0, "age_s": 0})
+        entry["connections"] += 1
+        entry["age_s"] = max(entry["age_s"], int(client.get("age", 0) or 0))
+    return sorted(workers.values(), key=lambda worker: str(worker["name"]))
+
+
+async def list_jobs(settings: Settings, state: str, limit: int) -> list[dict[str, Any]]:
+    """The newest `limit` jobs in `state` (oldest first for the states that wait)."""
+    queue = create_queue(settings, max_connections=2)
+    try:
+        oldest_first = state in ("waiting", "prioritized", "delayed", "paused")
+        jobs = await queue.getJobs([state], 0, limit - 1, oldest_first)
+    finally:
+        await queue.close()
+    return [
+        {
+            "id": job.id,
+            "name": job.name,
+            "added": job.timestamp,
+            "attemptsMade": job.attemptsMade,
+            "attempts": attempts_allowed(job),
+            "failedReason": job.failedReason or None,
+            "returnvalue": job.returnvalue,
+            "finishedOn": job.finishedOn or None,
+            "data": job.data,
+        }
+        for job in jobs[:limit]
+    ]
+
+
+async def retry_jobs(settings: Settings, job_ids: list[str]) -> dict[str, str]:
+    """Put failed jobs back to wait; for each id: "retried", "not found" or "not failed (STATE)"."""
+    queue = create_queue(settings, max_connections=2)
+    outcome: dict[str, str] = {}
+    try:
+        for job_id in job_ids:
+            job = await queue.getJob(job_id)
+            if job is None:
+                outcome[job_id] = "not found"
+                continue
+            state = await job.getState()
+            if state != "failed":
+                outcome[job_id] = f"not failed ({state})"
+                continue
+            await job.retry("failed")
+            outcome[job_id] = "retried"
+    finally:
+        await queue.close()
+    return outcome
+
+
+async def retry_all_failed(settings: Settings, progress: Callable[[int, int], None]) -> int:
+    """Put every job that had failed when this started back to wait, in batches; `progress(done, total)` after
+    each batch. Jobs that fail again meanwhile are not retried twice. Returns how many were retried."""
+    queue = create_queue(settings, max_connections=2)
+    try:
+        started_ms = _now_ms()
+        failed_key = queue.toKey("failed")
+        total = int(await queue.client.zcount(failed_key, "-inf", started_ms))
+        progress(0, total)
+        while True:
+            cursor = await queue.backend.retryJobs("failed", RETRY_BATCH, started_ms)
+            left = int(await queue.client.zcount(failed_key, "-inf", started_ms))
+            progress(total - left, total)
+            if not cursor or str(cursor) == "0":
+                return total - left
+    finally:
+        await queue.close()
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError
@@ -22,8 +23,15 @@ _REFUSALS = (AuthenticationError, AuthorizationError, NoPermissionError)
 
 
 class RedisWatch:
-    def __init__(self, client: Redis, target: RedisTarget, interval: float = PING_INTERVAL) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        target: RedisTarget,
+        interval: float = PING_INTERVAL,
+        on_reconnect: Callable[[], None] = lambda: None,
+    ) -> None:
         self.client = client
+        self.on_reconnect = on_reconnect
         self.target = target
         self.interval = interval
         self.up = False
@@ -72,6 +80,8 @@ class RedisWatch:
                 extra={"event": "redis.back"},
             )
             self._lost_at = None
+            if self.reached:
+                self.on_reconnect()
         self.up = self.reached = True
         return True
 

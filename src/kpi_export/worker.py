@@ -10,20 +10,34 @@ import functools
 import logging
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from bullmq import Worker
 from bullmq.custom_errors import UnrecoverableError
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kpi_export.audit import AuditStore, create_engine
 from kpi_export.config import Settings
 from kpi_export.dbfaults import describe, is_transient
 from kpi_export.errors import SchemaNotReady, StartupError
+from kpi_export.health import HealthServer
 from kpi_export.logs import Throttle
+from kpi_export.metrics import WorkerMetrics
 from kpi_export.processor import JobDeps, process_job
-from kpi_export.queue import attempts_allowed, create_worker, redis_client, redis_target
+from kpi_export.queue import (
+    attempts_allowed,
+    create_queue,
+    create_worker,
+    eviction_policy,
+    job_counts,
+    queue_depth,
+    redis_client,
+    redis_target,
+)
+from kpi_export.readiness import check_readiness
 from kpi_export.redis_watch import RedisWatch
 from kpi_export.schema import check_ready
 
@@ -71,29 +85,113 @@ class Exit:
     clean: bool = True  # False: a task of bullmq's would not stop; the process must exit without waiting
 
 
+class Lifecycle:
+    """Where the worker is, for /livez: "starting" (waiting for Redis and the database), "running" (bullmq's
+    processing loop runs, also while it drains), "stopped"."""
+
+    def __init__(self) -> None:
+        self.run_task: asyncio.Task[None] | None = None
+
+    def state(self) -> str:
+        if self.run_task is None:
+            return "starting"
+        return "stopped" if self.run_task.done() else "running"
+
+
 async def run_worker(settings: Settings, stop: StopSignals | None = None) -> Exit:
     """Run until a signal (or `stop`) stops it."""
     stop = stop or StopSignals()
     throttle = Throttle()
-    watch = RedisWatch(redis_client(settings, max_connections=1), redis_target(settings))
+    metrics = WorkerMetrics(settings.queue_name)
+    lifecycle = Lifecycle()
+    watch = RedisWatch(
+        redis_client(settings, max_connections=1),
+        redis_target(settings),
+        on_reconnect=metrics.redis_reconnected,
+    )
     engine = create_engine(settings.database, pool_size=min(settings.worker_concurrency, 20))
+    background: list[asyncio.Task[None]] = []
+    closers: list[Callable[[], Awaitable[None]]] = []
     try:
+        if settings.health_port is not None:
+            await _serve_health(settings, lifecycle, metrics, closers)
         if not await watch.wait_until_up(stop.requested):
             return Exit(0)
+        await _check_eviction_policy(watch.client)
         if not await _wait_for_database(engine, stop.requested):
             return Exit(0)
         watch.start()
-        deps = JobDeps(AuditStore(engine), settings.db_retry_window, throttle)
+        if settings.health_port is not None:
+            background.append(asyncio.create_task(_refresh_queue_depth(settings, metrics, closers)))
+        deps = JobDeps(AuditStore(engine), settings.db_retry_window, throttle, metrics)
         worker = create_worker(settings, functools.partial(process_job, deps=deps))
-        _attach_listeners(worker, settings.queue_name, throttle)
-        return await _supervise(worker, settings, stop)
+        _attach_listeners(worker, settings.queue_name, throttle, metrics)
+        return await _supervise(worker, settings, stop, lifecycle)
     except StartupError as exc:
         log.error("Cannot start: %s", exc, extra={"event": "worker.cannot_start"})
         return Exit(1)
     finally:
         stop.remove()
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        for close in reversed(closers):
+            await close()
         await watch.close()
         await engine.dispose()
+
+
+async def _serve_health(
+    settings: Settings,
+    lifecycle: Lifecycle,
+    metrics: WorkerMetrics,
+    closers: list[Callable[[], Awaitable[None]]],
+) -> None:
+    """Start /livez, /readyz and /metrics. Readiness uses connections of its own (a fresh database connection
+    per check), so that a busy worker pool cannot make a probe wait."""
+    assert settings.health_port is not None
+    client = redis_client(settings, max_connections=4)  # a few probes may ask at once
+    engine = create_engine(settings.database, pooled=False)
+    closers += [client.aclose, engine.dispose]
+    server = HealthServer(
+        host=settings.health_host,
+        port=settings.health_port,
+        liveness=lifecycle.state,
+        readiness=lambda: check_readiness(client, engine),
+        metrics=metrics,
+    )
+    await server.start()
+    closers.append(server.close)
+
+
+async def _refresh_queue_depth(
+    settings: Settings, metrics: WorkerMetrics, closers: list[Callable[[], Awaitable[None]]]
+) -> None:
+    queue = create_queue(settings, max_connections=1)
+    closers.append(queue.close)
+    while True:
+        try:
+            metrics.queue_depth(queue_depth(await job_counts(queue)))
+        except Exception as exc:  # Redis is away: RedisWatch says so; the gauges keep their last value
+            log.debug("Queue depth not read: %s", describe(exc))
+        await asyncio.sleep(settings.queue_metrics_interval)
+
+
+async def _check_eviction_policy(client: Redis) -> None:
+    """BullMQ needs a Redis that never evicts keys; say so at start when this one might."""
+    policy = await eviction_policy(client)
+    if policy is None:
+        log.info(
+            "Redis did not tell its maxmemory-policy (CONFIG and INFO refused): make sure it is noeviction",
+            extra={"event": "redis.eviction_policy_unknown"},
+        )
+    elif policy != "noeviction":
+        log.warning(
+            "Redis maxmemory-policy is %s, not noeviction: under memory pressure Redis may evict jobs and "
+            "lose them; set maxmemory-policy noeviction",
+            policy,
+            extra={"event": "redis.eviction_policy"},
+        )
 
 
 async def _wait_for_database(engine: AsyncEngine, give_up: asyncio.Event) -> bool:
@@ -124,8 +222,9 @@ async def _wait_for_database(engine: AsyncEngine, give_up: asyncio.Event) -> boo
         return True
 
 
-async def _supervise(worker: Worker, settings: Settings, stop: StopSignals) -> Exit:
+async def _supervise(worker: Worker, settings: Settings, stop: StopSignals, lifecycle: Lifecycle) -> Exit:
     run = asyncio.create_task(worker.run(), name="bullmq-worker")
+    lifecycle.run_task = run
     log.info(
         'Worker escuchando cola "%s" (concurrency=%d)',
         settings.queue_name,
@@ -178,12 +277,16 @@ async def _close(
     worker.cancelProcessing()
     await asyncio.wait({closing}, timeout=FORCED_CLOSE_GRACE)
     if not closing.done():
-        log.warning("bullmq did not close within %.0f s; exiting anyway", FORCED_CLOSE_GRACE)
+        log.warning(
+            "bullmq did not close within %.0f s; exiting anyway",
+            FORCED_CLOSE_GRACE,
+            extra={"event": "worker.close_timeout"},
+        )
         return False
     return True
 
 
-def _attach_listeners(worker: Worker, queue: str, throttle: Throttle) -> None:
+def _attach_listeners(worker: Worker, queue: str, throttle: Throttle, metrics: WorkerMetrics) -> None:
     """bullmq's listeners are synchronous and unguarded: an exception in one silences the next."""
 
     def guarded(handler: Any) -> Any:
@@ -192,12 +295,15 @@ def _attach_listeners(worker: Worker, queue: str, throttle: Throttle) -> None:
             try:
                 handler(*args)
             except Exception:
-                log.exception("Error in the %s event handler", handler.__name__)
+                log.exception(
+                    "Error in the %s event handler", handler.__name__, extra={"event": "worker.handler_error"}
+                )
 
         return call
 
     @guarded
     def completed(job: Any, result: Any, *_: Any) -> None:
+        metrics.job_finished("completed")
         duration = _duration_ms(job)
         log.info(
             "Job %s completed: %s",
@@ -219,6 +325,7 @@ def _attach_listeners(worker: Worker, queue: str, throttle: Throttle) -> None:
             return
         attempts = attempts_allowed(job)
         final = isinstance(error, UnrecoverableError) or job.attemptsMade >= attempts
+        metrics.job_finished("failed" if final else "retried")
         fate = "final, not retried" if final else f"attempt {job.attemptsMade} of {attempts}, will be retried"
         log.warning(
             "Job %s failed: %s (%s)",
@@ -230,6 +337,7 @@ def _attach_listeners(worker: Worker, queue: str, throttle: Throttle) -> None:
                 "job_id": job.id,
                 "queue": queue,
                 "outcome": "failed" if final else "retry",
+                "idExport": None,
                 "attempt": job.attemptsMade,
                 "attempts": attempts,
                 "duration_ms": _duration_ms(job),

@@ -1,0 +1,122 @@
+"""Prometheus metrics of one worker, in a registry of its own (served on /metrics by `health.py`).
+
+The processor and the worker's event listeners feed them; the queue depth is read in the background.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+
+__all__ = ["CONTENT_TYPE", "OUTCOMES", "QUEUE_STATES", "WorkerMetrics"]
+
+# completed: the job's result is stored; failed: failed for good; retried: the attempt failed and bullmq
+# will run the job again (the producer's attempts/backoff).
+OUTCOMES = ("completed", "failed", "retried")
+QUEUE_STATES = ("waiting", "active", "delayed", "failed")
+_JOB_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_WRITE_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+class WorkerMetrics:
+    def __init__(self, queue: str) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series only double the output
+        self.registry = CollectorRegistry()
+        self.queue = queue
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        labels = ["queue"]
+        self._jobs = Counter(
+            "kpi_export_jobs",
+            "Job attempts finished, by outcome (completed, failed for good, failed and retried by bullmq).",
+            [*labels, "outcome"],
+            registry=self.registry,
+        )
+        self._retried_inside = Counter(
+            "kpi_export_jobs_retried_inside",
+            "Jobs whose audit write met a transient database fault and was retried inside the job.",
+            labels,
+            registry=self.registry,
+        )
+        self._duration = Histogram(
+            "kpi_export_job_duration_seconds",
+            "Time spent processing one job attempt, from its start to its result or error.",
+            labels,
+            buckets=_JOB_SECONDS,
+            registry=self.registry,
+        )
+        self._in_flight = Gauge(
+            "kpi_export_jobs_in_flight",
+            "Jobs being processed by this worker now.",
+            labels,
+            registry=self.registry,
+        )
+        self._db_write = Histogram(
+            "kpi_export_db_write_duration_seconds",
+            "Time of one attempt at the idempotent insert of an audit row.",
+            labels,
+            buckets=_WRITE_SECONDS,
+            registry=self.registry,
+        )
+        self._progress_failures = Counter(
+            "kpi_export_progress_update_failures",
+            "Jobs whose progress ({idExport}) could not be published; the job still completed.",
+            labels,
+            registry=self.registry,
+        )
+        self._redis_reconnects = Counter(
+            "kpi_export_redis_reconnects",
+            "Times Redis was reachable again after it had been lost.",
+            labels,
+            registry=self.registry,
+        )
+        self._queue_jobs = Gauge(
+            "kpi_export_queue_jobs",
+            "Jobs in the queue by state, as last read from Redis (every QUEUE_METRICS_INTERVAL seconds).",
+            [*labels, "state"],
+            registry=self.registry,
+        )
+        # Every series exists from the start, at zero: a rate() needs the first sample.
+        for outcome in OUTCOMES:
+            self._jobs.labels(queue, outcome)
+        for metric in (self._retried_inside, self._progress_failures, self._redis_reconnects):
+            metric.labels(queue)
+
+    def job_started(self) -> None:
+        self._in_flight.labels(self.queue).inc()
+
+    def job_ended(self, seconds: float) -> None:
+        self._in_flight.labels(self.queue).dec()
+        self._duration.labels(self.queue).observe(seconds)
+
+    def job_finished(self, outcome: str) -> None:
+        self._jobs.labels(self.queue, outcome).inc()
+
+    def retried_inside(self) -> None:
+        self._retried_inside.labels(self.queue).inc()
+
+    def db_write(self, seconds: float) -> None:
+        self._db_write.labels(self.queue).observe(seconds)
+
+    def progress_failed(self) -> None:
+        self._progress_failures.labels(self.queue).inc()
+
+    def redis_reconnected(self) -> None:
+        self._redis_reconnects.labels(self.queue).inc()
+
+    def queue_depth(self, counts: dict[str, int]) -> None:
+        for state in QUEUE_STATES:
+            self._queue_jobs.labels(self.queue, state).set(counts.get(state, 0))
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)

@@ -1,0 +1,127 @@
+"""The files under deploy/, loaded for the tests that hold them to what the program serves and reads."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from kpi_export.cli import cli
+from kpi_export.config import Settings
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+SETTINGS_VARIABLES = {name.upper() for name in Settings.model_fields}
+
+
+def kubernetes_documents() -> list[dict[str, Any]]:
+    documents = []
+    for path in sorted((DEPLOY / "kubernetes").glob("*.yaml")):
+        with path.open(encoding="utf-8") as file:
+            documents += [doc for doc in yaml.safe_load_all(file) if doc]
+    return documents
+
+
+def of_kind(kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in kubernetes_documents() if doc["kind"] == kind]
+
+
+def the(kind: str) -> dict[str, Any]:
+    found = of_kind(kind)
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def worker_container() -> dict[str, Any]:
+    containers = the("Deployment")["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return dict(containers[0])
+
+
+def literal_env(container: dict[str, Any]) -> dict[str, str]:
+    return {item["name"]: item["value"] for item in container.get("env", []) if "value" in item}
+
+
+def resolves_to_command(args: list[str]) -> bool:
+    """True when `kpi-export ARGS…` names a command of the CLI (a group's subcommand included)."""
+    command: click.Command = cli
+    for arg in args:
+        if not isinstance(command, click.Group) or arg not in command.commands:
+            return False
+        command = command.commands[arg]
+    return not isinstance(command, click.Group)
+
+
+@dataclass
+class Unit:
+    """A systemd unit: each section's keys, each with every value it was given (a key may repeat)."""
+
+    sections: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+
+    def get(self, section: str, key: str) -> str:
+        values = self.sections[section][key]
+        assert len(values) == 1, (section, key, values)
+        return values[0]
+
+    def environment(self) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for value in self.sections["Service"].get("Environment", []):
+            for assignment in shlex.split(value):
+                name, _, setting = assignment.partition("=")
+                found[name] = setting
+        return found
+
+
+def systemd_unit() -> Unit:
+    unit = Unit()
+    section = ""
+    for raw in (DEPLOY / "systemd" / "kpi-export-worker.service").read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            unit.sections.setdefault(section, {})
+            continue
+        key, _, value = line.partition("=")
+        unit.sections[section].setdefault(key.strip(), []).append(value.strip())
+    return unit
+
+
+def env_file(path: Path) -> dict[str, str]:
+    found = {}
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            found[name] = value
+    return found
+
+
+@dataclass
+class Stage:
+    base: str
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def all(self, keyword: str) -> list[str]:
+        return [argument for name, argument in self.instructions if name == keyword]
+
+
+def dockerfile_stages() -> list[Stage]:
+    """The Dockerfile's stages, each with its instructions (continuation lines joined)."""
+    stages: list[Stage] = []
+    text = (DEPLOY / "Dockerfile").read_text(encoding="utf-8").replace("\\\n", " ")
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        keyword, _, argument = line.partition(" ")
+        keyword = keyword.upper()
+        if keyword == "FROM":
+            stages.append(Stage(argument.split()[0]))
+        else:
+            stages[-1].instructions.append((keyword, " ".join(argument.split())))
+    return stages
