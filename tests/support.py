@@ -17,7 +17,7 @@ from sqlalchemy import select
 from kpi_export.audit import audit_table, create_engine
 from kpi_export.config import Settings
 from kpi_export.queue import create_queue, redis_client
-from kpi_export.worker import Exit, StopSignals, run_worker
+from kpi_export.worker import StopSignals, run_worker
 
 
 class JobEvents:
@@ -107,7 +107,7 @@ async def running_worker(settings: Settings) -> AsyncIterator[StopSignals]:
     finally:
         stop.request("test over")
         outcome = await asyncio.wait_for(task, timeout=settings.shutdown_timeout + 10)
-        assert outcome == Exit(0)
+        assert outcome == 0
 
 
 class WorkerProcess:

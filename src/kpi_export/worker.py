@@ -11,7 +11,6 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from bullmq import Worker
@@ -79,12 +78,6 @@ class StopSignals:
                 self._loop.remove_signal_handler(sig)
 
 
-@dataclass(frozen=True)
-class Exit:
-    status: int
-    clean: bool = True  # False: a task of bullmq's would not stop; the process must exit without waiting
-
-
 class Lifecycle:
     """Where the worker is, for /livez: "starting" (waiting for Redis and the database), "running" (bullmq's
     processing loop runs, also while it drains), "stopped"."""
@@ -98,8 +91,8 @@ class Lifecycle:
         return "stopped" if self.run_task.done() else "running"
 
 
-async def run_worker(settings: Settings, stop: StopSignals | None = None) -> Exit:
-    """Run until a signal (or `stop`) stops it."""
+async def run_worker(settings: Settings, stop: StopSignals | None = None) -> int:
+    """Run until a signal (or `stop`) stops it; return the exit status."""
     stop = stop or StopSignals()
     throttle = Throttle()
     metrics = WorkerMetrics(settings.queue_name)
@@ -116,10 +109,10 @@ async def run_worker(settings: Settings, stop: StopSignals | None = None) -> Exi
         if settings.health_port is not None:
             await _serve_health(settings, lifecycle, metrics, closers)
         if not await watch.wait_until_up(stop.requested):
-            return Exit(0)
+            return 0
         await _check_eviction_policy(watch.client)
         if not await _wait_for_database(engine, stop.requested):
-            return Exit(0)
+            return 0
         watch.start()
         if settings.health_port is not None:
             background.append(asyncio.create_task(_refresh_queue_depth(settings, metrics, closers)))
@@ -129,7 +122,7 @@ async def run_worker(settings: Settings, stop: StopSignals | None = None) -> Exi
         return await _supervise(worker, settings, stop, lifecycle)
     except StartupError as exc:
         log.error("Cannot start: %s", exc, extra={"event": "worker.cannot_start"})
-        return Exit(1)
+        return 1
     finally:
         stop.remove()
         for task in background:
@@ -222,7 +215,7 @@ async def _wait_for_database(engine: AsyncEngine, give_up: asyncio.Event) -> boo
         return True
 
 
-async def _supervise(worker: Worker, settings: Settings, stop: StopSignals, lifecycle: Lifecycle) -> Exit:
+async def _supervise(worker: Worker, settings: Settings, stop: StopSignals, lifecycle: Lifecycle) -> int:
     run = asyncio.create_task(worker.run(), name="bullmq-worker")
     lifecycle.run_task = run
     log.info(
@@ -242,18 +235,19 @@ async def _supervise(worker: Worker, settings: Settings, stop: StopSignals, life
             extra={"event": "worker.crashed"},
         )
         stopping.cancel()
-        return Exit(1, await _close(worker, abandon=True))
-    closed = await _close(worker, timeout=settings.shutdown_timeout, forced=stop.forced)
+        await _close(worker, abandon=True)
+        return 1
+    await _close(worker, timeout=settings.shutdown_timeout, forced=stop.forced)
     await asyncio.wait({run}, timeout=FORCED_CLOSE_GRACE)
     log.info("Worker stopped", extra={"event": "worker.stopped"})
-    return Exit(0, closed)
+    return 0
 
 
 async def _close(
     worker: Worker, *, timeout: float = 0, forced: asyncio.Event | None = None, abandon: bool = False
-) -> bool:
+) -> None:
     """Close the worker, letting the jobs in flight finish for up to `timeout` s or until `forced` is set;
-    then abandon them. Returns False when bullmq's close() did not finish even then."""
+    then abandon them."""
     started = time.monotonic()
     closing = asyncio.create_task(worker.close())
     if not abandon:
@@ -262,7 +256,7 @@ async def _close(
         force_requested.cancel()
         if closing.done():
             log.info("Drained in %.1f s", time.monotonic() - started, extra={"event": "worker.drained"})
-            return True
+            return
     if worker.jobs:
         log.warning(
             "Stopping with %d job(s) in flight: they stay active in Redis and another worker takes them "
@@ -271,7 +265,7 @@ async def _close(
             extra={"event": "worker.abandoned"},
         )
     # What close(force=True) does before its teardown. A second, forced close() beside the pending one
-    # would leave that one spinning forever once asyncio.run() cancels its teardown.
+    # would leave that one spinning forever if its teardown were ever cancelled.
     worker.forceClosing = True
     worker.cancelAllJobs("worker stopping")
     worker.cancelProcessing()
@@ -282,8 +276,6 @@ async def _close(
             FORCED_CLOSE_GRACE,
             extra={"event": "worker.close_timeout"},
         )
-        return False
-    return True
 
 
 def _attach_listeners(worker: Worker, queue: str, throttle: Throttle, metrics: WorkerMetrics) -> None:

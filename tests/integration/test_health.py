@@ -220,4 +220,4 @@ async def test_a_health_port_in_use_stops_the_worker_with_exit_1(migrated: Setti
     finally:
         server.close()
         await server.wait_closed()
-    assert outcome.status == 1
+    assert outcome == 1
