@@ -19,6 +19,7 @@ from kpi_export.config import Settings
 from kpi_export.errors import SchemaNotReady
 from kpi_export.payload import AuditEntry
 from kpi_export.schema import check_ready, head_revision
+from tests.conftest import mariadb_execute
 from tests.support import audit_rows
 
 # The original's table, as `prisma migrate` makes it (SPEC.md).
@@ -44,6 +45,19 @@ CREATE TABLE "kpi_auditoria_export" (
     "codigoEstado" INTEGER NOT NULL DEFAULT 0,
     "createdAt" DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP
 );
+"""
+PRISMA_MYSQL = """
+CREATE TABLE `kpi_auditoria_export` (
+    `idExport` INTEGER NOT NULL AUTO_INCREMENT,
+    `usuarioId` INTEGER NOT NULL,
+    `ip` VARCHAR(191) NULL,
+    `filters` JSON NULL,
+    `format` VARCHAR(191) NOT NULL,
+    `codigoEstado` INTEGER NOT NULL DEFAULT 0,
+    `createdAt` DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3),
+
+    PRIMARY KEY (`idExport`)
+) DEFAULT CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;
 """
 OLD_ROWS = [
     (11, "203.0.113.7", '{"area": "ventas"}', "xlsx", 0, "2026-01-15 10:20:30.123"),
@@ -103,7 +117,18 @@ def prisma_sqlite(tmp_path: Path) -> str:
     return f"file:{path}"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture
+def prisma_mariadb(mariadb_url: str) -> str:
+    insert = (
+        "INSERT INTO `kpi_auditoria_export` (`usuarioId`, `ip`, `filters`, `format`, `codigoEstado`, "
+        "`createdAt`) VALUES (%s, %s, %s, %s, %s, %s)"
+    )
+    asyncio.run(mariadb_execute(mariadb_url, PRISMA_MYSQL))
+    asyncio.run(mariadb_execute(mariadb_url, insert, args=OLD_ROWS))
+    return mariadb_url
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
 def prisma_database(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue(f"prisma_{request.param}"))
 
