@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -90,7 +91,8 @@ def worker_name() -> str:
 def create_worker(settings: Settings, processor: Processor) -> Worker:
     """A bullmq Worker that does not start itself: the caller owns and supervises `run()`."""
     client = redis_client(settings, max_connections=settings.worker_concurrency + 5)
-    return Worker(
+    name = worker_name()
+    worker = Worker(
         settings.queue_name,
         processor,
         {
@@ -102,9 +104,19 @@ def create_worker(settings: Settings, processor: Processor) -> Worker:
             "lockDuration": int(settings.lock_duration * 1000),
             "stalledInterval": int(settings.lock_duration * 1000),
             "maxStalledCount": MAX_STALLED_COUNT,
-            "name": worker_name(),
+            "name": name,
         },
     )
+    worker.clientName = node_client_name(settings.queue_name, name)
+    return worker
+
+
+def node_client_name(queue_name: str, worker: str) -> str:
+    """The Redis connection name by which npm bullmq's `getWorkers()` (and the dashboards built on it) find
+    a worker. bullmq for Python names its connections `bull:<queue>:w:<name>`, with the queue name in clear,
+    where npm bullmq writes it in base64: left as it is, a Python worker is invisible to the Node side."""
+    encoded = base64.b64encode(queue_name.encode()).decode()
+    return f"bull:{encoded}:w:{worker}"
 
 
 def create_queue(settings: Settings) -> Queue:
