@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bullmq import Queue, Worker
+from bullmq import Job, Queue, Worker
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
@@ -132,10 +132,20 @@ async def add_jobs(settings: Settings, name: str, payloads: list[Any], opts: dic
     """Add jobs as a Node producer does (the same Lua scripts); returns their ids."""
     queue = create_queue(settings)
     try:
-        jobs = await queue.addBulk([{"name": name, "data": data, "opts": dict(opts)} for data in payloads])
+        jobs = [_job_as_node_adds_it(queue, name, data, opts) for data in payloads]
+        await queue.backend.addJobs(jobs)  # what Queue.addBulk does, in one transaction
         return [str(job.id) for job in jobs]
     finally:
         await queue.close()
+
+
+def _job_as_node_adds_it(queue: Queue, name: str, data: Any, opts: dict[str, Any]) -> Job:
+    """bullmq for Python stores `delay: 0` in every job's options, where npm bullmq leaves it out; a Node
+    consumer would then see options that its own producer never gives."""
+    job = Job(queue, name, data, dict(opts), opts.get("jobId"))
+    if not job.opts.get("delay"):
+        job.opts.pop("delay", None)
+    return job
 
 
 async def job_snapshot(settings: Settings, job_id: str) -> dict[str, Any] | None:
