@@ -55,6 +55,8 @@ class RedisFaultProxy:
         self.upstream = (upstream_host, upstream_port)
         self.refuse: Callable[[Command], bool] = lambda _command: False
         self.refused = 0
+        self.cut: Callable[[Command], bool] = lambda _command: False  # drop the connection instead
+        self.cuts = 0
         self.port = 0
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.StreamWriter] = set()
@@ -95,6 +97,9 @@ class RedisFaultProxy:
                     command, size = parsed
                     raw = bytes(buffer[:size])
                     del buffer[:size]
+                    if self.cut(command):
+                        self.cuts += 1
+                        raise ConnectionError("injected fault: connection dropped by the test proxy")
                     if self.refuse(command):
                         self.refused += 1
                         client_writer.write(b"-ERR injected fault: command refused by the test proxy\r\n")

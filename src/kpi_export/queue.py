@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import socket
@@ -109,6 +110,20 @@ def create_worker(settings: Settings, processor: Processor) -> Worker:
     )
     worker.clientName = node_client_name(settings.queue_name, name)
     return worker
+
+
+async def run_loop(worker: Worker) -> None:
+    """`worker.run()`, once the worker's Redis connections are named. bullmq's run() names them before its
+    error handling starts, so a Redis lost at that moment would end the loop for good; here the naming is
+    retried until Redis is back, or until the worker is closing."""
+    while not worker.closing:
+        try:
+            await worker._ensure_client_names()
+        except (ConnectionError, TimeoutError, BusyLoadingError, OSError):
+            await asyncio.sleep(RUN_RETRY_DELAY_MS / 1000)
+            continue
+        await worker.run()
+        return
 
 
 def node_client_name(queue_name: str, worker: str) -> str:

@@ -23,7 +23,7 @@ from kpi_export.dbfaults import describe, is_transient
 from kpi_export.errors import SchemaNotReady, StartupError
 from kpi_export.logs import Throttle
 from kpi_export.processor import JobDeps, process_job
-from kpi_export.queue import attempts_allowed, create_worker, redis_client, redis_target
+from kpi_export.queue import attempts_allowed, create_worker, redis_client, redis_target, run_loop
 from kpi_export.redis_watch import RedisWatch
 from kpi_export.schema import check_ready
 
@@ -125,7 +125,7 @@ async def _wait_for_database(engine: AsyncEngine, give_up: asyncio.Event) -> boo
 
 
 async def _supervise(worker: Worker, settings: Settings, stop: StopSignals) -> Exit:
-    run = asyncio.create_task(worker.run(), name="bullmq-worker")
+    run = asyncio.create_task(run_loop(worker), name="bullmq-worker")
     log.info(
         'Worker escuchando cola "%s" (concurrency=%d)',
         settings.queue_name,
