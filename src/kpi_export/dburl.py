@@ -1,7 +1,8 @@
 """DATABASE_URL as a Prisma application writes it, turned into what SQLAlchemy's async drivers take.
 
-Pure: parsing only. `postgresql://…?schema=s`, `mysql://…` and `file:./dev.db` are accepted as they are,
-so a team can reuse the URL its Node application already has.
+Pure: parsing only (but for the TLS context that MySQL's `sslaccept` asks for, which reads the system's CA
+certificates). `postgresql://…?schema=s`, `mysql://…` and `file:./dev.db` are accepted as they are, so a team
+can reuse the URL its Node application already has.
 """
 
 from __future__ import annotations
