@@ -1,8 +1,8 @@
-"""Fixtures for real services: Redis, PostgreSQL and SQLite.
+"""Fixtures for real services: Redis, PostgreSQL, MariaDB and SQLite.
 
 A service that is down is a skip on a laptop (with the reason) and a failure under CI (CI=true).
-Each test gets its own queue name and its own database (a SQLite file, or a PostgreSQL schema) and
-leaves nothing behind.
+Each test gets its own queue name and its own database (a SQLite file, a PostgreSQL schema, a MariaDB
+database) and leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
+import aiomysql
 import asyncpg
 import pytest
 import redis
@@ -27,6 +29,7 @@ from kpi_export.schema import upgrade
 
 REDIS_URL = os.environ.get("KPI_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get("KPI_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+MARIADB_URL = os.environ.get("KPI_TEST_MARIADB_URL", "mysql://root@127.0.0.1:3306/test")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 _reachable: dict[str, bool] = {}
@@ -100,14 +103,47 @@ def postgresql_url() -> Iterator[str]:
     asyncio.run(run(f'DROP SCHEMA "{schema}" CASCADE'))
 
 
+async def mariadb_execute(url: str, *statements: str, args: list[tuple[Any, ...]] | None = None) -> None:
+    """Run statements on the MariaDB server of `url` (a `mysql://` URL), autocommitted."""
+    parts = urlsplit(url)
+    conn = await aiomysql.connect(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or 3306,
+        user=parts.username or "root",
+        password=parts.password or "",
+        db=parts.path.lstrip("/") or None,
+        autocommit=True,
+        charset="utf8mb4",
+    )
+    try:
+        async with conn.cursor() as cursor:
+            for statement in statements:
+                if args:
+                    await cursor.executemany(statement, args)
+                else:
+                    await cursor.execute(statement)
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def mariadb_url() -> Iterator[str]:
+    """A MariaDB database of this test's own, as a Prisma-style `mysql://` URL; dropped afterwards."""
+    require_service("MariaDB", MARIADB_URL)
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    asyncio.run(mariadb_execute(MARIADB_URL, f"CREATE DATABASE `{name}`"))
+    yield MARIADB_URL.rsplit("/", 1)[0] + f"/{name}"
+    asyncio.run(mariadb_execute(MARIADB_URL, f"DROP DATABASE `{name}`"))
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"file:{tmp_path / 'audit.db'}"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
 def database_url(request: pytest.FixtureRequest) -> str:
-    """Each test that uses it runs once on SQLite and once on PostgreSQL."""
+    """Each test that uses it runs once on SQLite, once on PostgreSQL and once on MariaDB."""
     return str(request.getfixturevalue(f"{request.param}_url"))
 
 

@@ -1,5 +1,6 @@
-"""Fault injection between the worker and a real Redis: a TCP proxy that understands just enough RESP to
-refuse chosen commands (as a failing Redis would) or to cut every connection (as a network fault would)."""
+"""Fault injection: between the worker and a real Redis, a TCP proxy that understands just enough RESP to
+refuse chosen commands (as a failing Redis would) or to cut every connection (as a network fault would);
+between a worker and a real database server, a TCP proxy that can cut the server off."""
 
 from __future__ import annotations
 
@@ -54,6 +55,8 @@ class RedisFaultProxy:
         self.upstream = (upstream_host, upstream_port)
         self.refuse: Callable[[Command], bool] = lambda _command: False
         self.refused = 0
+        self.cut: Callable[[Command], bool] = lambda _command: False  # drop the connection instead
+        self.cuts = 0
         self.port = 0
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.StreamWriter] = set()
@@ -94,6 +97,9 @@ class RedisFaultProxy:
                     command, size = parsed
                     raw = bytes(buffer[:size])
                     del buffer[:size]
+                    if self.cut(command):
+                        self.cuts += 1
+                        raise ConnectionError("injected fault: connection dropped by the test proxy")
                     if self.refuse(command):
                         self.refused += 1
                         client_writer.write(b"-ERR injected fault: command refused by the test proxy\r\n")
@@ -117,3 +123,55 @@ class RedisFaultProxy:
                 writer.write(chunk)
                 await writer.drain()
         writer.transport.abort()
+
+
+class TcpFaultProxy:
+    """`async with TcpFaultProxy(5432) as proxy:` a plain TCP relay to a database server that the test can
+    cut off (`block()`: open connections dropped, new ones closed at once) and restore (`unblock()`),
+    as a network fault or a server restart would do."""
+
+    def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.blocked = False
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.StreamWriter] = set()
+
+    async def __aenter__(self) -> Self:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        self.block()
+        await self._server.wait_closed()
+
+    def block(self) -> None:
+        self.blocked = True
+        for writer in list(self._connections):
+            writer.transport.abort()
+
+    def unblock(self) -> None:
+        self.blocked = False
+
+    async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        if self.blocked:
+            client_writer.transport.abort()
+            return
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            client_writer.transport.abort()
+            return
+        self._connections.update((client_writer, upstream_writer))
+        try:
+            await asyncio.gather(
+                RedisFaultProxy._pump(client_reader, upstream_writer),
+                RedisFaultProxy._pump(upstream_reader, client_writer),
+            )
+        finally:
+            for writer in (client_writer, upstream_writer):
+                self._connections.discard(writer)
+                writer.transport.abort()

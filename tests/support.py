@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from kpi_export.audit import audit_table, create_engine
 from kpi_export.config import Settings
-from kpi_export.queue import create_queue, redis_client
+from kpi_export.queue import create_queue, node_client_name, redis_client
 from kpi_export.worker import StopSignals, run_worker
 
 
@@ -97,6 +97,22 @@ async def wait_until(
         await asyncio.sleep(0.02)
 
 
+async def wait_for_workers(settings: Settings, count: int = 1, timeout: float = 20) -> None:
+    """Wait until `count` workers (Python or Node) listen on the queue, found as npm bullmq's `getWorkers()`
+    finds them: by the names of their Redis connections."""
+    prefix = node_client_name(settings.queue_name, "").removesuffix(":w:")
+    client = redis_client(settings, max_connections=1)
+
+    async def listening() -> bool:
+        names = {c["name"] for c in await client.client_list()}
+        return len({n for n in names if n == prefix or n.startswith(f"{prefix}:w:")}) >= count
+
+    try:
+        await wait_until(listening, timeout, what=f"{count} worker(s) on queue {settings.queue_name}")
+    finally:
+        await client.aclose()
+
+
 @contextlib.asynccontextmanager
 async def running_worker(settings: Settings) -> AsyncIterator[StopSignals]:
     """The real worker (`run_worker`) in this event loop; stopped gracefully at the end."""
@@ -111,11 +127,11 @@ async def running_worker(settings: Settings) -> AsyncIterator[StopSignals]:
 
 
 class WorkerProcess:
-    """`kpi-export worker` as a child process; its output is collected line by line."""
+    """`kpi-export worker` (or `command`) as a child process; its output is collected line by line."""
 
-    def __init__(self, env: dict[str, str], *args: str) -> None:
+    def __init__(self, env: dict[str, str], *args: str, command: list[str] | None = None) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "kpi_export", *(args or ("worker",))],
+            command or [sys.executable, "-m", "kpi_export", *(args or ("worker",))],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -5,6 +5,7 @@ Column names are the original Prisma model's, case-sensitive, so that its reader
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,9 +43,9 @@ audit_table = Table(
     metadata,
     Column("idExport", Integer, primary_key=True, autoincrement=True),
     Column("usuarioId", Integer, nullable=False),
-    Column("ip", Text, nullable=True),
+    Column("ip", Text().with_variant(mysql.VARCHAR(191), "mysql", "mariadb"), nullable=True),
     Column("filters", JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=True),
-    Column("format", Text, nullable=False),
+    Column("format", Text().with_variant(mysql.VARCHAR(191), "mysql", "mariadb"), nullable=False),
     Column("codigoEstado", Integer, nullable=False, server_default=text("0")),
     Column(
         "createdAt",
@@ -66,7 +67,11 @@ def create_engine(target: DatabaseTarget, *, pool_size: int = 5, pooled: bool = 
     """An engine that never puts job data in an error message (`hide_parameters`).
 
     `pooled=False`: a new connection each time (health checks, which must see the server as it is now)."""
-    kwargs: dict[str, Any] = {"connect_args": target.connect_args, "hide_parameters": True}
+    kwargs: dict[str, Any] = {
+        "connect_args": target.connect_args,
+        "hide_parameters": True,
+        "json_serializer": prisma_json,
+    }
     if not pooled:
         kwargs["poolclass"] = NullPool
     elif target.dialect != "sqlite":
@@ -75,6 +80,12 @@ def create_engine(target: DatabaseTarget, *, pool_size: int = 5, pooled: bool = 
     if target.dialect == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def prisma_json(value: Any) -> str:
+    """JSON text as Prisma writes it (compact, UTF-8 kept): where the column is text (MariaDB's JSON,
+    SQLite), rows written by the worker and by the original are byte for byte alike."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -117,7 +128,7 @@ class AuditStore:
                 new_id = result.lastrowid
             else:
                 new_id = result.scalar()
-            if new_id is None:  # a previous delivery wrote it
+            if not new_id:  # a previous delivery wrote it
                 existing = select(audit_table.c.idExport).where(audit_table.c[KEY_COLUMN] == key)
                 new_id = (await conn.execute(existing)).scalar_one()
         return int(new_id)

@@ -1,11 +1,13 @@
 """DATABASE_URL as a Prisma application writes it, turned into what SQLAlchemy's async drivers take.
 
-Pure: parsing only. `postgresql://…?schema=s`, `mysql://…` and `file:./dev.db` are accepted as they are,
-so a team can reuse the URL its Node application already has.
+Pure: parsing only (but for the TLS context that MySQL's `sslaccept` asks for, which reads the system's CA
+certificates). `postgresql://…?schema=s`, `mysql://…` and `file:./dev.db` are accepted as they are, so a team
+can reuse the URL its Node application already has.
 """
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,11 +16,11 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 _POSTGRES_SCHEMES = {"postgresql", "postgres", "postgresql+asyncpg"}
-_MYSQL_SCHEMES = {"mysql", "mariadb", "mysql+asyncmy"}
+_MYSQL_SCHEMES = {"mysql", "mariadb", "mysql+aiomysql", "mysql+asyncmy"}
 _SQLITE_SCHEMES = {"sqlite", "sqlite+aiosqlite"}
 
 # Prisma parameters that only tune Prisma's own engine: accepted and not needed here.
-_PRISMA_ONLY = {"socket_timeout", "pool_timeout", "sslaccept", "relationJoins"}
+_PRISMA_ONLY = {"socket_timeout", "pool_timeout", "relationJoins"}
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ def _postgres(url: URL) -> DatabaseTarget:
         connect_args["statement_cache_size"] = 0  # a transaction-mode pooler forbids prepared statements
     if size := _pop_text(query, "statement_cache_size"):
         connect_args["statement_cache_size"] = int(_number(size, "statement_cache_size"))
+    _pop_text(query, "sslaccept")  # Prisma's certificate policy; sslmode decides here
     _reject_unknown(query)
     if server_settings:
         connect_args["server_settings"] = server_settings
@@ -102,11 +105,24 @@ def _mysql(url: URL) -> DatabaseTarget:
         connect_args["connect_timeout"] = _number(timeout, "connect_timeout")
     if limit := _pop_text(query, "connection_limit"):
         pool_size = int(_number(limit, "connection_limit"))
-    if _pop_text(query, "sslmode") in ("require", "required", "verify-full", "verify_identity"):
-        connect_args["ssl"] = True
+    if socket := _pop_text(query, "socket"):  # a Unix socket path, as in Prisma
+        connect_args["unix_socket"] = socket
+    if accept := _pop_text(query, "sslaccept"):
+        connect_args["ssl"] = _mysql_tls(accept)
     _reject_unknown(query)
-    clean = url.set(drivername="mysql+asyncmy", query={"charset": "utf8mb4"})
+    clean = url.set(drivername="mysql+aiomysql", query={"charset": "utf8mb4"})
     return DatabaseTarget("mysql", clean, connect_args, pool_size)
+
+
+def _mysql_tls(accept: str) -> ssl.SSLContext:
+    """Prisma's `sslaccept`: `strict` verifies the server's certificate, `accept_invalid_certs` does not."""
+    if accept not in ("strict", "accept_invalid_certs"):
+        raise ValueError("parameter sslaccept must be strict or accept_invalid_certs")
+    context = ssl.create_default_context()
+    if accept == "accept_invalid_certs":
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def _pop_text(query: dict[str, Any], name: str) -> str | None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bullmq import Queue, Worker
+from bullmq import Job, Queue, Worker
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
@@ -90,7 +92,8 @@ def worker_name() -> str:
 def create_worker(settings: Settings, processor: Processor) -> Worker:
     """A bullmq Worker that does not start itself: the caller owns and supervises `run()`."""
     client = redis_client(settings, max_connections=settings.worker_concurrency + 5)
-    return Worker(
+    name = worker_name()
+    worker = Worker(
         settings.queue_name,
         processor,
         {
@@ -102,12 +105,36 @@ def create_worker(settings: Settings, processor: Processor) -> Worker:
             "lockDuration": int(settings.lock_duration * 1000),
             "stalledInterval": int(settings.lock_duration * 1000),
             "maxStalledCount": MAX_STALLED_COUNT,
-            "name": worker_name(),
+            "name": name,
             # Applied by bullmq to the jobs that carry no removeOnComplete/removeOnFail of their own.
             "removeOnComplete": {"age": settings.keep_completed_age, "count": settings.keep_completed_count},
             "removeOnFail": {"age": settings.keep_failed_age, "count": settings.keep_failed_count},
         },
     )
+    worker.clientName = node_client_name(settings.queue_name, name)
+    return worker
+
+
+async def run_loop(worker: Worker) -> None:
+    """`worker.run()`, once the worker's Redis connections are named. bullmq's run() names them before its
+    error handling starts, so a Redis lost at that moment would end the loop for good; here the naming is
+    retried until Redis is back, or until the worker is closing."""
+    while not worker.closing:
+        try:
+            await worker._ensure_client_names()
+        except (ConnectionError, TimeoutError, BusyLoadingError, OSError):
+            await asyncio.sleep(RUN_RETRY_DELAY_MS / 1000)
+            continue
+        await worker.run()
+        return
+
+
+def node_client_name(queue_name: str, worker: str) -> str:
+    """The Redis connection name by which npm bullmq's `getWorkers()` (and the dashboards built on it) find
+    a worker. bullmq for Python names its connections `bull:<queue>:w:<name>`, with the queue name in clear,
+    where npm bullmq writes it in base64: left as it is, a Python worker is invisible to the Node side."""
+    encoded = base64.b64encode(queue_name.encode()).decode()
+    return f"bull:{encoded}:w:{worker}"
 
 
 def create_queue(settings: Settings, *, max_connections: int = 10) -> Queue:
@@ -123,10 +150,20 @@ async def add_jobs(settings: Settings, name: str, payloads: list[Any], opts: dic
     """Add jobs as a Node producer does (the same Lua scripts); returns their ids."""
     queue = create_queue(settings)
     try:
-        jobs = await queue.addBulk([{"name": name, "data": data, "opts": dict(opts)} for data in payloads])
+        jobs = [_job_as_node_adds_it(queue, name, data, opts) for data in payloads]
+        await queue.backend.addJobs(jobs)  # what Queue.addBulk does, in one transaction
         return [str(job.id) for job in jobs]
     finally:
         await queue.close()
+
+
+def _job_as_node_adds_it(queue: Queue, name: str, data: Any, opts: dict[str, Any]) -> Job:
+    """bullmq for Python stores `delay: 0` in every job's options, where npm bullmq leaves it out; a Node
+    consumer would then see options that its own producer never gives."""
+    job = Job(queue, name, data, dict(opts), opts.get("jobId"))
+    if not job.opts.get("delay"):
+        job.opts.pop("delay", None)
+    return job
 
 
 async def job_snapshot(settings: Settings, job_id: str) -> dict[str, Any] | None:
@@ -224,18 +261,18 @@ async def queue_stats(settings: Settings) -> dict[str, Any]:
 
 
 async def _workers(queue: Queue) -> list[dict[str, Any]] | None:
-    """One entry per worker connected to the queue (bullmq names each of its connections after its worker);
-    None when this Redis does not allow CLIENT LIST."""
+    """One entry per worker connected to the queue, Python or Node (each names its Redis connections as npm
+    bullmq does, see `node_client_name`); None when this Redis does not allow CLIENT LIST."""
     try:
-        clients = await queue.get_workers()
+        clients = await queue.client.client_list()
     except RedisError:
         return None
-    if any(client.get("name") == "CLIENT LIST not supported" for client in clients):
-        return None
-    prefix = f"{queue.qualifiedName}:w:"
+    prefix = node_client_name(queue.name, "")
     workers: dict[str, dict[str, Any]] = {}
     for client in clients:
-        raw = str(client.get("rawname", ""))
+        raw = str(client.get("name", ""))
+        if not (raw.startswith(prefix) or raw == prefix.removesuffix(":w:")):
+            continue
         name = raw.removeprefix(prefix) if raw.startswith(prefix) else "(unnamed)"
         entry = workers.setdefault(name, {"name": name, "connections": 0, "age_s": 0})
         entry["connections"] += 1

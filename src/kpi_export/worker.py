@@ -35,6 +35,7 @@ from kpi_export.queue import (
     queue_depth,
     redis_client,
     redis_target,
+    run_loop,
 )
 from kpi_export.readiness import check_readiness
 from kpi_export.redis_watch import RedisWatch
@@ -216,7 +217,7 @@ async def _wait_for_database(engine: AsyncEngine, give_up: asyncio.Event) -> boo
 
 
 async def _supervise(worker: Worker, settings: Settings, stop: StopSignals, lifecycle: Lifecycle) -> int:
-    run = asyncio.create_task(worker.run(), name="bullmq-worker")
+    run = asyncio.create_task(run_loop(worker), name="bullmq-worker")
     lifecycle.run_task = run
     log.info(
         'Worker escuchando cola "%s" (concurrency=%d)',

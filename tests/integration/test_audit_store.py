@@ -7,7 +7,9 @@ import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
 
+import aiomysql
 import asyncpg
 import pytest
 from pydantic import SecretStr
@@ -45,6 +47,30 @@ async def first_delivery_open(settings: Settings) -> AsyncIterator[FirstDelivery
             yield finish_pg
         finally:
             await conn.close()
+    elif settings.database.dialect == "mysql":
+        parts = urlsplit(url)
+        my = await aiomysql.connect(
+            host=parts.hostname,
+            port=parts.port or 3306,
+            user=parts.username or "root",
+            password=parts.password or "",
+            db=parts.path.lstrip("/"),
+            autocommit=False,
+        )
+        async with my.cursor() as cursor:
+            await cursor.execute(
+                "INSERT INTO kpi_auditoria_export (usuarioId, format, createdAt, idempotencyKey) "
+                "VALUES (5, 'csv', NOW(3), %s)",
+                (KEY,),
+            )
+
+        async def finish_mysql(commit: bool) -> None:
+            await (my.commit() if commit else my.rollback())
+
+        try:
+            yield finish_mysql
+        finally:
+            my.close()
     else:
         lite = sqlite3.connect(url.removeprefix("file:"), isolation_level=None, check_same_thread=False)
         lite.execute("BEGIN IMMEDIATE")
@@ -64,7 +90,7 @@ async def first_delivery_open(settings: Settings) -> AsyncIterator[FirstDelivery
 
 
 async def waiting_on_a_lock(settings: Settings, application: str) -> bool:
-    """PostgreSQL only: is a session of `application` blocked on a lock?"""
+    """PostgreSQL only (the others give no such view): is a session of `application` blocked on a lock?"""
     conn = await asyncpg.connect(settings.database_url.get_secret_value().split("?schema=")[0])
     try:
         count = await conn.fetchval(

@@ -20,6 +20,7 @@ from pydantic import SecretStr
 from kpi_export.config import Settings
 from kpi_export.embedded_redis import EmbeddedRedis, free_port
 from tests.conftest import worker_env
+from tests.faults import RedisFaultProxy
 from tests.support import WorkerProcess, audit_rows, job_events, queue_for, running_worker, wait_until
 
 START = 'Worker escuchando cola "{queue}" (concurrency={concurrency})'
@@ -338,3 +339,36 @@ async def test_a_rediss_url_reaches_redis_over_tls(migrated: Settings, tls_redis
         outcome, result = await events.finished(job.id)
     rows = await audit_rows(settings)
     assert (outcome, result) == ("completed", {"idExport": rows[0].idExport})
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_redis_lost_as_the_processing_loop_starts_is_waited_for(
+    migrated: Settings, redis_url: str
+) -> None:
+    """bullmq's run() names its Redis connections before its error handling starts: Redis lost at that very
+    moment must not end the loop."""
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    async with RedisFaultProxy(port) as proxy:
+        proxy.cut = lambda command: command[:2] == [b"CLIENT", b"SETNAME"]
+        settings = migrated.model_copy(update={"redis_url": SecretStr(proxy.url)})
+        worker = WorkerProcess(worker_env(settings))
+        try:
+            await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
+
+            # redis-py retries a command 3 times on a new connection: more cuts than that are retries of ours.
+            async def retried() -> bool:
+                return proxy.cuts >= 12 or worker.process.poll() is not None
+
+            await wait_until(retried, timeout=20, what="retries of naming the connections")
+            assert worker.process.poll() is None, worker.output
+            proxy.cut = lambda _command: False
+            async with job_events(migrated) as events, queue_for(migrated) as queue:
+                job = await queue.add("kpi-export", {"usuarioId": 6, "ip": "10.0.0.6"})
+                outcome, _ = await events.finished(job.id, timeout=20)
+            worker.process.send_signal(signal.SIGTERM)
+            status = await asyncio.to_thread(worker.wait, 15)
+        finally:
+            worker.kill()
+    assert outcome == "completed"
+    assert status == 0, worker.output
+    assert "stopped unexpectedly" not in worker.output

@@ -19,32 +19,10 @@ from kpi_export.config import Settings
 from kpi_export.errors import SchemaNotReady
 from kpi_export.payload import AuditEntry
 from kpi_export.schema import check_ready, head_revision
+from tests.conftest import mariadb_execute
+from tests.prisma import PRISMA_MYSQL, PRISMA_POSTGRES, PRISMA_SQLITE
 from tests.support import audit_rows
 
-# The original's table, as `prisma migrate` makes it (SPEC.md).
-PRISMA_POSTGRES = """
-CREATE TABLE "kpi_auditoria_export" (
-    "idExport" SERIAL NOT NULL,
-    "usuarioId" INTEGER NOT NULL,
-    "ip" TEXT,
-    "filters" JSONB,
-    "format" TEXT NOT NULL,
-    "codigoEstado" INTEGER NOT NULL DEFAULT 0,
-    "createdAt" TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP,
-    CONSTRAINT "kpi_auditoria_export_pkey" PRIMARY KEY ("idExport")
-);
-"""
-PRISMA_SQLITE = """
-CREATE TABLE "kpi_auditoria_export" (
-    "idExport" INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
-    "usuarioId" INTEGER NOT NULL,
-    "ip" TEXT,
-    "filters" JSONB,
-    "format" TEXT NOT NULL,
-    "codigoEstado" INTEGER NOT NULL DEFAULT 0,
-    "createdAt" DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP
-);
-"""
 OLD_ROWS = [
     (11, "203.0.113.7", '{"area": "ventas"}', "xlsx", 0, "2026-01-15 10:20:30.123"),
     (12, None, "{}", "csv", 1, "2026-02-01 00:00:00.000"),
@@ -103,7 +81,18 @@ def prisma_sqlite(tmp_path: Path) -> str:
     return f"file:{path}"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture
+def prisma_mariadb(mariadb_url: str) -> str:
+    insert = (
+        "INSERT INTO `kpi_auditoria_export` (`usuarioId`, `ip`, `filters`, `format`, `codigoEstado`, "
+        "`createdAt`) VALUES (%s, %s, %s, %s, %s, %s)"
+    )
+    asyncio.run(mariadb_execute(mariadb_url, PRISMA_MYSQL))
+    asyncio.run(mariadb_execute(mariadb_url, insert, args=OLD_ROWS))
+    return mariadb_url
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
 def prisma_database(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue(f"prisma_{request.param}"))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ssl
+
 import pytest
 
 from kpi_export.dburl import parse_database_url
@@ -32,11 +34,23 @@ def test_prisma_postgres_parameters_are_translated() -> None:
 
 
 def test_mysql_url_as_prisma_writes_it() -> None:
-    target = parse_database_url("mysql://root:pw@127.0.0.1:3306/test?connection_limit=3")
+    target = parse_database_url("mysql://root:pw@127.0.0.1:3306/test?connection_limit=3&connect_timeout=4")
     assert target.dialect == "mysql"
-    assert target.url.drivername == "mysql+asyncmy"
+    assert target.url.drivername == "mysql+aiomysql"
     assert target.url.query == {"charset": "utf8mb4"}
+    assert target.connect_args == {"connect_timeout": 4.0}
     assert target.pool_size == 3
+
+
+def test_mysql_socket_and_sslaccept() -> None:
+    target = parse_database_url(
+        "mysql://u@localhost/db?socket=/run/mysqld/mysqld.sock&sslaccept=accept_invalid_certs"
+    )
+    assert target.connect_args["unix_socket"] == "/run/mysqld/mysqld.sock"
+    context = target.connect_args["ssl"]
+    assert isinstance(context, ssl.SSLContext) and context.verify_mode == ssl.CERT_NONE
+    strict = parse_database_url("mysql://u@h/db?sslaccept=strict").connect_args["ssl"]
+    assert strict.verify_mode == ssl.CERT_REQUIRED and strict.check_hostname
 
 
 @pytest.mark.parametrize(
@@ -67,6 +81,8 @@ def test_sqlite_urls(raw: str, path: str) -> None:
         ("file::memory:", "must name a SQLite file"),
         ("postgresql://u:topsecret@h/db?sslcert=x.pem", "does not understand: sslcert"),
         ("postgresql://u:topsecret@h/db?connection_limit=many", "connection_limit must be a number"),
+        ("mysql://u:topsecret@h/db?sslcert=x.pem", "does not understand: sslcert"),
+        ("mysql://u:topsecret@h/db?sslaccept=maybe", "sslaccept must be strict or accept_invalid_certs"),
     ],
 )
 def test_bad_urls_are_refused_without_echoing_the_password(raw: str, message: str) -> None:

@@ -19,9 +19,10 @@ def upgrade() -> None:
         "kpi_auditoria_export",
         sa.Column("idExport", sa.Integer(), autoincrement=True, nullable=False),
         sa.Column("usuarioId", sa.Integer(), nullable=False),
-        sa.Column("ip", sa.Text(), nullable=True),
+        # Prisma maps String to TEXT on PostgreSQL and SQLite, to VARCHAR(191) on MySQL/MariaDB.
+        sa.Column("ip", _string(), nullable=True),
         sa.Column("filters", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=True),
-        sa.Column("format", sa.Text(), nullable=False),
+        sa.Column("format", _string(), nullable=False),
         sa.Column("codigoEstado", sa.Integer(), server_default=sa.text("0"), nullable=False),
         sa.Column(
             "createdAt",
@@ -38,6 +39,10 @@ def upgrade() -> None:
         mysql_charset="utf8mb4",
         mysql_collate="utf8mb4_unicode_ci",
     )
+
+
+def _string() -> sa.types.TypeEngine[str]:
+    return sa.Text().with_variant(mysql.VARCHAR(191), "mysql", "mariadb")
 
 
 def downgrade() -> None:

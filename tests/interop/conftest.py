@@ -1,0 +1,27 @@
+"""The interop suite needs Node.js and the npm packages of this folder (`npm ci`, which `make test` runs).
+
+Missing, they are a skip on a laptop (with the reason) and a failure under CI (CI=true).
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.conftest import IN_CI
+from tests.interop.node import NODE_DIR
+
+
+@pytest.fixture(autouse=True, scope="session")
+def node() -> str:
+    binary = shutil.which("node")
+    if binary is None:
+        problem = "Node.js (node) is not installed"
+    elif not (NODE_DIR / "node_modules" / "bullmq" / "package.json").is_file():
+        problem = "tests/interop/node_modules is missing: `make test` installs it (npm ci)"
+    else:
+        return binary
+    if IN_CI:
+        pytest.fail(f"{problem}, and CI needs it for the interop suite")
+    pytest.skip(problem)
