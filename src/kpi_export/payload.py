@@ -20,6 +20,9 @@ USUARIO_ID_MAX = 2_147_483_647  # the column is a 32-bit signed INTEGER
 FILTERS_MAX_BYTES = 64 * 1024
 FILTERS_MAX_DEPTH = 32
 FORMAT_MAX_LENGTH = 16
+# job.data's JSON text as stored in Redis. Every field the contract reads is far smaller; the rest is ignored,
+# so a larger text is refused before it is decoded rather than parsed into memory.
+JOB_DATA_MAX_BYTES = 1024 * 1024
 DEFAULT_FORMAT = "csv"
 IP_MAX_LENGTH = 1024  # far above any real address list; longer text is not an address
 
@@ -28,6 +31,9 @@ USUARIO_ID_ERROR = "usuarioId inválido en job.data"
 _DIGITS = re.compile(r"[0-9]+")
 _FORMAT = re.compile(r"[a-z0-9._-]+")
 _PORT = re.compile(r"[0-9]{1,5}")
+# Text read from Redis with the `surrogateescape` error handler holds a lone surrogate exactly where the stored
+# bytes were not UTF-8; JSON escapes such as \udc80 are not affected (they are decoded later, by json).
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 JsonContainer = dict[str, Any] | list[Any]
 
@@ -41,6 +47,27 @@ class AuditEntry:
     filters: JsonContainer
     format: str
     warnings: tuple[str, ...] = field(default=(), compare=False)
+
+
+def check_job_data_text(text: str) -> None:
+    """The limits on job.data's JSON text, checked before it is decoded. Raises InvalidJobData."""
+    if len(text) > JOB_DATA_MAX_BYTES or len(text.encode("utf-8", "surrogatepass")) > JOB_DATA_MAX_BYTES:
+        raise InvalidJobData("data", f"job.data inválido: ocupa más de {JOB_DATA_MAX_BYTES} bytes")
+    if _LONE_SURROGATE.search(text):
+        raise InvalidJobData("data", "job.data inválido: no es texto UTF-8 válido")
+
+
+def decode_job_data(text: str) -> object:
+    """job.data's JSON text, as stored in Redis, to its value. Raises InvalidJobData."""
+    check_job_data_text(text)
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise InvalidJobData("data", "job.data inválido: anidado a demasiados niveles para leerlo") from None
+    except json.JSONDecodeError:
+        raise InvalidJobData("data", "job.data inválido: no es JSON") from None
+    except ValueError:  # an integer of more digits than int() converts
+        raise InvalidJobData("data", "job.data inválido: contiene un número demasiado largo") from None
 
 
 def parse_job_data(data: object) -> AuditEntry:
