@@ -49,10 +49,13 @@ def worker() -> None:
     from kpi_export.worker import run_worker
 
     settings = _settings(stream=sys.stdout)
-    outcome = _run(run_worker(settings))
-    if not outcome.clean:
-        logging.shutdown()
-        os._exit(outcome.status)  # leave bullmq's stuck task behind instead of waiting on it
+    with asyncio.Runner() as runner:
+        outcome = runner.run(run_worker(settings))
+        if not outcome.clean:
+            # Leave bullmq's stuck tasks behind: leaving the Runner would cancel them and wait for them, and
+            # bullmq's close() does not end while Redis is unreachable.
+            logging.shutdown()
+            os._exit(outcome.status)
     sys.exit(outcome.status)
 
 
@@ -161,7 +164,8 @@ def job_command(job_id: str) -> None:
     if snapshot is None:
         click.echo(f"kpi-export: no job {job_id!r} in queue {settings.queue_name!r}", err=True)
         sys.exit(1)
-    click.echo(json.dumps(snapshot, ensure_ascii=False, indent=2))
+    text = json.dumps(snapshot, ensure_ascii=False, indent=2)
+    click.echo(text.encode("utf-8", "backslashreplace").decode("utf-8"))  # bytes that were not UTF-8: \udcff
 
 
 @cli.command()

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 # After a forced stop, how long closing the connections may take before the process exits anyway
 # (bullmq's close() can hang while Redis is unreachable).
 FORCED_CLOSE_GRACE = 5.0
+# A stop whose jobs have all finished forces bullmq's close() after this long (see _no_job_in_flight).
+IDLE_GRACE = 1.0
+IDLE_POLL = 0.1
 DATABASE_RETRY_INTERVAL = 2.0
 
 
@@ -85,7 +88,7 @@ async def run_worker(settings: Settings, stop: StopSignals | None = None) -> Exi
         watch.start()
         deps = JobDeps(AuditStore(engine), settings.db_retry_window, throttle)
         worker = create_worker(settings, functools.partial(process_job, deps=deps))
-        _attach_listeners(worker, settings.queue_name, throttle)
+        _attach_listeners(worker, settings.queue_name, throttle, watch)
         return await _supervise(worker, settings, stop)
     except StartupError as exc:
         log.error("Cannot start: %s", exc, extra={"event": "worker.cannot_start"})
@@ -145,7 +148,8 @@ async def _supervise(worker: Worker, settings: Settings, stop: StopSignals) -> E
         stopping.cancel()
         return Exit(1, await _close(worker, abandon=True))
     closed = await _close(worker, timeout=settings.shutdown_timeout, forced=stop.forced)
-    await asyncio.wait({run}, timeout=FORCED_CLOSE_GRACE)
+    if closed:
+        await asyncio.wait({run}, timeout=FORCED_CLOSE_GRACE)
     log.info("Worker stopped", extra={"event": "worker.stopped"})
     return Exit(0, closed)
 
@@ -159,10 +163,15 @@ async def _close(
     closing = asyncio.create_task(worker.close())
     if not abandon:
         force_requested = asyncio.create_task((forced or asyncio.Event()).wait())
-        await asyncio.wait({closing, force_requested}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        idle = asyncio.create_task(_no_job_in_flight(worker))
+        await asyncio.wait(
+            {closing, force_requested, idle}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
         force_requested.cancel()
-        if closing.done():
+        idle.cancel()
+        if closing.done() or not worker.jobs:
             log.info("Drained in %.1f s", time.monotonic() - started, extra={"event": "worker.drained"})
+        if closing.done():
             return True
     if worker.jobs:
         log.warning(
@@ -183,7 +192,24 @@ async def _close(
     return True
 
 
-def _attach_listeners(worker: Worker, queue: str, throttle: Throttle) -> None:
+async def _no_job_in_flight(worker: Worker) -> None:
+    """Returns once no job has been in flight for a second, while close() is still pending.
+
+    With Redis unreachable, bullmq's close() never ends by itself: its fetch loop retries without a pause
+    once closing. When no job is left to drain there is nothing to wait for.
+    """
+    quiet_since: float | None = None
+    while True:
+        await asyncio.sleep(IDLE_POLL)
+        if worker.jobs:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= IDLE_GRACE:
+            return
+
+
+def _attach_listeners(worker: Worker, queue: str, throttle: Throttle, watch: RedisWatch) -> None:
     """bullmq's listeners are synchronous and unguarded: an exception in one silences the next."""
 
     def guarded(handler: Any) -> Any:
@@ -246,19 +272,32 @@ def _attach_listeners(worker: Worker, queue: str, throttle: Throttle) -> None:
 
     @guarded
     def error(exc: BaseException, *_: Any) -> None:
-        throttle.log(
-            log,
-            f"worker-error:{type(exc).__name__}",
-            logging.ERROR,
-            "Worker error: %s",
-            describe(exc),
-            extra={"event": "worker.error", "queue": queue},
-        )
+        _worker_error(exc, worker, queue, throttle, watch)
 
     worker.on("completed", completed)
     worker.on("failed", failed)
     worker.on("stalled", stalled)
     worker.on("error", error)
+
+
+def _worker_error(
+    exc: BaseException, worker: Worker, queue: str, throttle: Throttle, watch: RedisWatch
+) -> None:
+    extra = {"event": "worker.error", "queue": queue}
+    if worker.isConnectionError(exc):
+        # The watch logs the outage once; a line per failed command would flood the log.
+        log.debug("Worker error: %s", describe(exc), extra=extra)
+        if watch.up:
+            watch.poke()
+        return
+    throttle.log(
+        log,
+        f"worker-error:{type(exc).__name__}",
+        logging.ERROR,
+        "Worker error: %s",
+        describe(exc),
+        extra=extra,
+    )
 
 
 def _duration_ms(job: Any) -> int | None:
