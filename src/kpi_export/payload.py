@@ -31,6 +31,8 @@ USUARIO_ID_ERROR = "usuarioId inválido en job.data"
 _DIGITS = re.compile(r"[0-9]+")
 _FORMAT = re.compile(r"[a-z0-9._-]+")
 _PORT = re.compile(r"[0-9]{1,5}")
+# An IPv6 zone (fe80::1%eth0): an interface name or number. The ipaddress module accepts any text there.
+_ZONE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 # Text read from Redis with the `surrogateescape` error handler holds a lone surrogate exactly where the stored
 # bytes were not UTF-8; JSON escapes such as \udc80 are not affected (they are decoded later, by json).
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -124,6 +126,8 @@ def _canonical_address(text: str) -> str | None:
     candidate = text.split(",", 1)[0].strip()
     host = _strip_port(candidate)
     if host is None:
+        return None
+    if "%" in host and not _ZONE.fullmatch(host.split("%", 1)[1]):
         return None
     try:
         address = ipaddress.ip_address(host)

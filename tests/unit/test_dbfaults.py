@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from sqlalchemy import exc as sa_exc
 
@@ -55,6 +57,17 @@ def test_an_invalidated_connection_and_a_network_error_are_transient() -> None:
     except RuntimeError as chained:
         assert is_transient(chained)
     assert is_transient(sa_exc.TimeoutError("QueuePool limit reached"))
+
+
+def test_a_cancellation_is_never_retried_even_while_a_network_error_is_handled() -> None:
+    try:
+        try:
+            raise ConnectionResetError("reset by peer")
+        except ConnectionResetError:
+            raise asyncio.CancelledError() from None  # a forced stop arriving during the backoff
+    except asyncio.CancelledError as cancelled:
+        cancelled.__context__ = ConnectionResetError("reset by peer")
+        assert not is_transient(cancelled)
 
 
 def test_other_errors_are_permanent() -> None:
