@@ -191,7 +191,7 @@ class Batches:
             return oracle.log_lines(job.id, None)
         assert state == "completed", job.failedReason
         assert len(rows) == 1
-        id_export, usuario_id, ip, fmt, estado, filters = rows[0]
+        id_export, usuario_id, ip, fmt, estado, filters = tuple(rows[0])
         assert job.returnvalue == job.progress == {"idExport": id_export}
         entry = oracle.entry
         assert (usuario_id, ip, fmt, estado) == (entry.usuario_id, entry.ip, entry.format, 0)
