@@ -35,6 +35,9 @@ FORCED_CLOSE_GRACE = 5.0
 # A stop whose jobs have all finished forces bullmq's close() after this long (see _no_job_in_flight).
 IDLE_GRACE = 1.0
 IDLE_POLL = 0.1
+# bullmq's messages when a job is finished by a worker that no longer holds its lock.
+_LOCK_LOST = ("Missing lock for job", "Lock mismatch for job")
+_RENEWAL_FAILED = "could not renew lock for job"
 DATABASE_RETRY_INTERVAL = 2.0
 
 
@@ -271,8 +274,8 @@ def _attach_listeners(worker: Worker, queue: str, throttle: Throttle, watch: Red
         )
 
     @guarded
-    def error(exc: BaseException, *_: Any) -> None:
-        _worker_error(exc, worker, queue, throttle, watch)
+    def error(exc: BaseException, job: Any = None, *_: Any) -> None:
+        _worker_error(exc, job, worker, queue, throttle, watch)
 
     worker.on("completed", completed)
     worker.on("failed", failed)
@@ -281,9 +284,21 @@ def _attach_listeners(worker: Worker, queue: str, throttle: Throttle, watch: Red
 
 
 def _worker_error(
-    exc: BaseException, worker: Worker, queue: str, throttle: Throttle, watch: RedisWatch
+    exc: BaseException, job: Any, worker: Worker, queue: str, throttle: Throttle, watch: RedisWatch
 ) -> None:
     extra = {"event": "worker.error", "queue": queue}
+    if job is not None and str(exc).startswith(_LOCK_LOST):
+        log.warning(
+            "Job %s: its result was not saved, its lock having expired meanwhile (Redis unreachable, or the "
+            "worker stalled); it is run again and finds its row",
+            job.id,
+            extra={"event": "job.lock_lost", "job_id": job.id, "queue": queue},
+        )
+        return
+    if str(exc).startswith(_RENEWAL_FAILED):
+        # The job's end says it: "its result was not saved" (above), or another worker's "stalled".
+        log.debug("Worker error: %s", describe(exc), extra=extra)
+        return
     if worker.isConnectionError(exc):
         # The watch logs the outage once; a line per failed command would flood the log.
         log.debug("Worker error: %s", describe(exc), extra=extra)
