@@ -33,7 +33,7 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 _reachable: dict[str, bool] = {}
 
 # The chaos tests' size: what CI runs by default, larger by hand (see README).
-CHAOS_JOBS = 600
+CHAOS_JOBS = 1000
 CHAOS_KILL_EVERY = 2.0
 
 

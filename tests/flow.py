@@ -34,13 +34,16 @@ def job_data(number: int) -> dict[str, Any]:
     }
 
 
-async def add_jobs(settings: Settings, count: int, *, start: int = 0, pause: float = 0.0) -> None:
-    """Add jobs start … start+count-1 in batches; a batch that fails (Redis restarting) is added again."""
+async def add_jobs(
+    settings: Settings, count: int, *, start: int = 0, pause: float = 0.0, batch_size: int = BATCH
+) -> None:
+    """Add jobs start … start+count-1 in batches, `pause` seconds apart; a batch that fails (Redis
+    restarting) is added again."""
     async with queue_for(settings) as queue:
-        for first in range(start, start + count, BATCH):
+        for first in range(start, start + count, batch_size):
             batch = [
                 {"name": "kpi-export", "data": job_data(n), "opts": {"jobId": job_id(n)}}
-                for n in range(first, min(first + BATCH, start + count))
+                for n in range(first, min(first + batch_size, start + count))
             ]
             deadline = time.monotonic() + 60
             while True:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -31,6 +32,7 @@ RUN_RETRY_DELAY_MS = 1000
 # A job whose worker died is taken over when its lock expires; the idempotency key makes a re-run harmless,
 # so a job may stall a few times (a crash loop, chaos) before bullmq gives up on it (its default: once).
 MAX_STALLED_COUNT = 5
+_QUIESCE_POLL = 0.02
 
 
 class QueuedJob(Protocol):
@@ -128,6 +130,35 @@ class _Worker(Worker):  # type: ignore[misc]
             self.blockUntil = max(int(delay_until), 0)
         self.drained = False
         return _failing_job(self, job_data, job_id, token, problem)
+
+    async def close(self, force: bool = False) -> None:
+        if not force:
+            await self._quiesce()
+        await super().close(force)
+
+    async def _quiesce(self) -> None:
+        """Stop fetching, then wait until no fetch and no job is in flight.
+
+        bullmq's close() waits only for the tasks in `processing` when it starts: a job that a fetch in flight
+        hands over just then is started, not waited for, and left active when the connections close (another
+        worker takes it over after LOCK_DURATION). Its loop may also end while jobs still run. The caller
+        bounds this wait (SHUTDOWN_TIMEOUT) and cancels the tasks when it is over.
+        """
+        self.closing = True
+        if self.waiting:
+            self.waiting.cancel()
+        quiet = 0
+        while quiet < 2:  # twice in a row: a finished fetch's job is started by the loop a moment later
+            pending = {task for task in self.processing if not task.done()}
+            if pending:
+                quiet = 0
+                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            elif self.jobs:
+                quiet = 0
+                await asyncio.sleep(_QUIESCE_POLL)
+            else:
+                quiet += 1
+                await asyncio.sleep(_QUIESCE_POLL)
 
 
 def unreadable_job_reason(raw: dict[str, Any], error: BaseException) -> str:
