@@ -28,6 +28,7 @@ from tests.support import WorkerProcess, wait_until
 pytestmark = pytest.mark.chaos
 
 LOCK_DURATION = 3  # seconds before a killed worker's jobs are taken over
+START = "Worker escuchando"
 
 
 @dataclass
@@ -46,8 +47,11 @@ class Fleet:
         return worker
 
     def kill_one(self, rng: random.Random) -> None:
-        """kill -9 a worker chosen at random, and start its replacement."""
-        victim = rng.choice(self.running)
+        """kill -9 a worker chosen at random among those taking jobs, and start its replacement."""
+        ready = [worker for worker in self.running if any(START in line for line in worker.lines[:3])]
+        if not ready:  # every replacement still starting: nothing to kill this time
+            return
+        victim = rng.choice(ready)
         victim.process.send_signal(signal.SIGKILL)
         victim.wait(10)
         self.running.remove(victim)
@@ -98,7 +102,7 @@ async def started(fleet: Fleet, count: int) -> None:
     for _ in range(count):
         fleet.start()
     for worker in fleet.running:
-        await asyncio.to_thread(worker.wait_for_line, "Worker escuchando", 60)
+        await asyncio.to_thread(worker.wait_for_line, START, 60)
 
 
 async def slow_inserts(settings: Settings, seconds: float) -> None:
