@@ -131,6 +131,20 @@ class _Worker(Worker):  # type: ignore[misc]
         self.drained = False
         return _failing_job(self, job_data, job_id, token, problem)
 
+    async def run(self) -> None:
+        # bullmq's run() names its connections (CLIENT SETNAME) before its loop, unguarded: Redis lost at
+        # that moment would end the loop, and the process. Wait for Redis there as the loop would.
+        while not self.closing:
+            try:
+                await self._ensure_client_names()
+                break
+            except Exception as exc:
+                if not self.isConnectionError(exc):
+                    raise
+                self.emit("error", exc)
+                await asyncio.sleep(RUN_RETRY_DELAY_MS / 1000)
+        await super().run()
+
     async def close(self, force: bool = False) -> None:
         if not force:
             await self._quiesce()
