@@ -12,15 +12,22 @@ import uuid
 from pathlib import Path
 
 import redis.asyncio
+from click.testing import CliRunner
 from pydantic import SecretStr
 
 from kpi_export.audit import create_engine
+from kpi_export.cli import cli
 from kpi_export.config import Settings
 from kpi_export.embedded_redis import EmbeddedRedis
 from kpi_export.schema import upgrade
 from tests.conftest import worker_env
 from tests.pgcluster import PASSWORD_ROLE, PostgresCluster
 from tests.support import WorkerProcess, job_events, queue_for
+
+
+async def kpi_export_in_process(env: dict[str, str], *args: str) -> str:
+    result = await asyncio.to_thread(CliRunner().invoke, cli, list(args), env=env)
+    return f"$ kpi-export {' '.join(args)} -> {result.exit_code}\n{result.output}"
 
 
 def kpi_export(env: dict[str, str], *args: str) -> str:
@@ -104,9 +111,9 @@ async def test_no_password_in_logs_failed_reasons_or_cli_output(
         assert await asyncio.to_thread(worker.wait, 15) == 0
         outputs.append(worker.output)
         for job_id in ids:
-            outputs.append(await asyncio.to_thread(kpi_export, env, "job", job_id))
-        outputs.append(await asyncio.to_thread(kpi_export, env, "db", "current"))
-        outputs.append(await asyncio.to_thread(kpi_export, env, "enqueue", "--usuario-id", "4"))
+            outputs.append(await kpi_export_in_process(env, "job", job_id))
+        outputs.append(await kpi_export_in_process(env, "db", "current"))
+        outputs.append(await kpi_export_in_process(env, "enqueue", "--usuario-id", "4"))
         bad_database = settings.database_url.get_secret_value().replace(database_password, wrong)
         outputs.append(await asyncio.to_thread(kpi_export, {**env, "DATABASE_URL": bad_database}, "worker"))
         bad_redis = redis_url.replace(redis_password, wrong)
@@ -122,6 +129,7 @@ async def test_no_password_in_logs_failed_reasons_or_cli_output(
     assert 'relation "kpi_auditoria_export" does not exist' in outcomes[3][1]
     assert "Cannot start: the database refused the worker: " in text
     assert "refused the worker: AuthenticationError" in text
+    assert '"failedReason": "base de datos no disponible: ' in text  # kpi-export job shows the reasons
     for secret in (redis_password, database_password, wrong):
         assert secret not in text, text
         assert secret not in stored, stored
