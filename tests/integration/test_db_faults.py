@@ -57,8 +57,9 @@ async def insert_attempts(settings: Settings) -> int:
 
 
 @shared_postgresql
-@pytest.mark.parametrize("sqlstate", ["40001", "40P01"])  # serialization failure, deadlock
-async def test_a_serialization_failure_or_a_deadlock_is_retried_inside_the_job(
+# serialization failure, deadlock, read-only transaction (a failover left the pool on a replica)
+@pytest.mark.parametrize("sqlstate", ["40001", "40P01", "25006"])
+async def test_a_serialization_failure_a_deadlock_or_a_failover_is_retried_inside_the_job(
     migrated: Settings, sqlstate: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     await inject(migrated, sqlstate, times=3)

@@ -70,6 +70,8 @@ async def test_a_redis_restart_with_jobs_in_flight_loses_and_doubles_nothing_in_
             outage_cpu = worker.cpu_seconds() - cpu_before
         server.start()
         await asyncio.to_thread(worker.wait_for_line, "Redis reachable again")
+        await add_jobs(settings, 10, start=total)  # and it goes on taking new ones
+        total += 10
         await wait_all_finished(settings, total, timeout=60)
         jobs = await assert_exactly_once(settings, total)
         worker.process.send_signal(signal.SIGTERM)
