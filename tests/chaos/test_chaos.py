@@ -106,8 +106,8 @@ async def started(fleet: Fleet, count: int) -> None:
 
 
 async def slow_inserts(settings: Settings, seconds: float) -> None:
-    """Each insert into the audit table takes `seconds` more, inside its transaction (a loaded database):
-    a kill then finds jobs in flight, some of them with their row already written."""
+    """Each insert into the audit table takes `seconds` more, inside its transaction (a loaded database), so
+    that a kill finds jobs in flight: their insert not yet committed, or committed and not yet in Redis."""
     base, schema = settings.database_url.get_secret_value().split("?schema=")
     conn = await asyncpg.connect(base, server_settings={"search_path": schema})
     try:
