@@ -132,15 +132,17 @@ async def test_kill_9_of_one_worker_every_few_seconds_while_jobs_flow(
     await slow_inserts(migrated, 0.05)
     begin = time.monotonic()
     await started(fleet, 3)
-    # 100 jobs/s, below what the fleet can do: the kills fall on a steady flow, for chaos_jobs / 100 s.
-    feeding = asyncio.create_task(add_jobs(migrated, chaos_jobs, pause=0.5, batch_size=50))
+    # About 100 jobs/s, below what the fleet can do: the kills fall on a steady flow, for chaos_jobs / 100 s.
+    feeding = asyncio.create_task(add_jobs(migrated, chaos_jobs, pause=0.1, batch_size=10))
 
     async def all_finished() -> bool:
         state = await counts(migrated)
         return state["completed"] + state["failed"] >= chaos_jobs
 
     while not (feeding.done() and await all_finished()):
-        await asyncio.sleep(every)
+        # At random moments, `every` seconds apart on average: a fixed period could keep falling on the
+        # same phase of the flow (between two batches, when no job is in flight).
+        await asyncio.sleep(rng.uniform(0.5, 1.5) * every)
         if not (feeding.done() and await all_finished()):
             fleet.kill_one(rng)
     await feeding
