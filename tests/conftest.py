@@ -26,6 +26,7 @@ from pydantic import SecretStr
 from kpi_export.audit import create_engine
 from kpi_export.config import Settings
 from kpi_export.schema import upgrade
+from tests.pgcluster import PASSWORD_ROLE, PostgresCluster, postgres_bin
 
 REDIS_URL = os.environ.get("KPI_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get("KPI_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -33,6 +34,26 @@ MARIADB_URL = os.environ.get("KPI_TEST_MARIADB_URL", "mysql://root@127.0.0.1:330
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 _reachable: dict[str, bool] = {}
+
+# The chaos tests' size: what CI runs by default, larger by hand (see README).
+CHAOS_JOBS = 1000
+CHAOS_KILL_EVERY = 2.0
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("chaos", "chaos tests (tests/chaos)")
+    group.addoption("--chaos-jobs", type=int, default=CHAOS_JOBS, help="jobs each chaos test runs")
+    group.addoption(
+        "--chaos-kill-every", type=float, default=CHAOS_KILL_EVERY, help="seconds between two kill -9"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A chaos test's time limit grows with its size."""
+    jobs = int(config.getoption("--chaos-jobs"))
+    for item in items:
+        if item.get_closest_marker("chaos") is not None:
+            item.add_marker(pytest.mark.timeout(120 + jobs // 10))
 
 
 def _can_connect(url: str) -> bool:
@@ -136,6 +157,35 @@ def mariadb_url() -> Iterator[str]:
     asyncio.run(mariadb_execute(MARIADB_URL, f"DROP DATABASE `{name}`"))
 
 
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A PostgreSQL server of the session's own, that tests may stop and restart; started on first use."""
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        if IN_CI:
+            pytest.fail("initdb/pg_ctl not found, and CI needs them (the postgresql server package)")
+        pytest.skip("initdb/pg_ctl not found")
+    cluster = PostgresCluster(bin_dir, role_password=f"pw-{uuid.uuid4().hex}")
+    try:
+        cluster.init()
+        cluster.start()
+        asyncio.run(cluster.execute(f"CREATE ROLE {PASSWORD_ROLE} LOGIN PASSWORD '{cluster.role_password}'"))
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture
+def private_postgresql_url(postgres_cluster: PostgresCluster) -> Iterator[str]:
+    """A database of this test's own on the private server; the server is running again afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    asyncio.run(postgres_cluster.execute(f'CREATE DATABASE "{name}" OWNER {PASSWORD_ROLE}'))
+    yield postgres_cluster.url(name)
+    if not postgres_cluster.running:
+        postgres_cluster.start()
+    asyncio.run(postgres_cluster.execute(f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"file:{tmp_path / 'audit.db'}"
@@ -143,7 +193,8 @@ def sqlite_url(tmp_path: Path) -> str:
 
 @pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
 def database_url(request: pytest.FixtureRequest) -> str:
-    """Each test that uses it runs once on SQLite, once on PostgreSQL and once on MariaDB."""
+    """Each test that uses it runs once on SQLite, once on PostgreSQL and once on MariaDB (or as parametrised:
+    `sqlite`, `postgresql`, `mariadb`, `private_postgresql`)."""
     return str(request.getfixturevalue(f"{request.param}_url"))
 
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import asyncpg
 from bullmq import Queue, QueueEvents
 from sqlalchemy import select
 
@@ -114,6 +117,22 @@ async def wait_for_workers(settings: Settings, count: int = 1, timeout: float = 
 
 
 @contextlib.asynccontextmanager
+async def table_locked(settings: Settings) -> AsyncIterator[None]:
+    """Hold an exclusive lock on the audit table (PostgreSQL, `?schema=` URL): inserts wait, so jobs stay in
+    flight until the lock is released."""
+    base, schema = settings.database_url.get_secret_value().split("?schema=")
+    conn = await asyncpg.connect(base, server_settings={"search_path": schema})
+    transaction = conn.transaction()
+    await transaction.start()
+    await conn.execute("LOCK TABLE kpi_auditoria_export IN ACCESS EXCLUSIVE MODE")
+    try:
+        yield
+    finally:
+        await transaction.rollback()
+        await conn.close()
+
+
+@contextlib.asynccontextmanager
 async def running_worker(settings: Settings) -> AsyncIterator[StopSignals]:
     """The real worker (`run_worker`) in this event loop; stopped gracefully at the end."""
     stop = StopSignals(install=False)
@@ -167,6 +186,11 @@ class WorkerProcess:
                 if remaining <= 0 or (self.process.poll() is not None and not self._reader.is_alive()):
                     raise AssertionError(f"no line with {text!r} in the worker's output:\n{self.output}")
                 self._changed.wait(remaining)
+
+    def cpu_seconds(self) -> float:
+        """CPU time the process has used so far (user + system), from /proc."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def wait(self, timeout: float) -> int:
         status = self.process.wait(timeout)

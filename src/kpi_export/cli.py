@@ -189,7 +189,8 @@ def job_command(job_id: str) -> None:
     if snapshot is None:
         click.echo(f"kpi-export: no job {job_id!r} in queue {settings.queue_name!r}", err=True)
         sys.exit(1)
-    click.echo(json.dumps(snapshot, ensure_ascii=False, indent=2))
+    text = json.dumps(snapshot, ensure_ascii=False, indent=2)
+    click.echo(text.encode("utf-8", "backslashreplace").decode("utf-8"))  # bytes that were not UTF-8: \udcff
 
 
 @cli.command()

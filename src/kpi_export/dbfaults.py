@@ -44,6 +44,10 @@ _NETWORK_ERRORS = (OSError, ConnectionError, asyncio.TimeoutError, TimeoutError)
 
 def is_transient(error: BaseException) -> bool:
     """True for connection loss, server restart, failover, deadlock, serialization failure, busy SQLite."""
+    if not isinstance(error, Exception):
+        # A cancellation (a forced stop) raised while a network error was being handled has that error as
+        # its context; retrying it would swallow the stop.
+        return False
     if isinstance(error, sa_exc.TimeoutError):  # no pool connection came free in time
         return True
     if isinstance(error, sa_exc.DBAPIError):

@@ -20,6 +20,9 @@ USUARIO_ID_MAX = 2_147_483_647  # the column is a 32-bit signed INTEGER
 FILTERS_MAX_BYTES = 64 * 1024
 FILTERS_MAX_DEPTH = 32
 FORMAT_MAX_LENGTH = 16
+# job.data's JSON text as stored in Redis. Every field the contract reads is far smaller; the rest is ignored,
+# so a larger text is refused before it is decoded rather than parsed into memory.
+JOB_DATA_MAX_BYTES = 1024 * 1024
 DEFAULT_FORMAT = "csv"
 IP_MAX_LENGTH = 64  # far above the longest address with a port; longer text is not an address
 _SPACES = " \t\r\n"  # the "surrounding spaces" the contract allows: ASCII whitespace only
@@ -29,6 +32,11 @@ USUARIO_ID_ERROR = "usuarioId inválido en job.data"
 _DIGITS = re.compile(r"[0-9]+")
 _FORMAT = re.compile(r"[a-z0-9._-]+")
 _PORT = re.compile(r"[0-9]{1,5}")
+# An IPv6 zone (fe80::1%eth0): an interface name or number. The ipaddress module accepts any text there.
+_ZONE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+# Text read from Redis with the `surrogateescape` error handler holds a lone surrogate exactly where the stored
+# bytes were not UTF-8; JSON escapes such as \udc80 are not affected (they are decoded later, by json).
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 JsonContainer = dict[str, Any] | list[Any]
 
@@ -42,6 +50,27 @@ class AuditEntry:
     filters: JsonContainer
     format: str
     warnings: tuple[str, ...] = field(default=(), compare=False)
+
+
+def check_job_data_text(text: str) -> None:
+    """The limits on job.data's JSON text, checked before it is decoded. Raises InvalidJobData."""
+    if len(text) > JOB_DATA_MAX_BYTES or len(text.encode("utf-8", "surrogatepass")) > JOB_DATA_MAX_BYTES:
+        raise InvalidJobData("data", f"job.data inválido: ocupa más de {JOB_DATA_MAX_BYTES} bytes")
+    if _LONE_SURROGATE.search(text):
+        raise InvalidJobData("data", "job.data inválido: no es texto UTF-8 válido")
+
+
+def decode_job_data(text: str) -> object:
+    """job.data's JSON text, as stored in Redis, to its value. Raises InvalidJobData."""
+    check_job_data_text(text)
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise InvalidJobData("data", "job.data inválido: anidado a demasiados niveles para leerlo") from None
+    except json.JSONDecodeError:
+        raise InvalidJobData("data", "job.data inválido: no es JSON") from None
+    except ValueError:  # an integer of more digits than int() converts
+        raise InvalidJobData("data", "job.data inválido: contiene un número demasiado largo") from None
 
 
 def parse_job_data(data: object) -> AuditEntry:
@@ -99,16 +128,17 @@ def _canonical_address(text: str) -> str | None:
     host = _strip_port(candidate)
     if host is None:
         return None
+    if "%" in host and not _ZONE.fullmatch(host.split("%", 1)[1]):
+        return None
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         return None
     if isinstance(address, ipaddress.IPv6Address):
-        # A zone id (fe80::1%eth0) names an interface of the proxy's host, meaningless here, and is free text.
+        # A zone id (fe80::1%eth0) names an interface of the proxy's host: meaningless in the audit.
         address = ipaddress.IPv6Address(address.packed)
-        if (
-            address.ipv4_mapped is not None
-        ):  # Node on a dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d
+        # Node on a dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d.
+        if address.ipv4_mapped is not None:
             return str(address.ipv4_mapped)
     return str(address)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,8 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import BusyLoadingError, ConnectionError, RedisError, TimeoutError
 
 from kpi_export.config import Settings
+from kpi_export.errors import InvalidJobData
+from kpi_export.payload import check_job_data_text, decode_job_data
 
 # The worker waits for new jobs with a blocking BZPOPMIN of up to DRAIN_DELAY seconds (bullmq caps a wait
 # for a delayed job at 10 s). The socket timeout must outlast every such wait: with redis-py's default of
@@ -30,6 +33,7 @@ RUN_RETRY_DELAY_MS = 1000
 # A job whose worker died is taken over when its lock expires; the idempotency key makes a re-run harmless,
 # so a job may stall a few times (a crash loop, chaos) before bullmq gives up on it (its default: once).
 MAX_STALLED_COUNT = 5
+_QUIESCE_POLL = 0.02
 
 
 class QueuedJob(Protocol):
@@ -71,6 +75,10 @@ def redis_client(settings: Settings, *, max_connections: int = 20) -> Redis:
     """A pooled client: bullmq's commands and its blocking wait each take a connection of their own."""
     options: dict[str, Any] = {
         "decode_responses": True,  # bullmq expects str
+        # Bytes that are not UTF-8 (written by something other than a BullMQ producer) decode to lone
+        # surrogates and encode back to the same bytes, instead of failing the whole reply: a job id still
+        # names its key, and a job's data is refused with a reason (payload.check_job_data_text).
+        "encoding_errors": "surrogateescape",
         "socket_timeout": SOCKET_TIMEOUT,
         "socket_connect_timeout": CONNECT_TIMEOUT,
         "socket_keepalive": True,
@@ -89,11 +97,122 @@ def worker_name() -> str:
     return f"kpi-export@{socket.gethostname()}:{os.getpid()}"
 
 
+class _Worker(Worker):  # type: ignore[misc]
+    """bullmq's Worker, except for a job whose hash it cannot decode (data that is not JSON, nested deeper than
+    `json` recurses, not UTF-8; a damaged bullmq field): bullmq moves such a job to active, fails to build it,
+    emits an error and drops it, so the job is taken again every LOCK_DURATION until it stalls out. Here it
+    fails at once, never retried, with the reason, and its data stays in the failed set."""
+
+    async def nextJobFromJobData(
+        self,
+        job_data: dict[str, Any] | None = None,
+        job_id: str | None = None,
+        limit_until: int = 0,
+        delay_until: int = 0,
+        token: str | None = None,
+    ) -> Any:
+        if not job_data or not job_id:
+            return await super().nextJobFromJobData(job_data, job_id, limit_until, delay_until, token)
+        problem: str | None = None
+        text = job_data.get("data")
+        if isinstance(text, str):
+            try:
+                check_job_data_text(text)  # before bullmq decodes it: a huge text is not parsed at all
+            except InvalidJobData as exc:
+                problem = str(exc)
+        if problem is None:
+            try:
+                return await super().nextJobFromJobData(job_data, job_id, limit_until, delay_until, token)
+            except Exception as exc:
+                problem = unreadable_job_reason(job_data, exc)
+        # What bullmq's method records for a fetched job, then a job that fails as soon as it is processed.
+        self.limitUntil = max(limit_until or 0, 0)
+        if delay_until:
+            self.blockUntil = max(int(delay_until), 0)
+        self.drained = False
+        return _failing_job(self, job_data, job_id, token, problem)
+
+    async def run(self) -> None:
+        # bullmq's run() names its connections (CLIENT SETNAME) before its loop, unguarded: Redis lost at
+        # that moment would end the loop, and the process. Wait for Redis there as the loop would.
+        while not self.closing:
+            try:
+                await self._ensure_client_names()
+                break
+            except Exception as exc:
+                if not self.isConnectionError(exc):
+                    raise
+                self.emit("error", exc)
+                await asyncio.sleep(RUN_RETRY_DELAY_MS / 1000)
+        await super().run()
+
+    async def close(self, force: bool = False) -> None:
+        if not force:
+            await self._quiesce()
+        await super().close(force)
+
+    async def _quiesce(self) -> None:
+        """Stop fetching, then wait until no fetch and no job is in flight.
+
+        bullmq's close() waits only for the tasks in `processing` when it starts: a job that a fetch in flight
+        hands over just then is started, not waited for, and left active when the connections close (another
+        worker takes it over after LOCK_DURATION). Its loop may also end while jobs still run. The caller
+        bounds this wait (SHUTDOWN_TIMEOUT) and cancels the tasks when it is over.
+        """
+        self.closing = True
+        if self.waiting:
+            self.waiting.cancel()
+        quiet = 0
+        while quiet < 2:  # twice in a row: a finished fetch's job is started by the loop a moment later
+            pending = {task for task in self.processing if not task.done()}
+            if pending:
+                quiet = 0
+                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            elif self.jobs:
+                quiet = 0
+                await asyncio.sleep(_QUIESCE_POLL)
+            else:
+                quiet += 1
+                await asyncio.sleep(_QUIESCE_POLL)
+
+
+def unreadable_job_reason(raw: dict[str, Any], error: BaseException) -> str:
+    """Why bullmq could not build a job from its hash; never the hash's content."""
+    text = raw.get("data")
+    if isinstance(text, str):
+        try:
+            decode_job_data(text)
+        except InvalidJobData as exc:
+            return str(exc)
+    return f"job ilegible en Redis: un campo de bullmq está dañado ({type(error).__name__})"
+
+
+def _failing_job(worker: Worker, raw: dict[str, Any], job_id: str, token: str | None, reason: str) -> Any:
+    """A job with no data that bullmq's processJob fails at once (its `deferredFailure`) with `reason`."""
+    try:
+        opts = json.loads(raw.get("opts") or "{}")
+        job = Job(worker, str(raw.get("name") or ""), None, opts if isinstance(opts, dict) else {}, job_id)
+    except Exception:  # the damaged field may be opts itself
+        job = Job(worker, str(raw.get("name") or ""), None, {}, job_id)
+    job.token = token
+    job.timestamp = _int_field(raw.get("timestamp"))
+    job.attemptsMade = _int_field(raw.get("atm") or raw.get("attemptsMade"))
+    job.deferredFailure = reason
+    return job
+
+
+def _int_field(value: object) -> int:
+    try:
+        return int(str(value))
+    except ValueError:
+        return 0
+
+
 def create_worker(settings: Settings, processor: Processor) -> Worker:
     """A bullmq Worker that does not start itself: the caller owns and supervises `run()`."""
     client = redis_client(settings, max_connections=settings.worker_concurrency + 5)
     name = worker_name()
-    worker = Worker(
+    worker = _Worker(
         settings.queue_name,
         processor,
         {
@@ -113,20 +232,6 @@ def create_worker(settings: Settings, processor: Processor) -> Worker:
     )
     worker.clientName = node_client_name(settings.queue_name, name)
     return worker
-
-
-async def run_loop(worker: Worker) -> None:
-    """`worker.run()`, once the worker's Redis connections are named. bullmq's run() names them before its
-    error handling starts, so a Redis lost at that moment would end the loop for good; here the naming is
-    retried until Redis is back, or until the worker is closing."""
-    while not worker.closing:
-        try:
-            await worker._ensure_client_names()
-        except (ConnectionError, TimeoutError, BusyLoadingError, OSError):
-            await asyncio.sleep(RUN_RETRY_DELAY_MS / 1000)
-            continue
-        await worker.run()
-        return
 
 
 def node_client_name(queue_name: str, worker: str) -> str:
@@ -172,7 +277,16 @@ async def job_snapshot(settings: Settings, job_id: str) -> dict[str, Any] | None
 
     queue = create_queue(settings)
     try:
-        job = await queue.getJob(job_id)
+        try:
+            job = await queue.getJob(job_id)
+        except Exception as exc:  # a hash bullmq cannot decode: show it as stored
+            raw = await queue.backend.getJobData(job_id)
+            return {
+                "id": job_id,
+                "state": await queue.getJobState(job_id),
+                "unreadable": unreadable_job_reason(raw, exc),
+                "hash": raw,
+            }
         if job is None:
             return None
         state = await job.getState()

@@ -8,8 +8,9 @@ from collections.abc import Iterable
 from urllib.parse import unquote
 
 # C0 and C1 controls, DEL, line/paragraph separators and bidi overrides: anything that could forge a new
-# log line or hide text when job data (a custom job id, a failed reason) reaches a log line.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# log line or hide text when job data (a custom job id, a failed reason) reaches a log line. Lone surrogates
+# (bytes from Redis that were not UTF-8) too: the stream could not even encode them.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 # user:password@ in a URL; greedy up to the last @ before the path, so that a password holding an
 # unencoded @ is covered whole.
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/\s]*@", re.IGNORECASE)

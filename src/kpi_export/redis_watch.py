@@ -39,6 +39,7 @@ class RedisWatch:
         self.outages = 0  # times Redis was lost after having been reached
         self._lost_at: float | None = None
         self._task: asyncio.Task[None] | None = None
+        self._poked = asyncio.Event()
 
     async def check(self) -> bool:
         """Ping once; log the transitions between reachable and not.
@@ -98,9 +99,17 @@ class RedisWatch:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="redis-watch")
 
+    def poke(self) -> None:
+        """Check now rather than at the next interval (a connection error was seen elsewhere)."""
+        self._poked.set()
+
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.interval)
+            try:
+                await asyncio.wait_for(self._poked.wait(), timeout=self.interval)
+            except TimeoutError:
+                pass
+            self._poked.clear()
             await self.check()
 
     async def close(self) -> None:

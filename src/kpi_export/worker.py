@@ -35,7 +35,6 @@ from kpi_export.queue import (
     queue_depth,
     redis_client,
     redis_target,
-    run_loop,
 )
 from kpi_export.readiness import check_readiness
 from kpi_export.redis_watch import RedisWatch
@@ -46,6 +45,12 @@ log = logging.getLogger(__name__)
 # After a forced stop, how long closing the connections may take before the process exits anyway
 # (bullmq's close() can hang while Redis is unreachable).
 FORCED_CLOSE_GRACE = 5.0
+# A stop whose jobs have all finished forces bullmq's close() after this long (see _no_job_in_flight).
+IDLE_GRACE = 1.0
+IDLE_POLL = 0.1
+# bullmq's messages when a job is finished by a worker that no longer holds its lock.
+_LOCK_LOST = ("Missing lock for job", "Lock mismatch for job")
+_RENEWAL_FAILED = "could not renew lock for job"
 DATABASE_RETRY_INTERVAL = 2.0
 
 
@@ -119,7 +124,7 @@ async def run_worker(settings: Settings, stop: StopSignals | None = None) -> int
             background.append(asyncio.create_task(_refresh_queue_depth(settings, metrics, closers)))
         deps = JobDeps(AuditStore(engine), settings.db_retry_window, throttle, metrics)
         worker = create_worker(settings, functools.partial(process_job, deps=deps))
-        _attach_listeners(worker, settings.queue_name, throttle, metrics)
+        _attach_listeners(worker, settings.queue_name, throttle, metrics, watch)
         return await _supervise(worker, settings, stop, lifecycle)
     except StartupError as exc:
         log.error("Cannot start: %s", exc, extra={"event": "worker.cannot_start"})
@@ -217,7 +222,7 @@ async def _wait_for_database(engine: AsyncEngine, give_up: asyncio.Event) -> boo
 
 
 async def _supervise(worker: Worker, settings: Settings, stop: StopSignals, lifecycle: Lifecycle) -> int:
-    run = asyncio.create_task(run_loop(worker), name="bullmq-worker")
+    run = asyncio.create_task(worker.run(), name="bullmq-worker")
     lifecycle.run_task = run
     log.info(
         'Worker escuchando cola "%s" (concurrency=%d)',
@@ -238,26 +243,31 @@ async def _supervise(worker: Worker, settings: Settings, stop: StopSignals, life
         stopping.cancel()
         await _close(worker, abandon=True)
         return 1
-    await _close(worker, timeout=settings.shutdown_timeout, forced=stop.forced)
-    await asyncio.wait({run}, timeout=FORCED_CLOSE_GRACE)
+    if await _close(worker, timeout=settings.shutdown_timeout, forced=stop.forced):
+        await asyncio.wait({run}, timeout=FORCED_CLOSE_GRACE)
     log.info("Worker stopped", extra={"event": "worker.stopped"})
     return 0
 
 
 async def _close(
     worker: Worker, *, timeout: float = 0, forced: asyncio.Event | None = None, abandon: bool = False
-) -> None:
+) -> bool:
     """Close the worker, letting the jobs in flight finish for up to `timeout` s or until `forced` is set;
-    then abandon them."""
+    then abandon them. False when bullmq's close() did not end even then."""
     started = time.monotonic()
     closing = asyncio.create_task(worker.close())
     if not abandon:
         force_requested = asyncio.create_task((forced or asyncio.Event()).wait())
-        await asyncio.wait({closing, force_requested}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        idle = asyncio.create_task(_no_job_in_flight(worker))
+        await asyncio.wait(
+            {closing, force_requested, idle}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
         force_requested.cancel()
-        if closing.done():
+        idle.cancel()
+        if closing.done() or not worker.jobs:
             log.info("Drained in %.1f s", time.monotonic() - started, extra={"event": "worker.drained"})
-            return
+        if closing.done():
+            return True
     if worker.jobs:
         log.warning(
             "Stopping with %d job(s) in flight: they stay active in Redis and another worker takes them "
@@ -277,9 +287,30 @@ async def _close(
             FORCED_CLOSE_GRACE,
             extra={"event": "worker.close_timeout"},
         )
+        return False
+    return True
 
 
-def _attach_listeners(worker: Worker, queue: str, throttle: Throttle, metrics: WorkerMetrics) -> None:
+async def _no_job_in_flight(worker: Worker) -> None:
+    """Returns once no job has been in flight for a second, while close() is still pending.
+
+    With Redis unreachable, bullmq's close() never ends by itself: its fetch loop retries without a pause
+    once closing. When no job is left to drain there is nothing to wait for.
+    """
+    quiet_since: float | None = None
+    while True:
+        await asyncio.sleep(IDLE_POLL)
+        if worker.jobs:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= IDLE_GRACE:
+            return
+
+
+def _attach_listeners(
+    worker: Worker, queue: str, throttle: Throttle, metrics: WorkerMetrics, watch: RedisWatch
+) -> None:
     """bullmq's listeners are synchronous and unguarded: an exception in one silences the next."""
 
     def guarded(handler: Any) -> Any:
@@ -346,20 +377,45 @@ def _attach_listeners(worker: Worker, queue: str, throttle: Throttle, metrics: W
         )
 
     @guarded
-    def error(exc: BaseException, *_: Any) -> None:
-        throttle.log(
-            log,
-            f"worker-error:{type(exc).__name__}",
-            logging.ERROR,
-            "Worker error: %s",
-            describe(exc),
-            extra={"event": "worker.error", "queue": queue},
-        )
+    def error(exc: BaseException, job: Any = None, *_: Any) -> None:
+        _worker_error(exc, job, worker, queue, throttle, watch)
 
     worker.on("completed", completed)
     worker.on("failed", failed)
     worker.on("stalled", stalled)
     worker.on("error", error)
+
+
+def _worker_error(
+    exc: BaseException, job: Any, worker: Worker, queue: str, throttle: Throttle, watch: RedisWatch
+) -> None:
+    extra = {"event": "worker.error", "queue": queue}
+    if job is not None and str(exc).startswith(_LOCK_LOST):
+        log.warning(
+            "Job %s: its result was not saved, its lock having expired meanwhile (Redis unreachable, or the "
+            "worker stalled); it is run again and finds its row",
+            job.id,
+            extra={"event": "job.lock_lost", "job_id": job.id, "queue": queue},
+        )
+        return
+    if str(exc).startswith(_RENEWAL_FAILED):
+        # The job's end says it: "its result was not saved" (above), or another worker's "stalled".
+        log.debug("Worker error: %s", describe(exc), extra=extra)
+        return
+    if worker.isConnectionError(exc):
+        # The watch logs the outage once; a line per failed command would flood the log.
+        log.debug("Worker error: %s", describe(exc), extra=extra)
+        if watch.up:
+            watch.poke()
+        return
+    throttle.log(
+        log,
+        f"worker-error:{type(exc).__name__}",
+        logging.ERROR,
+        "Worker error: %s",
+        describe(exc),
+        extra=extra,
+    )
 
 
 def _duration_ms(job: Any) -> int | None:

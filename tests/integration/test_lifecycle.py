@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 import redis
 from pydantic import SecretStr
@@ -21,7 +19,15 @@ from kpi_export.config import Settings
 from kpi_export.embedded_redis import EmbeddedRedis, free_port
 from tests.conftest import worker_env
 from tests.faults import RedisFaultProxy
-from tests.support import WorkerProcess, audit_rows, job_events, queue_for, running_worker, wait_until
+from tests.support import (
+    WorkerProcess,
+    audit_rows,
+    job_events,
+    queue_for,
+    running_worker,
+    table_locked,
+    wait_until,
+)
 
 START = 'Worker escuchando cola "{queue}" (concurrency={concurrency})'
 
@@ -76,21 +82,6 @@ async def test_start_line_then_an_idle_worker_stops_within_a_second(migrated: Se
         assert status == 0
     finally:
         worker.kill()
-
-
-@contextlib.asynccontextmanager
-async def table_locked(settings: Settings) -> AsyncIterator[None]:
-    """Hold an exclusive lock on the audit table: inserts wait, so a job stays in flight until release."""
-    base, schema = settings.database_url.get_secret_value().split("?schema=")
-    conn = await asyncpg.connect(base, server_settings={"search_path": schema})
-    transaction = conn.transaction()
-    await transaction.start()
-    await conn.execute("LOCK TABLE kpi_auditoria_export IN ACCESS EXCLUSIVE MODE")
-    try:
-        yield
-    finally:
-        await transaction.rollback()
-        await conn.close()
 
 
 async def wait_until_active(settings: Settings, job_id: str) -> None:

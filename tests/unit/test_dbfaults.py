@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 
 import pytest
@@ -67,6 +68,17 @@ def test_a_tls_error_is_permanent_even_though_it_is_an_oserror() -> None:
             raise ConnectionError("could not connect") from cause
     except ConnectionError as chained:
         assert not is_transient(chained)
+
+
+def test_a_cancellation_is_never_retried_even_while_a_network_error_is_handled() -> None:
+    try:
+        try:
+            raise ConnectionResetError("reset by peer")
+        except ConnectionResetError:
+            raise asyncio.CancelledError() from None  # a forced stop arriving during the backoff
+    except asyncio.CancelledError as cancelled:
+        cancelled.__context__ = ConnectionResetError("reset by peer")
+        assert not is_transient(cancelled)
 
 
 def test_other_errors_are_permanent() -> None:

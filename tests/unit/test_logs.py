@@ -36,6 +36,13 @@ def test_job_data_cannot_forge_a_log_line(output: io.StringIO) -> None:
     assert output.getvalue() == "Job 7\\x0aERROR: forged\\x1b[31m\\u2028 completed\n"
 
 
+def test_bytes_from_redis_that_were_not_utf8_are_printed_escaped(output: io.StringIO) -> None:
+    setup_logging("INFO", "text", stream=output)
+    job_id = b"evil\xff".decode("utf-8", "surrogateescape")
+    logging.getLogger("t").info("Job %s completed", job_id)
+    assert output.getvalue() == "Job evil\\udcff completed\n"
+
+
 def test_secrets_and_url_credentials_are_redacted_in_text_and_json(output: io.StringIO) -> None:
     for fmt in ("text", "json"):
         output.seek(0)

@@ -11,8 +11,10 @@ from bullmq import UnrecoverableError
 from kpi_export.errors import InvalidJobData
 from kpi_export.payload import (
     FILTERS_MAX_BYTES,
+    JOB_DATA_MAX_BYTES,
     USUARIO_ID_ERROR,
     AuditEntry,
+    decode_job_data,
     idempotency_key,
     parse_filters,
     parse_format,
@@ -105,7 +107,6 @@ def test_missing_usuario_id_fails_the_whole_job() -> None:
         ("::ffff:1.2.3.4", "1.2.3.4"),
         ("::FFFF:203.0.113.7", "203.0.113.7"),
         ("fe80::1%eth0", "fe80::1"),  # the zone id is dropped
-        ("fe80::1%\x1b[31mRED\nINFO: forged", "fe80::1"),
         ("::ffff:1.2.3.4%x", "1.2.3.4"),
         ("203.0.113.7, " + ", ".join(["10.0.0.1"] * 500), "203.0.113.7"),  # a long proxy chain
     ],
@@ -128,6 +129,10 @@ def test_ip_canonical(value: str, expected: str) -> None:
         "[2001:db8::1",
         "[2001:db8::1]x",
         "1.2.3.4\nINFO forged line",
+        "fe80::1%\x00",
+        "fe80::1%eth0\nINFO forged line",
+        "fe80::1%" + "x" * 33,
+        "fe80::1%",
         "1" * 2000,
     ],
 )
@@ -272,6 +277,41 @@ def test_the_example_job_of_the_spec() -> None:
 def test_data_that_is_not_an_object_fails_for_good(data: object) -> None:
     with pytest.raises(InvalidJobData, match="se esperaba un objeto JSON"):
         parse_job_data(data)
+
+
+# --- job.data's text as stored in Redis -------------------------------------------------------------------
+
+
+def test_job_data_text_is_decoded() -> None:
+    assert decode_job_data('{"usuarioId": 7, "x": "\\ud800"}') == {"usuarioId": 7, "x": "\ud800"}
+    limit = '{"x":"' + "a" * (JOB_DATA_MAX_BYTES - len('{"x":""}')) + '"}'
+    assert len(limit.encode()) == JOB_DATA_MAX_BYTES
+    assert decode_job_data(limit) == {"x": "a" * (JOB_DATA_MAX_BYTES - 8)}
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("{not json", "job.data inválido: no es JSON"),
+        ("", "job.data inválido: no es JSON"),
+        ('{"usuarioId": 1} trailing', "job.data inválido: no es JSON"),
+        ("[" * 100_000 + "]" * 100_000, "job.data inválido: anidado a demasiados niveles para leerlo"),
+        ('{"x": ' + "9" * 5000 + "}", "job.data inválido: contiene un número demasiado largo"),
+        (
+            '{"x":"' + "a" * JOB_DATA_MAX_BYTES + '"}',
+            f"job.data inválido: ocupa más de {JOB_DATA_MAX_BYTES} bytes",
+        ),
+        ('{"x":"' + "é" * (JOB_DATA_MAX_BYTES // 2) + '"}', "ocupa más de"),  # bytes, not characters
+        # b'{"ip": "\xff"}' read from Redis with errors="surrogateescape"
+        (b'{"ip": "\xff"}'.decode("utf-8", "surrogateescape"), "job.data inválido: no es texto UTF-8 válido"),
+    ],
+)
+def test_job_data_text_that_cannot_be_decoded_fails_for_good(text: str, reason: str) -> None:
+    with pytest.raises(InvalidJobData) as caught:
+        decode_job_data(text)
+    assert str(caught.value).startswith("job.data inválido: ")
+    assert reason in str(caught.value)
+    assert isinstance(caught.value, UnrecoverableError)
 
 
 def test_idempotency_key_is_stable_and_distinguishes_queue_id_and_creation_time() -> None:
