@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +16,8 @@ from kpi_export.config import Settings
 from kpi_export.embedded_redis import EmbeddedRedis, free_port
 from kpi_export.schema import upgrade
 from kpi_export.worker import StopSignals, run_worker
-from tests.conftest import IN_CI
 from tests.faults import RedisFaultProxy, calls_script
-from tests.private_postgres import PrivatePostgres, postgres_bin
+from tests.pgcluster import PostgresCluster
 from tests.probes import get, get_json, metric, sample
 from tests.support import job_events, queue_for, running_worker, wait_until
 
@@ -39,16 +37,6 @@ async def wait_for_status(port: int, path: str, status: int, timeout: float = 20
 
     await wait_until(answers, timeout=timeout, what=f"{path} to answer {status} (last: {seen})")
     return seen[1]
-
-
-@pytest.fixture
-def private_postgres() -> Iterator[PrivatePostgres]:
-    if postgres_bin() is None:
-        if IN_CI:
-            pytest.fail("PostgreSQL server binaries are needed under CI")
-        pytest.skip("no PostgreSQL server binaries under /usr/lib/postgresql")
-    with PrivatePostgres() as server:
-        yield server
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -102,11 +90,11 @@ async def test_livez_while_starting_running_and_through_a_redis_outage(
 
 
 async def test_readyz_turns_503_while_the_database_is_stopped_and_200_when_it_is_back(
-    private_postgres: PrivatePostgres, redis_url: str, queue_name: str
+    postgres_cluster: PostgresCluster, private_postgresql_url: str, redis_url: str, queue_name: str
 ) -> None:
     settings = Settings(
         redis_url=SecretStr(redis_url),
-        database_url=SecretStr(private_postgres.url),
+        database_url=SecretStr(private_postgresql_url),
         queue_name=queue_name,
         worker_concurrency=2,
         shutdown_timeout=10,
@@ -125,7 +113,7 @@ async def test_readyz_turns_503_while_the_database_is_stopped_and_200_when_it_is
     async with job_events(settings) as events, queue_for(settings) as queue, running_worker(settings):
         await wait_for_status(health, "/readyz", 200)
 
-        private_postgres.stop()
+        postgres_cluster.stop()
         body = await wait_for_status(health, "/readyz", 503)
         assert body["status"] == "not ready"
         assert body["checks"]["redis"] == "ok"
@@ -141,7 +129,7 @@ async def test_readyz_turns_503_while_the_database_is_stopped_and_200_when_it_is
 
         await wait_until(in_flight, timeout=15, what="the job to be in flight")
 
-        private_postgres.start()
+        postgres_cluster.start()
         assert (await wait_for_status(health, "/readyz", 200))["status"] == "ready"
         outcome, _ = await events.finished(job.id, timeout=60)
         assert outcome == "completed"
