@@ -48,15 +48,14 @@ def _parse_command(buffer: bytearray) -> tuple[Command, int] | None:
     return parts, position
 
 
-class RedisFaultProxy:
-    """`async with RedisFaultProxy(6379) as proxy:` then connect to redis://127.0.0.1:{proxy.port}."""
+class TcpFaultProxy:
+    """`async with TcpFaultProxy(5432) as proxy:` a plain TCP relay to a server that the test can cut off
+    (`block()`: open connections dropped, new ones closed at once) and restore (`unblock()`), as a network
+    fault or a server restart would do."""
 
     def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
         self.upstream = (upstream_host, upstream_port)
-        self.refuse: Callable[[Command], bool] = lambda _command: False
-        self.refused = 0
-        self.cut: Callable[[Command], bool] = lambda _command: False  # drop the connection instead
-        self.cuts = 0
+        self.blocked = False
         self.port = 0
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.StreamWriter] = set()
@@ -72,86 +71,14 @@ class RedisFaultProxy:
         self.cut_all()
         await self._server.wait_closed()
 
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
-
     def cut_all(self) -> None:
         """Drop every open connection, as a network fault would."""
         for writer in list(self._connections):
             writer.transport.abort()
 
-    async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        try:
-            upstream_reader, upstream_writer = await asyncio.open_connection(*self.upstream)
-        except OSError:
-            client_writer.transport.abort()
-            return
-        self._connections.update((client_writer, upstream_writer))
-        back = asyncio.create_task(self._pump(upstream_reader, client_writer))
-        try:
-            buffer = bytearray()
-            while chunk := await client_reader.read(65536):
-                buffer += chunk
-                while (parsed := _parse_command(buffer)) is not None:
-                    command, size = parsed
-                    raw = bytes(buffer[:size])
-                    del buffer[:size]
-                    if self.cut(command):
-                        self.cuts += 1
-                        raise ConnectionError("injected fault: connection dropped by the test proxy")
-                    if self.refuse(command):
-                        self.refused += 1
-                        client_writer.write(b"-ERR injected fault: command refused by the test proxy\r\n")
-                    else:
-                        upstream_writer.write(raw)
-                await upstream_writer.drain()
-        except (ConnectionError, ValueError):
-            pass
-        finally:
-            back.cancel()
-            for writer in (client_writer, upstream_writer):
-                self._connections.discard(writer)
-                writer.transport.abort()
-            with contextlib.suppress(asyncio.CancelledError):
-                await back
-
-    @staticmethod
-    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            while chunk := await reader.read(65536):
-                writer.write(chunk)
-                await writer.drain()
-        writer.transport.abort()
-
-
-class TcpFaultProxy:
-    """`async with TcpFaultProxy(5432) as proxy:` a plain TCP relay to a database server that the test can
-    cut off (`block()`: open connections dropped, new ones closed at once) and restore (`unblock()`),
-    as a network fault or a server restart would do."""
-
-    def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
-        self.upstream = (upstream_host, upstream_port)
-        self.blocked = False
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.StreamWriter] = set()
-
-    async def __aenter__(self) -> Self:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        self.block()
-        await self._server.wait_closed()
-
     def block(self) -> None:
         self.blocked = True
-        for writer in list(self._connections):
-            writer.transport.abort()
+        self.cut_all()
 
     def unblock(self) -> None:
         self.blocked = False
@@ -166,12 +93,70 @@ class TcpFaultProxy:
             client_writer.transport.abort()
             return
         self._connections.update((client_writer, upstream_writer))
+        back = asyncio.create_task(_pump(upstream_reader, client_writer))
         try:
-            await asyncio.gather(
-                RedisFaultProxy._pump(client_reader, upstream_writer),
-                RedisFaultProxy._pump(upstream_reader, client_writer),
-            )
+            await self._forward(client_reader, client_writer, upstream_writer)
+        except (ConnectionError, ValueError):
+            pass
         finally:
+            back.cancel()
             for writer in (client_writer, upstream_writer):
                 self._connections.discard(writer)
                 writer.transport.abort()
+            with contextlib.suppress(asyncio.CancelledError):
+                await back
+
+    async def _forward(
+        self,
+        client_reader: asyncio.StreamReader,
+        _client: asyncio.StreamWriter,
+        upstream: asyncio.StreamWriter,
+    ) -> None:
+        await _pump(client_reader, upstream)
+
+
+class RedisFaultProxy(TcpFaultProxy):
+    """`async with RedisFaultProxy(6379) as proxy:` then connect to redis://127.0.0.1:{proxy.port}; commands
+    for which `refuse` is true get an error reply, those for which `cut` is true drop the connection."""
+
+    def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
+        super().__init__(upstream_port, upstream_host)
+        self.refuse: Callable[[Command], bool] = lambda _command: False
+        self.refused = 0
+        self.cut: Callable[[Command], bool] = lambda _command: False
+        self.cuts = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    async def _forward(
+        self,
+        client_reader: asyncio.StreamReader,
+        client: asyncio.StreamWriter,
+        upstream: asyncio.StreamWriter,
+    ) -> None:
+        buffer = bytearray()
+        while chunk := await client_reader.read(65536):
+            buffer += chunk
+            while (parsed := _parse_command(buffer)) is not None:
+                command, size = parsed
+                raw = bytes(buffer[:size])
+                del buffer[:size]
+                if self.cut(command):
+                    self.cuts += 1
+                    raise ConnectionError("injected fault: connection dropped by the test proxy")
+                if self.refuse(command):
+                    self.refused += 1
+                    client.write(b"-ERR injected fault: command refused by the test proxy\r\n")
+                else:
+                    upstream.write(raw)
+            await upstream.drain()
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError):
+        while chunk := await reader.read(65536):
+            writer.write(chunk)
+            await writer.drain()
+    writer.transport.abort()
