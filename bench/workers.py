@@ -42,7 +42,9 @@ CONTENDERS = {
 class RunningWorker:
     """A worker started for one run; its output goes to `log`."""
 
-    def __init__(self, contender: Contender, place: Place, concurrency: int, log: Path) -> None:
+    def __init__(
+        self, contender: Contender, place: Place, concurrency: int, log: Path, wrap: tuple[str, ...] = ()
+    ) -> None:
         self.contender = contender
         self.log = log
         env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "DATABASE_", "WORKER_"))}
@@ -55,7 +57,7 @@ class RunningWorker:
             env |= {"REDIS_URL": place.redis_url, "WORKER_PROCESSES": str(contender.processes)}
             command = [sys.executable, "-m", "kpi_export", "worker"]
         with log.open("wb") as out:
-            self.process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen([*wrap, *command], env=env, stdout=out, stderr=subprocess.STDOUT)
         self.root = psutil.Process(self.process.pid)
 
     def wait_ready(self, timeout: float = 60) -> None:
