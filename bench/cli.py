@@ -35,20 +35,51 @@ def _names(text: str) -> list[str]:
 
 @click.command()
 @click.option("--jobs", default=5000, show_default=True, help="Backlog size of each run.")
-@click.option("--repeat", default=3, show_default=True, help="Runs of each measurement; the table shows medians.")
+@click.option(
+    "--repeat", default=3, show_default=True, help="Runs of each measurement; the table shows medians."
+)
 @click.option("--concurrency", "levels", default="1,10,50,100", show_default=True)
-@click.option("--contenders", default="python,node,python-2p", show_default=True, help=f"Of {', '.join(CONTENDERS)}.")
+@click.option(
+    "--contenders", default="python,node,python-2p", show_default=True, help=f"Of {', '.join(CONTENDERS)}."
+)
 @click.option("--databases", default="postgresql,sqlite", show_default=True, help="SQLite: this worker only.")
-@click.option("--stream-rate", default=200.0, show_default=True, help="Jobs/s of the steady stream (at most half the backlog rate).")
+@click.option(
+    "--stream-rate",
+    default=200.0,
+    show_default=True,
+    help="Jobs/s of the steady stream (at most half the backlog rate).",
+)
 @click.option("--stream-seconds", default=10.0, show_default=True)
-@click.option("--rss-jobs", default="10000,100000", show_default=True, help="Backlogs for the flat-RSS check ('' to skip).")
-@click.option("--quick", is_flag=True, help="While developing: 1000 jobs, 1 run, 3 s of stream, concurrency 50, no RSS check.")
+@click.option(
+    "--rss-jobs",
+    default="10000,100000",
+    show_default=True,
+    help="Backlogs for the flat-RSS check ('' to skip).",
+)
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="While developing: 1000 jobs, 1 run, 3 s of stream, concurrency 50, no RSS check.",
+)
 @click.option("--redis-url", default=lambda: os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
-@click.option("--postgres-url", default=lambda: os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"))
+@click.option(
+    "--postgres-url",
+    default=lambda: os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=RESULTS, show_default=True)
 def main(
-    jobs: int, repeat: int, levels: str, contenders: str, databases: str, stream_rate: float,
-    stream_seconds: float, rss_jobs: str, quick: bool, redis_url: str, postgres_url: str, out: Path,
+    jobs: int,
+    repeat: int,
+    levels: str,
+    contenders: str,
+    databases: str,
+    stream_rate: float,
+    stream_seconds: float,
+    rss_jobs: str,
+    quick: bool,
+    redis_url: str,
+    postgres_url: str,
+    out: Path,
 ) -> None:
     """Measure this worker against the Node original on the same Redis and database, in one run."""
     if quick:
@@ -56,7 +87,9 @@ def main(
     console = Console(width=150)
     chosen = [CONTENDERS[name] for name in _names(contenders)]
     if any(c.runtime == "node" for c in chosen) and not node_baseline_ready():
-        raise click.ClickException("the Node baseline is not built: run `make bench` (it builds bench/node-baseline)")
+        raise click.ClickException(
+            "the Node baseline is not built: run `make bench` (it builds bench/node-baseline)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     plan = Plan(redis_url, postgres_url, Path(tempfile.mkdtemp(prefix="kpi-bench-")))
     schedule = [
@@ -67,13 +100,20 @@ def main(
         for contender in chosen
         if database == "postgresql" or contender.name == "python"
     ]
-    meta = _machine() | {"command": "make bench " + shlex.join(sys.argv[1:]), "started": _now(),
-                         "jobs": jobs, "repeat": repeat, "stream_seconds": stream_seconds}
+    meta = _machine() | {
+        "command": "make bench " + shlex.join(sys.argv[1:]),
+        "started": _now(),
+        "jobs": jobs,
+        "repeat": repeat,
+        "stream_seconds": stream_seconds,
+    }
     measurements: list[Measurement] = []
     rss: dict[int, float] = {}
     try:
         for index, (rep, database, level, contender) in enumerate(schedule, 1):
-            m = asyncio.run(measure(plan, contender, database, level, jobs, stream_rate, stream_seconds, seed=rep))
+            m = asyncio.run(
+                measure(plan, contender, database, level, jobs, stream_rate, stream_seconds, seed=rep)
+            )
             measurements.append(m)
             console.print(
                 f"[{index}/{len(schedule)}] {database:10} {contender.name:9} c={level:<3} "
@@ -82,9 +122,13 @@ def main(
                 f"RSS {m.peak_rss_mb:.1f} MB"
             )
         for size in _ints(rss_jobs):
-            m = asyncio.run(measure(plan, CONTENDERS["python"], "postgresql", 50, size, stream_rate, 0, seed=99))
+            m = asyncio.run(
+                measure(plan, CONTENDERS["python"], "postgresql", 50, size, stream_rate, 0, seed=99)
+            )
             rss[size] = m.peak_rss_mb
-            console.print(f"[rss] backlog {size:,}: peak RSS {m.peak_rss_mb:.1f} MB ({m.throughput:,.0f} jobs/s)")
+            console.print(
+                f"[rss] backlog {size:,}: peak RSS {m.peak_rss_mb:.1f} MB ({m.throughput:,.0f} jobs/s)"
+            )
     except BenchError as exc:
         raise click.ClickException(f"{exc} (worker logs in {plan.workdir})") from None
     meta["finished"] = _now()

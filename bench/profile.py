@@ -27,21 +27,23 @@ async def profile(plan: Plan, jobs: int, concurrency: int, database: str, idle: 
     place = await make_place(plan.redis_url, database, plan.postgres_url, plan.workdir, prisma_table=False)
     queue = create_queue(place.settings())
     worker = RunningWorker(CONTENDERS["python"], place, concurrency, plan.workdir / "worker.log")
-    spy: subprocess.Popen[bytes] | None = None
+    spy: asyncio.subprocess.Process | None = None
     try:
         await _add_paused(queue, sample_jobs(jobs))
         await asyncio.to_thread(worker.wait_ready)
         # Attached once the worker is ready, so that start-up (imports, connections) is left out.
         command = ["py-spy", "record", "--pid", str(worker.process.pid), "--format", "raw", "--rate", "250"]
         command += ["--output", str(stacks), "--nonblocking", *(["--idle"] if idle else [])]
-        spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        spy = await asyncio.create_subprocess_exec(
+            *command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         await asyncio.sleep(1)  # py-spy's own start
         await queue.resume()
         await _wait_finished(place, jobs, timeout=60 + jobs / 20)
     finally:
         if spy is not None:
             spy.send_signal(signal.SIGINT)  # py-spy writes its stacks on Control-C
-            await asyncio.to_thread(spy.wait, 60)
+            await asyncio.wait_for(spy.wait(), 60)
         await asyncio.to_thread(worker.stop)
         await queue.close()
         await remove_place(place, plan.postgres_url)
@@ -53,7 +55,7 @@ def summarise(stacks: Path, top: int) -> str:
     total = 0
     for line in stacks.read_text().splitlines():
         frames, _, count_text = line.rpartition(" ")
-        if not frames:
+        if not frames or not count_text.isdigit():
             continue
         count = int(count_text)
         names = [_short(f) for f in frames.split(";")]
@@ -84,8 +86,13 @@ def _short(frame: str) -> str:
 @click.option("--idle/--cpu-only", default=False, help="Also count samples of threads that wait (off-CPU).")
 @click.option("--top", default=25, show_default=True)
 @click.option("--redis-url", default=lambda: os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
-@click.option("--postgres-url", default=lambda: os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"))
-def main(jobs: int, concurrency: int, database: str, idle: bool, top: int, redis_url: str, postgres_url: str) -> None:
+@click.option(
+    "--postgres-url",
+    default=lambda: os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+)
+def main(
+    jobs: int, concurrency: int, database: str, idle: bool, top: int, redis_url: str, postgres_url: str
+) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="kpi-profile-"))
     stacks = workdir / "stacks.txt"
     asyncio.run(profile(Plan(redis_url, postgres_url, workdir), jobs, concurrency, database, idle, stacks))

@@ -51,7 +51,18 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 
 def table(rows: list[Row]) -> Table:
     out = Table(title="Medians per (database, worker, concurrency)", title_justify="left")
-    for header in ("database", "worker", "conc.", "runs", "jobs/s", "CPU ms/job", "stream/s", "p50 ms", "p99 ms", "peak RSS MB"):
+    for header in (
+        "database",
+        "worker",
+        "conc.",
+        "runs",
+        "jobs/s",
+        "CPU ms/job",
+        "stream/s",
+        "p50 ms",
+        "p99 ms",
+        "peak RSS MB",
+    ):
         out.add_column(header, justify="left" if header in ("database", "worker") else "right")
     for r in rows:
         v = r.values
@@ -79,25 +90,47 @@ class Verdict:
 
 def targets(rows: list[Row], rss_by_jobs: dict[int, float]) -> list[Verdict]:
     """Issue 6's targets: PostgreSQL, one process each, concurrency 50."""
-    at = {r.contender: r.values for r in rows if r.database == "postgresql" and r.concurrency == TARGET_CONCURRENCY}
+    at = {
+        r.contender: r.values
+        for r in rows
+        if r.database == "postgresql" and r.concurrency == TARGET_CONCURRENCY
+    }
     py, node = at.get("python"), at.get("node")
     verdicts: list[Verdict] = []
     if py and node and py["throughput"] and node["throughput"]:
         ratio = py["throughput"] / node["throughput"]
         verdicts.append(
-            Verdict("throughput ≥ 1.5× Node's", f"{py['throughput']:,.0f} vs {node['throughput']:,.0f} jobs/s = {ratio:.2f}×", ratio >= 1.5)
+            Verdict(
+                "throughput ≥ 1.5× Node's",
+                f"{py['throughput']:,.0f} vs {node['throughput']:,.0f} jobs/s = {ratio:.2f}×",
+                ratio >= 1.5,
+            )
         )
     else:
-        verdicts.append(Verdict("throughput ≥ 1.5× Node's", "not measured (needs python and node at c50 on PostgreSQL)", None))
+        verdicts.append(
+            Verdict(
+                "throughput ≥ 1.5× Node's", "not measured (needs python and node at c50 on PostgreSQL)", None
+            )
+        )
     if py and node and py["cpu_ms_per_job"] and node["cpu_ms_per_job"]:
         ratio = py["cpu_ms_per_job"] / node["cpu_ms_per_job"]
         verdicts.append(
-            Verdict("CPU per job ≤ 2/3 of Node's", f"{py['cpu_ms_per_job']:.2f} vs {node['cpu_ms_per_job']:.2f} ms = {ratio:.2f}×", ratio <= 2 / 3)
+            Verdict(
+                "CPU per job ≤ 2/3 of Node's",
+                f"{py['cpu_ms_per_job']:.2f} vs {node['cpu_ms_per_job']:.2f} ms = {ratio:.2f}×",
+                ratio <= 2 / 3,
+            )
         )
     else:
         verdicts.append(Verdict("CPU per job ≤ 2/3 of Node's", "not measured", None))
     if py and py["p99_ms"] is not None and py["stream_rate"] == TARGET_RATE:
-        verdicts.append(Verdict("p99 at 200 jobs/s ≤ 50 ms", f"{py['p99_ms']:.1f} ms (p50 {_fmt(py['p50_ms'])} ms)", py["p99_ms"] <= 50))
+        verdicts.append(
+            Verdict(
+                "p99 at 200 jobs/s ≤ 50 ms",
+                f"{py['p99_ms']:.1f} ms (p50 {_fmt(py['p50_ms'])} ms)",
+                py["p99_ms"] <= 50,
+            )
+        )
     else:
         verdicts.append(Verdict("p99 at 200 jobs/s ≤ 50 ms", "not measured at 200 jobs/s", None))
     if py and py["peak_rss_mb"] is not None:
@@ -113,7 +146,9 @@ def targets(rows: list[Row], rss_by_jobs: dict[int, float]) -> list[Verdict]:
             )
         )
     else:
-        verdicts.append(Verdict("RSS flat (±10 %) from 10,000 to 100,000 jobs", "not measured (--rss-jobs)", None))
+        verdicts.append(
+            Verdict("RSS flat (±10 %) from 10,000 to 100,000 jobs", "not measured (--rss-jobs)", None)
+        )
     return verdicts
 
 
@@ -127,13 +162,27 @@ def targets_table(verdicts: list[Verdict]) -> Table:
     return out
 
 
-def write_json(path: Path, meta: dict[str, Any], measurements: list[Measurement], rows: list[Row],
-               rss: dict[int, float], verdicts: list[Verdict]) -> None:
+def write_json(
+    path: Path,
+    meta: dict[str, Any],
+    measurements: list[Measurement],
+    rows: list[Row],
+    rss: dict[int, float],
+    verdicts: list[Verdict],
+) -> None:
     document = {
         "meta": meta,
         "runs": [m.as_dict() for m in measurements],
-        "medians": [{"database": r.database, "contender": r.contender, "concurrency": r.concurrency,
-                     "runs": r.runs, **r.values} for r in rows],
+        "medians": [
+            {
+                "database": r.database,
+                "contender": r.contender,
+                "concurrency": r.concurrency,
+                "runs": r.runs,
+                **r.values,
+            }
+            for r in rows
+        ],
         "rss_by_backlog": {str(k): v for k, v in rss.items()},
         "targets": [{"target": v.target, "measured": v.measured, "met": v.met} for v in verdicts],
     }
@@ -161,7 +210,10 @@ def chart(path: Path, rows: list[Row], title: str) -> None:
         left.bar_label(bars, fmt="%.0f", fontsize=7)
         bars = right.bar(xs, p99, width, label=CONTENDERS[name].label)
         right.bar_label(bars, fmt="%.0f", fontsize=7)
-    for axis, ylabel in ((left, "jobs/s on a backlog (higher is better)"), (right, "p99 added → finished, ms (lower is better)")):
+    for axis, ylabel in (
+        (left, "jobs/s on a backlog (higher is better)"),
+        (right, "p99 added → finished, ms (lower is better)"),
+    ):
         axis.set_xticks(range(len(levels)), [str(c) for c in levels])
         axis.set_xlabel("concurrency")
         axis.set_ylabel(ylabel)

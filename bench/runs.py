@@ -183,7 +183,9 @@ async def _timings(place: Place, ids: list[str]) -> tuple[list[int], list[int], 
 
 def expected_row(data: dict[str, Any]) -> tuple[int, str]:
     """(usuarioId, format) that a valid sample job must give."""
-    return int(float(str(data["usuarioId"]).strip())), (str(data.get("format") or "").strip().lower() or "csv")
+    return int(float(str(data["usuarioId"]).strip())), (
+        str(data.get("format") or "").strip().lower() or "csv"
+    )
 
 
 async def _check(place: Place, jobs: dict[str, dict[str, Any]]) -> None:
@@ -208,7 +210,9 @@ async def _check(place: Place, jobs: dict[str, dict[str, Any]]) -> None:
             problems.append(f"job {job_id}: idExport {id_export} is another job's")
         claimed.add(id_export)
         if rows.get(id_export) != expected_row(jobs[job_id]):
-            problems.append(f"job {job_id}: row {id_export} is {rows.get(id_export)}, not {expected_row(jobs[job_id])}")
+            problems.append(
+                f"job {job_id}: row {id_export} is {rows.get(id_export)}, not {expected_row(jobs[job_id])}"
+            )
     if problems:
         raise BenchError(f"{len(problems)} problem(s) on queue {place.queue}: " + "; ".join(problems[:5]))
 

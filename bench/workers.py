@@ -48,7 +48,11 @@ class RunningWorker:
         self.contender = contender
         self.log = log
         env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "DATABASE_", "WORKER_"))}
-        env |= {"QUEUE_NAME": place.queue, "WORKER_CONCURRENCY": str(concurrency), "DATABASE_URL": place.database_url}
+        env |= {
+            "QUEUE_NAME": place.queue,
+            "WORKER_CONCURRENCY": str(concurrency),
+            "DATABASE_URL": place.database_url,
+        }
         if contender.runtime == "node":
             parts = urlsplit(place.redis_url)
             env |= {"REDIS_HOST": parts.hostname or "127.0.0.1", "REDIS_PORT": str(parts.port or 6379)}
@@ -107,7 +111,9 @@ class RunningWorker:
             for proc in reversed(self._tree()):
                 proc.kill()
             self.process.wait()
-            raise RuntimeError(f"{self.contender.name} did not stop within {timeout} s: see {self.log}") from None
+            raise RuntimeError(
+                f"{self.contender.name} did not stop within {timeout} s: see {self.log}"
+            ) from None
 
 
 def node_baseline_ready() -> bool:

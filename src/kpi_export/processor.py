@@ -54,8 +54,7 @@ async def process_job(job: QueuedJob, token: str, *, deps: JobDeps) -> dict[str,
 async def write_audit_row(deps: JobDeps, job: QueuedJob, entry: AuditEntry, key: str) -> int:
     """The idempotent insert, retried with backoff while the fault is transient and the window lasts."""
 
-    def before_sleep(state: RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome else None
+    def report(error: BaseException | None) -> None:
         deps.throttle.log(
             log,
             "database-transient",
@@ -67,7 +66,16 @@ async def write_audit_row(deps: JobDeps, job: QueuedJob, entry: AuditEntry, key:
             extra={"event": "db.retry", "job_id": job.id},
         )
 
+    def before_sleep(state: RetryCallState) -> None:
+        report(state.outcome.exception() if state.outcome else None)
+
     created_at = utc_now()
+    try:  # the usual case, without the retry machinery (it showed in the profile)
+        return await deps.store.record(entry, key, created_at)
+    except Exception as exc:
+        if not is_transient(exc) or deps.retry_window <= 0:
+            raise _refused(job, exc) from None
+        report(exc)
     try:
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(is_transient),
@@ -79,10 +87,14 @@ async def write_audit_row(deps: JobDeps, job: QueuedJob, entry: AuditEntry, key:
             with attempt:
                 return await deps.store.record(entry, key, created_at)
     except Exception as exc:
-        # The driver's exception stays out of the chain: bullmq stores the traceback in Redis.
-        if is_transient(exc):
-            log.error("Job %s: database still unavailable: %s", job.id, describe(exc))
-            raise TransientDatabaseError(f"base de datos no disponible: {describe(exc)}") from None
-        log.error("Job %s: audit row refused: %s", job.id, describe(exc))
-        raise AuditWriteError(f"error de base de datos: {describe(exc)}") from None
+        raise _refused(job, exc) from None
     raise AssertionError("unreachable: tenacity either returns or raises")
+
+
+def _refused(job: QueuedJob, exc: Exception) -> Exception:
+    """The job's failure; the driver's exception stays out of the chain (bullmq stores it in Redis)."""
+    if is_transient(exc):
+        log.error("Job %s: database still unavailable: %s", job.id, describe(exc))
+        return TransientDatabaseError(f"base de datos no disponible: {describe(exc)}")
+    log.error("Job %s: audit row refused: %s", job.id, describe(exc))
+    return AuditWriteError(f"error de base de datos: {describe(exc)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -87,10 +88,53 @@ def worker_name() -> str:
     return f"kpi-export@{socket.gethostname()}:{os.getpid()}"
 
 
+class PacedFetchWorker(Worker):  # type: ignore[misc]
+    """bullmq's Worker, asking Redis for jobs only as fast as there are jobs to get.
+
+    Python bullmq's `run()` starts a fetcher for every free slot at once, and each runs the moveToActive
+    script. On a backlog that is what we want; on a steady stream each new job wakes the worker and sets
+    `concurrency - 1` fetchers running for nothing: about 50 scripts per job at concurrency 50 (counted
+    with INFO commandstats), and the p99 latency of a 200 jobs/s stream climbed to 150 ms. Node's Worker
+    fetches in sequence. Here the number of fetches at once starts at one and doubles while fetches keep
+    finding a backlog, back to one as soon as the queue is empty; and no fetch runs while another waits
+    for the queue's next job.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = asyncio.Condition()
+        self._fetching = 0
+        self._window = 1
+        self._max_window = max(int(self.opts.get("concurrency") or 1), 1)
+
+    def _stop_fetching(self) -> bool:
+        return bool(self.closing or self.paused or (self.drained and self.waiting is not None))
+
+    async def getNextJob(self, token: str) -> Any:
+        async with self._slots:
+            await self._slots.wait_for(lambda: self._fetching < self._window or self._stop_fetching())
+            if self._stop_fetching():
+                return None
+            self._fetching += 1
+        from_backlog = not self.drained  # else this fetch waits for the next job to be added
+        job = None
+        try:
+            job = await super().getNextJob(token)
+            return job
+        finally:
+            async with self._slots:
+                self._fetching -= 1
+                if job is None or not from_backlog:
+                    self._window = 1
+                else:
+                    self._window = min(self._window * 2, self._max_window)
+                self._slots.notify_all()
+
+
 def create_worker(settings: Settings, processor: Processor) -> Worker:
     """A bullmq Worker that does not start itself: the caller owns and supervises `run()`."""
     client = redis_client(settings, max_connections=settings.worker_concurrency + 5)
-    return Worker(
+    return PacedFetchWorker(
         settings.queue_name,
         processor,
         {

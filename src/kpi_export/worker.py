@@ -77,13 +77,14 @@ async def run_worker(settings: Settings, stop: StopSignals | None = None) -> Exi
     throttle = Throttle()
     watch = RedisWatch(redis_client(settings, max_connections=1), redis_target(settings))
     engine = create_engine(settings.database, pool_size=min(settings.worker_concurrency, 20))
+    store = AuditStore(engine)
     try:
         if not await watch.wait_until_up(stop.requested):
             return Exit(0)
         if not await _wait_for_database(engine, stop.requested):
             return Exit(0)
         watch.start()
-        deps = JobDeps(AuditStore(engine), settings.db_retry_window, throttle)
+        deps = JobDeps(store, settings.db_retry_window, throttle)
         worker = create_worker(settings, functools.partial(process_job, deps=deps))
         _attach_listeners(worker, settings.queue_name, throttle)
         return await _supervise(worker, settings, stop)
@@ -93,6 +94,7 @@ async def run_worker(settings: Settings, stop: StopSignals | None = None) -> Exi
     finally:
         stop.remove()
         await watch.close()
+        await store.close()
         await engine.dispose()
 
 
