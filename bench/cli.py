@@ -127,7 +127,7 @@ def main(
             )
             rss[size] = m.peak_rss_mb
             console.print(
-                f"[rss] backlog {size:,}: peak RSS {m.peak_rss_mb:.1f} MB ({m.throughput:,.0f} jobs/s)"
+                f"RSS check: backlog {size:,}: peak RSS {m.peak_rss_mb:.1f} MB ({m.throughput:,.0f} jobs/s)"
             )
     except BenchError as exc:
         raise click.ClickException(f"{exc} (worker logs in {plan.workdir})") from None

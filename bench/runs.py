@@ -4,6 +4,7 @@ every job gave exactly the row and the result it should."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import statistics
 import time
@@ -82,7 +83,11 @@ async def measure(
         rate = min(stream_rate, throughput / 2)
         stream_count = int(rate * stream_seconds)
         stream_data = sample_jobs(stream_count, seed=seed + 1)
-        stream_jobs = await _stream(queue, stream_data, rate)
+        gc.disable()  # a collection in the producer would add its pause to the latencies measured
+        try:
+            stream_jobs = await _stream(queue, stream_data, rate)
+        finally:
+            gc.enable()
         await _wait_finished(place, len(backlog_jobs) + len(stream_jobs), timeout=60 + stream_seconds * 2)
         _, finished, added = await _timings(place, list(stream_jobs))
         latencies = [f - a for f, a in zip(finished, added, strict=True)]
