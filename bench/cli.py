@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import platform
 import shlex
@@ -18,7 +19,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from bench.report import chart, medians, table, targets, targets_table, write_json
+from bench.report import chart, markdown, medians, table, targets, targets_table, write_json
 from bench.runs import BenchError, Measurement, Plan, measure
 from bench.workers import CONTENDERS, node_baseline_ready
 
@@ -140,8 +141,11 @@ def main(
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     json_path, png_path = out / f"bench-{stamp}.json", out / f"bench-{stamp}.png"
     write_json(json_path, meta, measurements, rows, rss, verdicts)
+    json_path.with_suffix(".md").write_text(markdown(json.loads(json_path.read_text())) + "\n")
     chart(png_path, rows, f"{meta['cpu']} · {meta['cores']} cores · {jobs:,} jobs a run, median of {repeat}")
-    console.print(f"Wrote {json_path} and {png_path}")
+    console.print(
+        f"Wrote {json_path}, {png_path} and the tables in Markdown ({json_path.with_suffix('.md')})"
+    )
 
 
 def _now() -> str:

@@ -224,3 +224,33 @@ def chart(path: Path, rows: list[Row], title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def markdown(document: dict[str, Any]) -> str:
+    """The medians and the targets of a run's JSON file, as Markdown tables (for the README)."""
+    lines = [
+        "| database | worker | concurrency | jobs/s | CPU ms/job | stream jobs/s | p50 ms | p99 ms | peak RSS MB |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for m in document["medians"]:
+        lines.append(
+            f"| {m['database']} | {CONTENDERS[m['contender']].label} | {m['concurrency']} "
+            f"| {_fmt(m['throughput'], 0)} | {_fmt(m['cpu_ms_per_job'], 2)} | {_fmt(m['stream_rate'], 0)} "
+            f"| {_fmt(m['p50_ms'])} | {_fmt(m['p99_ms'])} | {_fmt(m['peak_rss_mb'])} |"
+        )
+    lines += [
+        "",
+        "| target (PostgreSQL, one process each, concurrency 50) | measured | met |",
+        "|---|---|---|",
+    ]
+    for t in document["targets"]:
+        lines.append(
+            f"| {t['target']} | {t['measured']} | {({True: 'yes', False: 'NO', None: '—'})[t['met']]} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(markdown(json.loads(Path(sys.argv[1]).read_text())))
