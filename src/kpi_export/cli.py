@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -66,7 +67,9 @@ def worker() -> None:
 
         env = os.environ | {"WORKER_PROCESSES": "1"}
         sys.exit(_run(Supervisor(settings.worker_processes, worker_command(), env).run()))
-    outcome = _run(run_worker(settings), fast_loop=True)
+    # What start-up made (modules, SQLAlchemy's and bullmq's structures) lives as long as the process: frozen,
+    # it is out of the collector's reach, and a full collection no longer pauses the worker for 50-200 ms.
+    outcome = _run(run_worker(settings, started=gc.freeze), fast_loop=True)
     if not outcome.clean:
         logging.shutdown()
         os._exit(outcome.status)  # leave bullmq's stuck task behind instead of waiting on it

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import gc
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,8 +72,10 @@ class Exit:
     clean: bool = True  # False: a task of bullmq's would not stop; the process must exit without waiting
 
 
-async def run_worker(settings: Settings, stop: StopSignals | None = None) -> Exit:
-    """Run until a signal (or `stop`) stops it."""
+async def run_worker(
+    settings: Settings, stop: StopSignals | None = None, *, started: Callable[[], None] | None = None
+) -> Exit:
+    """Run until a signal (or `stop`) stops it; `started` is called once Redis and the database are up."""
     stop = stop or StopSignals()
     throttle = Throttle()
     watch = RedisWatch(redis_client(settings, max_connections=1), redis_target(settings))
@@ -88,9 +90,8 @@ async def run_worker(settings: Settings, stop: StopSignals | None = None) -> Exi
         deps = JobDeps(store, settings.db_retry_window, throttle)
         worker = create_worker(settings, functools.partial(process_job, deps=deps))
         _attach_listeners(worker, settings.queue_name, throttle)
-        # What start-up loaded (modules, SQLAlchemy's and bullmq's structures) lives as long as the process:
-        # moved out of the collector's reach, a full collection no longer walks it (pauses of 50-200 ms).
-        gc.freeze()
+        if started is not None:
+            started()
         return await _supervise(worker, settings, stop)
     except StartupError as exc:
         log.error("Cannot start: %s", exc, extra={"event": "worker.cannot_start"})
