@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -85,6 +86,9 @@ def main(
     """Measure this worker against the Node original on the same Redis and database, in one run."""
     if quick:
         jobs, repeat, levels, stream_seconds, rss_jobs = 1000, 1, "50", 3.0, ""
+    # SIGTERM (`timeout`, a cancelled job) unwinds like an error: the run's worker is stopped, its queue and
+    # schema removed.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     console = Console(width=150)
     chosen = [CONTENDERS[name] for name in _names(contenders)]
     if any(c.runtime == "node" for c in chosen) and not node_baseline_ready():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import signal
 import subprocess
@@ -9,6 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import urlsplit
 
 import psutil
@@ -40,7 +43,10 @@ CONTENDERS = {
 
 
 class RunningWorker:
-    """A worker started for one run; its output goes to `log`."""
+    """A worker started for one run; its output goes to `log`. One left running when the bench exits (an
+    error, SIGTERM) is killed then."""
+
+    running: ClassVar[set[subprocess.Popen[bytes]]] = set()
 
     def __init__(
         self, contender: Contender, place: Place, concurrency: int, log: Path, wrap: tuple[str, ...] = ()
@@ -62,6 +68,7 @@ class RunningWorker:
             command = [sys.executable, "-m", "kpi_export", "worker"]
         with log.open("wb") as out:
             self.process = subprocess.Popen([*wrap, *command], env=env, stdout=out, stderr=subprocess.STDOUT)
+        self.running.add(self.process)
         self.root = psutil.Process(self.process.pid)
 
     def wait_ready(self, timeout: float = 60) -> None:
@@ -106,7 +113,9 @@ class RunningWorker:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         try:
-            return self.process.wait(timeout)
+            status = self.process.wait(timeout)
+            self.running.discard(self.process)
+            return status
         except subprocess.TimeoutExpired:
             for proc in reversed(self._tree()):
                 proc.kill()
@@ -114,6 +123,16 @@ class RunningWorker:
             raise RuntimeError(
                 f"{self.contender.name} did not stop within {timeout} s: see {self.log}"
             ) from None
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for process in RunningWorker.running:
+        if process.poll() is None:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                root = psutil.Process(process.pid)
+                for proc in [*root.children(recursive=True), root]:
+                    proc.kill()
 
 
 def node_baseline_ready() -> bool:
