@@ -68,7 +68,7 @@ def worker() -> None:
         env = os.environ | {"WORKER_PROCESSES": "1"}
         sys.exit(_run(Supervisor(settings.worker_processes, worker_command(), env).run()))
     # What start-up made (modules, SQLAlchemy's and bullmq's structures) lives as long as the process: frozen,
-    # it is out of the collector's reach, and a full collection no longer pauses the worker for 50-200 ms.
+    # it is out of the collector's reach, and a full collection no longer pauses the worker for tens of ms.
     outcome = _run(run_worker(settings, started=gc.freeze), fast_loop=True)
     if not outcome.clean:
         logging.shutdown()
