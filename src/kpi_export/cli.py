@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import gc
 import json
 import logging
 import os
@@ -50,6 +51,15 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
+def _fast_loop() -> asyncio.AbstractEventLoop:
+    """libuv's event loop (uvloop), about 10 % less CPU per job than asyncio's own, where it is built."""
+    try:
+        import uvloop
+    except ImportError:  # not built for this platform (Windows)
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="kpi-export-worker")
 def cli() -> None:
@@ -58,12 +68,21 @@ def cli() -> None:
 
 @cli.command()
 def worker() -> None:
-    """Consume QUEUE_NAME until SIGINT/SIGTERM; each valid job gives one row in kpi_auditoria_export."""
+    """Consume QUEUE_NAME until SIGINT/SIGTERM; each valid job gives one row in kpi_auditoria_export.
+
+    WORKER_PROCESSES=N runs N worker processes under a supervisor that forwards signals and restarts them.
+    """
     from kpi_export.worker import run_worker
 
     settings = _settings(stream=sys.stdout)
-    loop = asyncio.new_event_loop()
-    status = loop.run_until_complete(run_worker(settings))
+    if settings.worker_processes > 1:
+        from kpi_export.supervisor import Supervisor, worker_command
+
+        env = os.environ | {"WORKER_PROCESSES": "1"}
+        sys.exit(_run(Supervisor(settings.worker_processes, worker_command(), env).run()))
+    # What start-up made (modules, SQLAlchemy's and bullmq's structures) lives as long as the process: frozen,
+    # it is out of the collector's reach, and a full collection no longer pauses the worker for tens of ms.
+    status = _fast_loop().run_until_complete(run_worker(settings, started=gc.freeze))
     # Everything is closed by now. Exit as the original did (process.exit): asyncio.run() would cancel and
     # await what is left, and a bullmq close() whose teardown gets cancelled spins forever; the interpreter's
     # own teardown adds a few hundred milliseconds to every stop.

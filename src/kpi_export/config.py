@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     redis_url: SecretStr | None = None
     queue_name: str = "kpi-export-queue"
     worker_concurrency: PositiveInt = 1
+    # More than 1: `kpi-export worker` supervises that many worker processes (supervisor.py).
+    worker_processes: int = Field(1, ge=1, le=64)
     database_url: SecretStr = SecretStr(DEFAULT_DATABASE_URL)
     shutdown_timeout: float = Field(25.0, ge=0)
     db_retry_window: float = Field(30.0, ge=0)

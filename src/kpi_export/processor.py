@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 
 from tenacity import (
     AsyncRetrying,
-    RetryCallState,
     retry_if_exception,
     stop_after_delay,
     wait_exponential_jitter,
@@ -81,14 +80,7 @@ async def _process(job: QueuedJob, deps: JobDeps) -> dict[str, int]:
 async def write_audit_row(deps: JobDeps, job: QueuedJob, entry: AuditEntry, key: str) -> int:
     """The idempotent insert, retried with backoff while the fault is transient and the window lasts."""
 
-    retried = False
-
-    def before_sleep(state: RetryCallState) -> None:
-        nonlocal retried
-        if not retried:
-            deps.metrics.retried_inside()
-            retried = True
-        error = state.outcome.exception() if state.outcome else None
+    def report(error: BaseException | None) -> None:
         deps.throttle.log(
             log,
             "database-transient",
@@ -100,36 +92,50 @@ async def write_audit_row(deps: JobDeps, job: QueuedJob, entry: AuditEntry, key:
             extra={"event": "db.retry", "job_id": job.id, "queue": deps.queue},
         )
 
+    async def attempt_write() -> int:
+        started = time.monotonic()
+        try:
+            return await deps.store.record(entry, key, created_at)
+        finally:
+            deps.metrics.db_write(time.monotonic() - started)
+
     created_at = utc_now()
+    try:  # the usual case, without the retry machinery (it showed in the profile)
+        return await attempt_write()
+    except Exception as exc:
+        if not is_transient(exc) or deps.retry_window <= 0:
+            raise _refused(deps, job, exc) from None
+        deps.metrics.retried_inside()
+        report(exc)
     try:
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(is_transient),
             wait=wait_exponential_jitter(multiplier=0.1, max=5.0),
             stop=stop_after_delay(deps.retry_window),
-            before_sleep=before_sleep,
+            before_sleep=lambda state: report(state.outcome.exception() if state.outcome else None),
             reraise=True,
         ):
             with attempt:
-                write_started = time.monotonic()
-                try:
-                    return await deps.store.record(entry, key, created_at)
-                finally:
-                    deps.metrics.db_write(time.monotonic() - write_started)
+                return await attempt_write()
     except Exception as exc:
-        # The driver's exception stays out of the chain: bullmq stores the traceback in Redis.
-        if is_transient(exc):
-            log.error(
-                "Job %s: database still unavailable: %s",
-                job.id,
-                describe(exc),
-                extra={"event": "db.unavailable", "job_id": job.id, "queue": deps.queue},
-            )
-            raise TransientDatabaseError(f"base de datos no disponible: {describe(exc)}") from None
+        raise _refused(deps, job, exc) from None
+    raise AssertionError("unreachable: tenacity either returns or raises")
+
+
+def _refused(deps: JobDeps, job: QueuedJob, exc: Exception) -> Exception:
+    """The job's failure; the driver's exception stays out of the chain (bullmq stores it in Redis)."""
+    if is_transient(exc):
         log.error(
-            "Job %s: audit row refused: %s",
+            "Job %s: database still unavailable: %s",
             job.id,
             describe(exc),
-            extra={"event": "db.refused", "job_id": job.id, "queue": deps.queue},
+            extra={"event": "db.unavailable", "job_id": job.id, "queue": deps.queue},
         )
-        raise AuditWriteError(f"error de base de datos: {describe(exc)}") from None
-    raise AssertionError("unreachable: tenacity either returns or raises")
+        return TransientDatabaseError(f"base de datos no disponible: {describe(exc)}")
+    log.error(
+        "Job %s: audit row refused: %s",
+        job.id,
+        describe(exc),
+        extra={"event": "db.refused", "job_id": job.id, "queue": deps.queue},
+    )
+    return AuditWriteError(f"error de base de datos: {describe(exc)}")

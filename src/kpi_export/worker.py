@@ -97,8 +97,11 @@ class Lifecycle:
         return "stopped" if self.run_task.done() else "running"
 
 
-async def run_worker(settings: Settings, stop: StopSignals | None = None) -> int:
-    """Run until a signal (or `stop`) stops it; return the exit status."""
+async def run_worker(
+    settings: Settings, stop: StopSignals | None = None, *, started: Callable[[], None] | None = None
+) -> int:
+    """Run until a signal (or `stop`) stops it; return the exit status. `started` is called once Redis and the
+    database are up."""
     stop = stop or StopSignals()
     throttle = Throttle()
     metrics = WorkerMetrics(settings.queue_name)
@@ -109,6 +112,7 @@ async def run_worker(settings: Settings, stop: StopSignals | None = None) -> int
         on_reconnect=metrics.redis_reconnected,
     )
     engine = create_engine(settings.database, pool_size=min(settings.worker_concurrency, 20))
+    store = AuditStore(engine)
     background: list[asyncio.Task[None]] = []
     closers: list[Callable[[], Awaitable[None]]] = []
     try:
@@ -122,22 +126,33 @@ async def run_worker(settings: Settings, stop: StopSignals | None = None) -> int
         watch.start()
         if settings.health_port is not None:
             background.append(asyncio.create_task(_refresh_queue_depth(settings, metrics, closers)))
-        deps = JobDeps(AuditStore(engine), settings.db_retry_window, throttle, metrics)
+        deps = JobDeps(store, settings.db_retry_window, throttle, metrics)
         worker = create_worker(settings, functools.partial(process_job, deps=deps))
         _attach_listeners(worker, settings.queue_name, throttle, metrics, watch)
+        if started is not None:
+            started()
         return await _supervise(worker, settings, stop, lifecycle)
     except StartupError as exc:
         log.error("Cannot start: %s", exc, extra={"event": "worker.cannot_start"})
         return 1
     finally:
-        stop.remove()
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
-        for close in reversed(closers):
-            await close()
-        await watch.close()
-        await engine.dispose()
+        await _release([*reversed(closers), watch.close, store.close, engine.dispose])
+        stop.remove()
+
+
+async def _release(closers: list[Callable[[], Awaitable[None]]]) -> None:
+    """Close connections, servers and pools, for FORCED_CLOSE_GRACE at most: a driver blocked on a server
+    that no longer answers (a SQLite file locked by another process, a database behind a dead network) must
+    not hold the stop beyond SHUTDOWN_TIMEOUT. The process exits right after."""
+    deadline = time.monotonic() + FORCED_CLOSE_GRACE
+    for close in closers:
+        try:
+            await asyncio.wait_for(close(), timeout=max(deadline - time.monotonic(), 0.1))
+        except Exception as exc:
+            log.warning("Not closed cleanly: %s", describe(exc), extra={"event": "worker.close_failed"})
 
 
 async def _serve_health(

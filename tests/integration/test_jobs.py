@@ -120,3 +120,34 @@ async def test_warnings_for_a_bad_ip_and_filters_do_not_fail_the_job(
     messages = [r.getMessage() for r in caplog.records]
     assert f"Job {job.id}: ip in job.data is not an IP address; stored as null" in messages
     assert f"Job {job.id}: filters in job.data is a int; stored as {{}}" in messages
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_steady_stream_at_high_concurrency_costs_a_few_fetches_per_job(
+    migrated: Settings, redis_url: str
+) -> None:
+    """bullmq alone would run moveToActive once per free slot each time a job arrives (20 here)."""
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    fetches = 0
+    is_fetch = calls_script("moveToActive")
+
+    def count(command: list[bytes]) -> bool:
+        nonlocal fetches
+        fetches += is_fetch(command)
+        return False
+
+    async with RedisFaultProxy(port) as proxy:
+        proxy.refuse = count
+        through_proxy = migrated.model_copy(
+            update={"redis_url": SecretStr(proxy.url), "worker_concurrency": 20}
+        )
+        async with (
+            job_events(migrated) as events,
+            queue_for(migrated) as queue,
+            running_worker(through_proxy),
+        ):
+            for n in range(1, 11):  # one at a time, each after the last has finished
+                job = await queue.add("kpi-export", {"usuarioId": n})
+                assert (await events.finished(job.id))[0] == "completed"
+    assert len(await audit_rows(migrated)) == 10
+    assert fetches <= 3 * 10 + 2, f"{fetches} moveToActive calls for 10 jobs"

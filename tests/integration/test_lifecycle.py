@@ -51,6 +51,7 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
         ("REDIS_URL", "http://admin:hunter2@cache:6379"),
         ("DATABASE_URL", "postgresql://app:hunter2@db/kpis?sslcert=client.pem"),
         ("SHUTDOWN_TIMEOUT", "soon"),
+        ("WORKER_PROCESSES", "0"),
     ],
 )
 def test_bad_configuration_stops_at_start_with_one_line_and_status_2(

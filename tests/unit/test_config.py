@@ -14,6 +14,7 @@ VARIABLES = (
     "REDIS_URL",
     "QUEUE_NAME",
     "WORKER_CONCURRENCY",
+    "WORKER_PROCESSES",
     "DATABASE_URL",
     "SHUTDOWN_TIMEOUT",
     "DB_RETRY_WINDOW",
@@ -33,7 +34,7 @@ def test_defaults_are_the_originals() -> None:
     settings = load_settings()
     assert (settings.redis_host, settings.redis_port, settings.redis_password) == ("127.0.0.1", 6379, None)
     assert settings.queue_name == "kpi-export-queue"
-    assert settings.worker_concurrency == 1
+    assert (settings.worker_concurrency, settings.worker_processes) == (1, 1)
     assert settings.shutdown_timeout == 25
     assert settings.database.dialect == "sqlite"
     assert (settings.log_level, settings.log_format) == ("INFO", "text")
@@ -64,6 +65,8 @@ def test_url_credentials_count_as_secrets(monkeypatch: pytest.MonkeyPatch) -> No
     [
         ("WORKER_CONCURRENCY", "abc", "valid integer"),
         ("WORKER_CONCURRENCY", "0", "greater than 0"),
+        ("WORKER_PROCESSES", "0", "greater than or equal to 1"),
+        ("WORKER_PROCESSES", "65", "less than or equal to 64"),
         ("REDIS_PORT", "70000", "less than or equal to 65535"),
         ("REDIS_URL", "http://user:secretpw@cache:6379", "must start with redis://"),
         ("REDIS_URL", "redis://cache:notaport", "invalid port"),
