@@ -51,11 +51,13 @@ def _parse_command(buffer: bytearray) -> tuple[Command, int] | None:
 class TcpFaultProxy:
     """`async with TcpFaultProxy(5432) as proxy:` a plain TCP relay to a server that the test can cut off
     (`block()`: open connections dropped, new ones closed at once) and restore (`unblock()`), as a network
-    fault or a server restart would do."""
+    fault or a server restart would do; or make silent (`stalled = True`: connections stay open and every
+    byte is lost, as behind a network that drops packets)."""
 
     def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
         self.upstream = (upstream_host, upstream_port)
         self.blocked = False
+        self.stalled = False
         self.port = 0
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.StreamWriter] = set()
@@ -93,7 +95,7 @@ class TcpFaultProxy:
             client_writer.transport.abort()
             return
         self._connections.update((client_writer, upstream_writer))
-        back = asyncio.create_task(_pump(upstream_reader, client_writer))
+        back = asyncio.create_task(self._pump(upstream_reader, client_writer))
         try:
             await self._forward(client_reader, client_writer, upstream_writer)
         except (ConnectionError, ValueError):
@@ -112,7 +114,15 @@ class TcpFaultProxy:
         _client: asyncio.StreamWriter,
         upstream: asyncio.StreamWriter,
     ) -> None:
-        await _pump(client_reader, upstream)
+        await self._pump(client_reader, upstream)
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while chunk := await reader.read(65536):
+                if not self.stalled:
+                    writer.write(chunk)
+                    await writer.drain()
+        writer.transport.abort()
 
 
 class RedisFaultProxy(TcpFaultProxy):
@@ -152,11 +162,3 @@ class RedisFaultProxy(TcpFaultProxy):
                 else:
                     upstream.write(raw)
             await upstream.drain()
-
-
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(ConnectionError):
-        while chunk := await reader.read(65536):
-            writer.write(chunk)
-            await writer.drain()
-    writer.transport.abort()

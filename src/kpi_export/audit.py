@@ -100,7 +100,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     # WAL lets readers (the CLI, a dashboard) run beside the worker's writes.
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
 
 
@@ -117,8 +117,11 @@ class AuditStore:
     INSERT (group commit, see groupcommit.py); a row the database refuses fails only its own job.
     """
 
-    def __init__(self, engine: AsyncEngine, *, group_commit: bool = True, max_batch: int = 200) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, group_commit: bool = True, max_batch: int = 200, timeout: float = 15.0
+    ) -> None:
         self.engine = engine
+        self.timeout = timeout  # one write, connection included; TimeoutError is a transient fault
         dialect = engine.dialect.name
         # Each write is one statement, atomic by itself: no BEGIN/COMMIT round trips. Not on MySQL, where
         # switching a pooled connection to autocommit is a round trip of its own, and a connection lost during
@@ -150,7 +153,7 @@ class AuditStore:
         return await self._group.submit(values)
 
     async def _record_one(self, values: dict[str, Any]) -> int:
-        async with self._connect() as conn:
+        async with asyncio.timeout(self.timeout), self._connect() as conn:
             result = await conn.execute(self._insert, values)
             new_id: int | None
             if self.engine.dialect.name in ("mysql", "mariadb"):
@@ -176,7 +179,7 @@ class AuditStore:
 
     async def _insert_many(self, rows: list[dict[str, Any]]) -> dict[str, int]:
         unique = list({row[KEY_COLUMN]: row for row in rows}.values())  # the same job twice: one row
-        async with self._connect() as conn:
+        async with asyncio.timeout(self.timeout), self._connect() as conn:
             # SQLAlchemy renders an executemany with RETURNING as one multi-row INSERT ("insertmanyvalues").
             result = await conn.execute(self._insert_returning_key, unique)
             ids = {str(key): int(new_id) for new_id, key in result.all()}

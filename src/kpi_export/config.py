@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     database_url: SecretStr = SecretStr(DEFAULT_DATABASE_URL)
     shutdown_timeout: float = Field(25.0, ge=0)
     db_retry_window: float = Field(30.0, ge=0)
+    # One attempt at the audit write (or a connection) that takes longer is abandoned and retried: a database
+    # behind a network that drops packets would otherwise hold the job, and its lock, for many minutes.
+    db_write_timeout: float = Field(15.0, gt=0)
     # A job whose worker died goes back to wait after this long (bullmq's lockDuration and stalledInterval).
     lock_duration: float = Field(30.0, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -63,7 +63,9 @@ def _sqlite(path: str) -> DatabaseTarget:
         raise ValueError("must name a SQLite file: an in-memory database is not shared between connections")
     # Relative to the working directory (Prisma resolves it against schema.prisma's folder).
     url = URL.create("sqlite+aiosqlite", database=str(Path(path)))
-    return DatabaseTarget("sqlite", url, connect_args={"timeout": 30})
+    # SQLite waits this long for another writer's lock: below the worker's write timeout, so that a busy file
+    # gives "database is locked" (transient) rather than a driver thread stuck past the timeout.
+    return DatabaseTarget("sqlite", url, connect_args={"timeout": 10})
 
 
 def _postgres(url: URL) -> DatabaseTarget:
@@ -91,6 +93,7 @@ def _postgres(url: URL) -> DatabaseTarget:
         connect_args["statement_cache_size"] = int(_number(size, "statement_cache_size"))
     _pop_text(query, "sslaccept")  # Prisma's certificate policy; sslmode decides here
     _reject_unknown(query)
+    connect_args.setdefault("timeout", 10.0)  # asyncpg's default, 60 s, is long for a worker waiting on it
     if server_settings:
         connect_args["server_settings"] = server_settings
     clean = url.set(drivername="postgresql+asyncpg", query={})

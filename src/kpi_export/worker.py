@@ -112,7 +112,7 @@ async def run_worker(
         on_reconnect=metrics.redis_reconnected,
     )
     engine = create_engine(settings.database, pool_size=min(settings.worker_concurrency, 20))
-    store = AuditStore(engine)
+    store = AuditStore(engine, timeout=settings.db_write_timeout)
     background: list[asyncio.Task[None]] = []
     closers: list[Callable[[], Awaitable[None]]] = []
     try:

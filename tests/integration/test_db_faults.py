@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import asyncpg
 import pytest
+from pydantic import SecretStr
 
 from kpi_export.config import Settings
 from tests.conftest import worker_env
+from tests.faults import TcpFaultProxy
 from tests.pgcluster import PostgresCluster
 from tests.support import WorkerProcess, audit_rows, job_events, queue_for, running_worker
 
@@ -157,3 +160,39 @@ async def test_an_outage_longer_than_the_window_fails_the_attempt_then_the_produ
     assert failed.endswith("(attempt 1 of 5, will be retried)")
     assert outcome == ("completed", {"idExport": rows[0].idExport}) and len(rows) == 1
     assert stored.attemptsMade >= 2
+
+
+@shared_postgresql
+async def test_a_database_that_stops_answering_does_not_hold_the_job_beyond_its_window(
+    migrated: Settings,
+) -> None:
+    """Behind a network that loses every packet, a write would wait for the kernel (many minutes) with the job's
+    lock renewed all along; each attempt is bounded by DB_WRITE_TIMEOUT, the attempts by DB_RETRY_WINDOW."""
+    url = migrated.database_url.get_secret_value()
+    async with TcpFaultProxy(5432) as proxy:
+        through_proxy = migrated.model_copy(
+            update={
+                "database_url": SecretStr(url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")),
+                "db_write_timeout": 1.0,
+                "db_retry_window": 2.0,
+            }
+        )
+        async with (
+            job_events(migrated) as events,
+            queue_for(migrated) as queue,
+            running_worker(through_proxy),
+        ):
+            warm_up = await queue.add("kpi-export", {"usuarioId": 1})
+            assert (await events.finished(warm_up.id))[0] == "completed"
+            proxy.stalled = True
+            started = time.monotonic()
+            lost = await queue.add("kpi-export", {"usuarioId": 2}, {"attempts": 1})
+            outcome, reason = await events.finished(lost.id, timeout=30)
+            waited = time.monotonic() - started
+            proxy.stalled = False
+            back = await queue.add("kpi-export", {"usuarioId": 3})
+            assert (await events.finished(back.id, timeout=30))[0] == "completed"
+    assert outcome == "failed"
+    assert reason == "base de datos no disponible: TimeoutError"
+    assert waited < 15, waited  # window (2 s) + one attempt (1 s) + backoff; not the kernel's minutes
+    assert [row.usuarioId for row in await audit_rows(migrated)] == [1, 3]

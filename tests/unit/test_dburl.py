@@ -14,7 +14,7 @@ def test_prisma_postgres_url_with_schema_sets_the_search_path() -> None:
     assert target.dialect == "postgresql"
     assert target.url.drivername == "postgresql+asyncpg"
     assert (target.url.host, target.url.port, target.url.database) == ("db.internal", 5432, "kpis")
-    assert target.connect_args == {"server_settings": {"search_path": '"auditoria"'}}
+    assert target.connect_args == {"timeout": 10.0, "server_settings": {"search_path": '"auditoria"'}}
     assert target.schema == "auditoria"
     assert "s3cret" not in target.display and "***" in target.display
 
