@@ -73,6 +73,11 @@ class TcpFaultProxy:
         self.cut_all()
         await self._server.wait_closed()
 
+    @property
+    def connections(self) -> int:
+        """Connections relayed now."""
+        return len(self._connections) // 2
+
     def cut_all(self) -> None:
         """Drop every open connection, as a network fault would."""
         for writer in list(self._connections):

@@ -212,8 +212,16 @@ async def _wait_for_database(engine: AsyncEngine, give_up: asyncio.Event) -> boo
     """Wait while the database is unreachable; raise StartupError when waiting cannot help."""
     reported = False
     while True:
+        check = asyncio.create_task(check_ready(engine))
+        stop = asyncio.create_task(give_up.wait())
+        await asyncio.wait({check, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not check.done():  # a stop while a server that does not answer is being asked
+            check.cancel()
+            await asyncio.gather(check, return_exceptions=True)
+            return False
         try:
-            await check_ready(engine)
+            check.result()
         except SchemaNotReady:
             raise
         except Exception as exc:

@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from kpi_export.config import Settings
 from kpi_export.embedded_redis import EmbeddedRedis, free_port
 from tests.conftest import worker_env
-from tests.faults import RedisFaultProxy
+from tests.faults import RedisFaultProxy, TcpFaultProxy
 from tests.support import (
     WorkerProcess,
     audit_rows,
@@ -364,3 +364,26 @@ async def test_redis_lost_as_the_processing_loop_starts_is_waited_for(
     assert outcome == "completed"
     assert status == 0, worker.output
     assert "stopped unexpectedly" not in worker.output
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_stop_while_the_database_does_not_answer_at_start_is_immediate(migrated: Settings) -> None:
+    url = migrated.database_url.get_secret_value()
+    async with TcpFaultProxy(5432) as proxy:
+        proxy.stalled = True  # connections open, nothing comes back
+        silent = url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        worker = WorkerProcess(worker_env(migrated, DATABASE_URL=silent))
+        try:
+
+            async def asking() -> bool:
+                return proxy.connections > 0
+
+            await wait_until(asking, what="the worker to ask the database")
+            started = time.monotonic()
+            worker.process.send_signal(signal.SIGTERM)
+            status = await asyncio.to_thread(worker.wait, 15)
+            elapsed = time.monotonic() - started
+        finally:
+            worker.kill()
+    assert status == 0, worker.output
+    assert elapsed < 2, elapsed  # not the connect timeout (10 s), nor a wait on the stuck check
