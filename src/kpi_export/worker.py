@@ -255,7 +255,7 @@ async def _supervise(worker: Worker, settings: Settings, stop: StopSignals, life
     )
     stopping = asyncio.create_task(stop.requested.wait())
     await asyncio.wait({run, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    if not stop.requested.is_set():
+    if run.done():  # before any close: even with a stop requested at the same moment, this is a crash
         # bullmq's run() returns (after printing a traceback) when its loop breaks: idling on would hide it.
         error = run.exception() if not run.cancelled() else None
         log.error(
