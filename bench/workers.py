@@ -64,7 +64,12 @@ class RunningWorker:
             env |= {"REDIS_HOST": parts.hostname or "127.0.0.1", "REDIS_PORT": str(parts.port or 6379)}
             command = ["node", str(NODE_BASELINE / "dist" / "worker.js")]
         else:
-            env |= {"REDIS_URL": place.redis_url, "WORKER_PROCESSES": str(contender.processes)}
+            env |= {
+                "REDIS_URL": place.redis_url,
+                "WORKER_PROCESSES": str(contender.processes),
+                # Keep every completed job, as the original does: the check reads each one back.
+                "KEEP_COMPLETED_COUNT": "100000000",
+            }
             command = [sys.executable, "-m", "kpi_export", "worker"]
         with log.open("wb") as out:
             self.process = subprocess.Popen([*wrap, *command], env=env, stdout=out, stderr=subprocess.STDOUT)
