@@ -36,7 +36,13 @@ def _names(text: str) -> list[str]:
 
 
 @click.command()
-@click.option("--jobs", default=5000, show_default=True, help="Backlog size of each run.")
+@click.option("--jobs", default=10000, show_default=True, help="Backlog size of each run (measured).")
+@click.option(
+    "--warmup",
+    default=10000,
+    show_default=True,
+    help="Jobs each worker processes before the measured backlog (V8's JIT needs thousands to warm up).",
+)
 @click.option(
     "--repeat", default=3, show_default=True, help="Runs of each measurement; the table shows medians."
 )
@@ -71,6 +77,7 @@ def _names(text: str) -> list[str]:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=RESULTS, show_default=True)
 def main(
     jobs: int,
+    warmup: int,
     repeat: int,
     levels: str,
     contenders: str,
@@ -85,7 +92,7 @@ def main(
 ) -> None:
     """Measure this worker against the Node original on the same Redis and database, in one run."""
     if quick:
-        jobs, repeat, levels, stream_seconds, rss_jobs = 1000, 1, "50", 3.0, ""
+        jobs, warmup, repeat, levels, stream_seconds, rss_jobs = 1000, 1000, 1, "50", 3.0, ""
     # SIGTERM (`timeout`, a cancelled job) unwinds like an error: the run's worker is stopped, its queue and
     # schema removed.
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
@@ -109,6 +116,7 @@ def main(
         "command": "make bench " + shlex.join(sys.argv[1:]),
         "started": _now(),
         "jobs": jobs,
+        "warmup": warmup,
         "repeat": repeat,
         "stream_seconds": stream_seconds,
     }
@@ -117,7 +125,17 @@ def main(
     try:
         for index, (rep, database, level, contender) in enumerate(schedule, 1):
             m = asyncio.run(
-                measure(plan, contender, database, level, jobs, stream_rate, stream_seconds, seed=rep)
+                measure(
+                    plan,
+                    contender,
+                    database,
+                    level,
+                    jobs,
+                    stream_rate,
+                    stream_seconds,
+                    seed=rep,
+                    warmup=warmup,
+                )
             )
             measurements.append(m)
             console.print(
@@ -146,7 +164,11 @@ def main(
     json_path, png_path = out / f"bench-{stamp}.json", out / f"bench-{stamp}.png"
     write_json(json_path, meta, measurements, rows, rss, verdicts)
     json_path.with_suffix(".md").write_text(markdown(json.loads(json_path.read_text())) + "\n")
-    chart(png_path, rows, f"{meta['cpu']} · {meta['cores']} cores · {jobs:,} jobs a run, median of {repeat}")
+    chart(
+        png_path,
+        rows,
+        f"{meta['cpu']} · {meta['cores']} cores · {jobs:,} jobs a run after {warmup:,} of warm-up, median of {repeat}",
+    )
     console.print(
         f"Wrote {json_path}, {png_path} and the tables in Markdown ({json_path.with_suffix('.md')})"
     )

@@ -61,6 +61,7 @@ async def measure(
     stream_rate: float,
     stream_seconds: float,
     seed: int,
+    warmup: int = 0,
 ) -> Measurement:
     place = await make_place(
         plan.redis_url, database, plan.postgres_url, plan.workdir, prisma_table=contender.runtime == "node"
@@ -69,12 +70,18 @@ async def measure(
     queue = create_queue(place.settings())
     worker: RunningWorker | None = None
     try:
-        backlog_jobs = dict(await _add_paused(queue, sample_jobs(backlog, seed=seed)))
+        # Warm-up, not measured: a worker runs for days, and Node's JIT (V8) takes thousands of jobs to
+        # reach its speed; a cold run would measure the compiler.
+        warm_jobs = dict(await _add_paused(queue, sample_jobs(warmup, seed=seed + 1000)))
         worker = RunningWorker(contender, place, concurrency, log)
         await asyncio.to_thread(worker.wait_ready)
+        if warm_jobs:
+            await queue.resume()
+            await _wait_finished(place, len(warm_jobs), timeout=60 + warmup / 20)
+        backlog_jobs = dict(await _add_paused(queue, sample_jobs(backlog, seed=seed)))
         cpu_before = worker.cpu_seconds()
         await queue.resume()
-        await _wait_finished(place, len(backlog_jobs), timeout=60 + backlog / 20)
+        await _wait_finished(place, len(warm_jobs) + len(backlog_jobs), timeout=60 + backlog / 20)
         cpu_backlog = worker.cpu_seconds() - cpu_before
         pick_up, done, _ = await _timings(place, list(backlog_jobs))
         throughput = len(backlog_jobs) / max((max(done) - min(pick_up)) / 1000, 0.001)
@@ -88,14 +95,16 @@ async def measure(
             stream_jobs = await _stream(queue, stream_data, rate)
         finally:
             gc.enable()
-        await _wait_finished(place, len(backlog_jobs) + len(stream_jobs), timeout=60 + stream_seconds * 2)
+        await _wait_finished(
+            place, len(warm_jobs) + len(backlog_jobs) + len(stream_jobs), timeout=60 + stream_seconds * 2
+        )
         _, finished, added = await _timings(place, list(stream_jobs))
         latencies = [f - a for f, a in zip(finished, added, strict=True)]
         peak_rss = worker.peak_rss_mb()
         status = await asyncio.to_thread(worker.stop)
         if status != 0:
             raise BenchError(f"{contender.name} exited {status} after SIGTERM: see {log}")
-        await _check(place, backlog_jobs | stream_jobs)
+        await _check(place, warm_jobs | backlog_jobs | stream_jobs)
     except BaseException:
         if worker is not None and worker.process.poll() is None:
             await asyncio.to_thread(worker.stop)

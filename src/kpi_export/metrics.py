@@ -85,33 +85,37 @@ class WorkerMetrics:
             [*labels, "state"],
             registry=self.registry,
         )
-        # Every series exists from the start, at zero: a rate() needs the first sample.
-        for outcome in OUTCOMES:
-            self._jobs.labels(queue, outcome)
-        for metric in (self._retried_inside, self._progress_failures, self._redis_reconnects):
-            metric.labels(queue)
+        # Every series exists from the start, at zero (a rate() needs the first sample), and is bound once:
+        # labels() on every job showed in the profile.
+        self._outcomes = {outcome: self._jobs.labels(queue, outcome) for outcome in OUTCOMES}
+        self._retried_inside_q = self._retried_inside.labels(queue)
+        self._duration_q = self._duration.labels(queue)
+        self._in_flight_q = self._in_flight.labels(queue)
+        self._db_write_q = self._db_write.labels(queue)
+        self._progress_failures_q = self._progress_failures.labels(queue)
+        self._redis_reconnects_q = self._redis_reconnects.labels(queue)
 
     def job_started(self) -> None:
-        self._in_flight.labels(self.queue).inc()
+        self._in_flight_q.inc()
 
     def job_ended(self, seconds: float) -> None:
-        self._in_flight.labels(self.queue).dec()
-        self._duration.labels(self.queue).observe(seconds)
+        self._in_flight_q.dec()
+        self._duration_q.observe(seconds)
 
     def job_finished(self, outcome: str) -> None:
-        self._jobs.labels(self.queue, outcome).inc()
+        self._outcomes[outcome].inc()
 
     def retried_inside(self) -> None:
-        self._retried_inside.labels(self.queue).inc()
+        self._retried_inside_q.inc()
 
     def db_write(self, seconds: float) -> None:
-        self._db_write.labels(self.queue).observe(seconds)
+        self._db_write_q.observe(seconds)
 
     def progress_failed(self) -> None:
-        self._progress_failures.labels(self.queue).inc()
+        self._progress_failures_q.inc()
 
     def redis_reconnected(self) -> None:
-        self._redis_reconnects.labels(self.queue).inc()
+        self._redis_reconnects_q.inc()
 
     def queue_depth(self, counts: dict[str, int]) -> None:
         for state in QUEUE_STATES:

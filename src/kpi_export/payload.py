@@ -32,6 +32,9 @@ USUARIO_ID_ERROR = "usuarioId inválido en job.data"
 _DIGITS = re.compile(r"[0-9]+")
 _FORMAT = re.compile(r"[a-z0-9._-]+")
 _PORT = re.compile(r"[0-9]{1,5}")
+# Dotted decimal without leading zeros (ipaddress refuses those too): its own canonical text.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 # An IPv6 zone (fe80::1%eth0): an interface name or number. The ipaddress module accepts any text there.
 _ZONE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 # Text read from Redis with the `surrogateescape` error handler holds a lone surrogate exactly where the stored
@@ -128,6 +131,8 @@ def _canonical_address(text: str) -> str | None:
     host = _strip_port(candidate)
     if host is None:
         return None
+    if _IPV4.fullmatch(host):  # the usual case, already canonical: no need for ipaddress
+        return host
     if "%" in host and not _ZONE.fullmatch(host.split("%", 1)[1]):
         return None
     try:
@@ -171,26 +176,51 @@ def parse_filters(value: object) -> tuple[JsonContainer, str | None]:
     if value is None:
         return {}, None
     if isinstance(value, str):
-        if len(value.encode("utf-8", "surrogatepass")) > FILTERS_MAX_BYTES:
-            raise InvalidJobData("filters", _filters_too_large())
-        try:
-            value = json.loads(value)
-        except RecursionError:
-            raise InvalidJobData("filters", _filters_too_deep()) from None
-        except ValueError:
-            return {}, "filters in job.data is a string that is not JSON; stored as {}"
-        if not isinstance(value, dict | list):
-            return {}, "filters in job.data is a string holding neither an object nor an array; stored as {}"
+        decoded, warning = _decode_filters(value)
+        if warning:
+            return {}, warning
+        value = decoded
     if not isinstance(value, dict | list):
         return {}, f"filters in job.data is a {type(value).__name__}; stored as {{}}"
-    _check_storable(value)
+    _check_size(value)
+    return value, None
+
+
+def _decode_filters(text: str) -> tuple[object, str | None]:
+    """The JSON value of a filters string, or a warning when it holds no object or array."""
+    if len(text.encode("utf-8", "surrogatepass")) > FILTERS_MAX_BYTES:
+        raise InvalidJobData("filters", _filters_too_large())
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise InvalidJobData("filters", _filters_too_deep()) from None
+    except ValueError:
+        return None, "filters in job.data is a string that is not JSON; stored as {}"
+    if not isinstance(value, dict | list):
+        return None, "filters in job.data is a string holding neither an object nor an array; stored as {}"
+    return value, None
+
+
+def _check_size(value: JsonContainer) -> None:
+    """64 KiB as stored (compact UTF-8 JSON), 32 levels, no NaN, text a database can store."""
     try:
         encoded = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except RecursionError:
+        raise InvalidJobData("filters", _filters_too_deep()) from None
     except ValueError:
         raise InvalidJobData("filters", "filters inválido en job.data: contiene NaN o Infinity") from None
-    if len(encoded.encode("utf-8")) > FILTERS_MAX_BYTES:
+    # The walk over every value is needed only where the JSON text shows it might find something: more
+    # brackets than the depth allowed, or an escaped NUL. (Lone surrogates fail the encoding below.)
+    if encoded.count("[") + encoded.count("{") > FILTERS_MAX_DEPTH or "\\u0000" in encoded:
+        _check_storable(value)
+    if len(encoded) > FILTERS_MAX_BYTES:  # characters: a lower bound of the bytes
         raise InvalidJobData("filters", _filters_too_large())
-    return value, None
+    try:
+        size = len(encoded.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidJobData("filters", _NOT_UNICODE) from None
+    if size > FILTERS_MAX_BYTES:
+        raise InvalidJobData("filters", _filters_too_large())
 
 
 def _check_storable(value: JsonContainer) -> None:
@@ -217,9 +247,10 @@ def _check_text(text: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidJobData(
-            "filters", "filters inválido en job.data: contiene texto que no es Unicode válido"
-        ) from None
+        raise InvalidJobData("filters", _NOT_UNICODE) from None
+
+
+_NOT_UNICODE = "filters inválido en job.data: contiene texto que no es Unicode válido"
 
 
 def _filters_too_large() -> str:

@@ -351,18 +351,19 @@ def _attach_listeners(
     @guarded
     def completed(job: Any, result: Any, *_: Any) -> None:
         metrics.job_finished("completed")
-        duration = _duration_ms(job)
+        id_export = result.get("idExport") if isinstance(result, dict) else None
         log.info(
             "Job %s completed: %s",
             job.id,
-            _json(result),
+            # The processor's result, printed without a json.dumps on every job.
+            f'{{"idExport": {id_export}}}' if type(id_export) is int else _json(result),
             extra={
                 "event": "job.completed",
                 "job_id": job.id,
                 "queue": queue,
                 "outcome": "completed",
-                "idExport": (result or {}).get("idExport") if isinstance(result, dict) else None,
-                "duration_ms": duration,
+                "idExport": id_export,
+                "duration_ms": _duration_ms(job),
             },
         )
 

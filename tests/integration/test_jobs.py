@@ -151,3 +151,31 @@ async def test_a_steady_stream_at_high_concurrency_costs_a_few_fetches_per_job(
                 assert (await events.finished(job.id))[0] == "completed"
     assert len(await audit_rows(migrated)) == 10
     assert fetches <= 3 * 10 + 2, f"{fetches} moveToActive calls for 10 jobs"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_on_a_backlog_each_completion_brings_the_next_job(migrated: Settings, redis_url: str) -> None:
+    """Node's Worker fetches the next job in the call that completes one (moveToFinished's fetchNext); so
+    does this one, instead of a moveToActive call per job."""
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    fetches = 0
+    is_fetch = calls_script("moveToActive")
+
+    def count(command: list[bytes]) -> bool:
+        nonlocal fetches
+        fetches += is_fetch(command)
+        return False
+
+    async with RedisFaultProxy(port) as proxy, queue_for(migrated) as queue, job_events(migrated) as events:
+        proxy.refuse = count
+        await queue.pause()
+        jobs = await queue.addBulk([{"name": "kpi-export", "data": {"usuarioId": n}} for n in range(1, 51)])
+        await queue.resume()
+        through_proxy = migrated.model_copy(
+            update={"redis_url": SecretStr(proxy.url), "worker_concurrency": 2}
+        )
+        async with running_worker(through_proxy):
+            outcomes = [await events.finished(job.id) for job in jobs]
+    assert [outcome for outcome, _ in outcomes] == ["completed"] * 50
+    assert len(await audit_rows(migrated)) == 50
+    assert fetches <= 10, f"{fetches} moveToActive calls for a backlog of 50 jobs"

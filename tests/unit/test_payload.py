@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from typing import Any
 
 import pytest
 from bullmq import UnrecoverableError
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kpi_export.errors import InvalidJobData
 from kpi_export.payload import (
@@ -325,3 +328,18 @@ def test_idempotency_key_is_stable_and_distinguishes_queue_id_and_creation_time(
         idempotency_key("bull:kpi-export-queue", "1", 21764000000000),  # no ambiguity in the join
     }
     assert key not in others and len(others) == 4
+
+
+@given(st.text(alphabet="0123456789.", max_size=20))
+def test_the_ipv4_fast_path_agrees_with_ipaddress(text: str) -> None:
+    try:
+        expected: str | None = str(ipaddress.ip_address(text))
+    except ValueError:
+        expected = None
+    assert parse_ip(text)[0] == expected
+
+
+@given(st.tuples(*[st.integers(0, 255)] * 4))
+def test_every_dotted_quad_is_its_own_canonical_text(octets: tuple[int, ...]) -> None:
+    text = ".".join(map(str, octets))
+    assert parse_ip(text) == (text, None)
