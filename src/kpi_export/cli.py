@@ -173,7 +173,7 @@ def enqueue(
     name: str,
 ) -> None:
     """Add export jobs to QUEUE_NAME, as the Node application does; prints their ids."""
-    from kpi_export.queue import add_jobs
+    from kpi_export.operations import add_jobs
 
     settings = _settings()
     if from_file is not None:
@@ -201,7 +201,7 @@ def enqueue(
 @click.argument("job_id")
 def job_command(job_id: str) -> None:
     """Show one job as JSON: state, progress, result, failure reason, attempts."""
-    from kpi_export.queue import job_snapshot
+    from kpi_export.operations import job_snapshot
 
     settings = _settings()
     snapshot = _run(job_snapshot(settings, job_id))
@@ -272,7 +272,7 @@ def check(as_json: bool) -> None:
 @JSON_OPTION
 def stats(as_json: bool) -> None:
     """Jobs in QUEUE_NAME by state, the workers connected, and the age of the oldest waiting job."""
-    from kpi_export.queue import queue_stats
+    from kpi_export.operations import queue_stats
 
     settings = _settings()
     found = _run(queue_stats(settings))
@@ -306,7 +306,7 @@ def stats(as_json: bool) -> None:
 def jobs(state: str, limit: int, as_json: bool) -> None:
     """List jobs in one state: id, when added, attempts, failure reason (newest first; waiting ones oldest
     first)."""
-    from kpi_export.queue import list_jobs
+    from kpi_export.operations import list_jobs
 
     settings = _settings()
     found = _run(list_jobs(settings, state, limit))
@@ -335,7 +335,7 @@ def retry(job_ids: tuple[str, ...], all_failed: bool, as_json: bool) -> None:
     """Put failed jobs back to wait (JOB_IDS, or --all-failed); their audit row stays single (idempotency key).
 
     Exit status 1 when an id is unknown or its job is not failed."""
-    from kpi_export.queue import retry_all_failed, retry_jobs
+    from kpi_export.operations import retry_all_failed, retry_jobs
 
     if bool(job_ids) == all_failed:
         raise click.UsageError("give job ids or --all-failed (not both)")

@@ -22,7 +22,8 @@ from sqlalchemy import func, select
 from kpi_export.audit import audit_table, create_engine
 from kpi_export.config import Settings
 from kpi_export.embedded_redis import EmbeddedRedis
-from kpi_export.queue import add_jobs, create_queue
+from kpi_export.operations import add_jobs
+from kpi_export.queue import create_queue
 from kpi_export.samples import sample_jobs
 from kpi_export.schema import upgrade
 

@@ -57,7 +57,8 @@ class AuditEntry:
 
 def check_job_data_text(text: str) -> None:
     """The limits on job.data's JSON text, checked before it is decoded. Raises InvalidJobData."""
-    if len(text) > JOB_DATA_MAX_BYTES or len(text.encode("utf-8", "surrogatepass")) > JOB_DATA_MAX_BYTES:
+    # A character is at most 4 bytes: the encoding (a copy of the text) is needed only near the limit.
+    if len(text) * 4 > JOB_DATA_MAX_BYTES and len(text.encode("utf-8", "surrogatepass")) > JOB_DATA_MAX_BYTES:
         raise InvalidJobData("data", f"job.data inválido: ocupa más de {JOB_DATA_MAX_BYTES} bytes")
     if _LONE_SURROGATE.search(text):
         raise InvalidJobData("data", "job.data inválido: no es texto UTF-8 válido")

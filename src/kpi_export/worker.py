@@ -25,17 +25,9 @@ from kpi_export.errors import SchemaNotReady, StartupError
 from kpi_export.health import HealthServer
 from kpi_export.logs import Throttle
 from kpi_export.metrics import WorkerMetrics
+from kpi_export.operations import eviction_policy, job_counts, queue_depth
 from kpi_export.processor import JobDeps, process_job
-from kpi_export.queue import (
-    attempts_allowed,
-    create_queue,
-    create_worker,
-    eviction_policy,
-    job_counts,
-    queue_depth,
-    redis_client,
-    redis_target,
-)
+from kpi_export.queue import attempts_allowed, create_queue, create_worker, redis_client, redis_target
 from kpi_export.readiness import check_readiness
 from kpi_export.redis_watch import RedisWatch
 from kpi_export.schema import check_ready

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from kpi_export.audit_query import parse_when
 from kpi_export.cli import _duration, cli
-from kpi_export.queue import queue_depth
+from kpi_export.operations import queue_depth
 from kpi_export.readiness import Readiness
 
 
