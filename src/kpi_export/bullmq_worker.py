@@ -7,6 +7,8 @@ import json
 from typing import Any
 
 from bullmq import Job, Worker
+from bullmq.scripts import raw2NextJobData
+from redis.exceptions import NoScriptError
 
 from kpi_export.errors import InvalidJobData
 from kpi_export.payload import check_job_data_text, decode_job_data
@@ -14,6 +16,15 @@ from kpi_export.payload import check_job_data_text, decode_job_data
 # After Redis was lost, how long the worker loop waits before it asks for jobs again (bullmq's default: 15 s).
 RUN_RETRY_DELAY_MS = 1000
 _QUIESCE_POLL = 0.02
+_PENDING_PROGRESS = "kpi_pending_progress"  # a Job attribute: see publish_on_completion
+
+
+def publish_on_completion(job: Any, progress: Any) -> None:
+    """The processor's last step: `progress` is published by KpiWorker in the Redis round trip that
+    completes the job, just before it, instead of in a round trip of its own (bullmq's updateProgress).
+    A progress that cannot be published does not fail the job: the worker emits "progress_failed"."""
+    job.progress = progress
+    setattr(job, _PENDING_PROGRESS, progress)
 
 
 class KpiWorker(Worker):  # type: ignore[misc]
@@ -33,6 +44,7 @@ class KpiWorker(Worker):  # type: ignore[misc]
       soon as the queue is empty; no fetch runs while another waits for the queue's next job.
     - Completing a job fetches the next one in the same script call (moveToFinished's fetchNext), as Node's
       Worker does, instead of a moveToActive call of its own: one Redis round trip less per job on a backlog.
+    - A job's progress set by `publish_on_completion` goes to Redis with its completion, in one round trip.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -165,8 +177,8 @@ class KpiWorker(Worker):  # type: ignore[misc]
 
 class _PrefetchingBackend:
     """bullmq's backend, except that moveToCompleted asks for the next job (fetchNext) while the worker may
-    take one, and keeps it for KpiWorker.processJob. bullmq's processJob passes fetch_next=False and drops
-    the reply."""
+    take one, and keeps it for KpiWorker.processJob (bullmq's processJob passes fetch_next=False and drops
+    the reply); and that it publishes the job's pending progress in the same round trip."""
 
     def __init__(self, backend: Any, worker: KpiWorker) -> None:
         self._backend = backend
@@ -179,10 +191,55 @@ class _PrefetchingBackend:
         self, job: Any, return_value: Any, remove_on_complete: Any, token: str, fetch_next: bool = False
     ) -> Any:
         fetch = fetch_next or self._worker.may_prefetch()
-        outcome = await self._backend.moveToCompleted(job, return_value, remove_on_complete, token, fetch)
+        progress = job.__dict__.pop(_PENDING_PROGRESS, None)
+        if progress is None:
+            outcome = await self._backend.moveToCompleted(job, return_value, remove_on_complete, token, fetch)
+        else:
+            outcome = await self._progress_and_complete(
+                job, progress, return_value, remove_on_complete, token, fetch
+            )
         if fetch and outcome.get("result"):
             self._worker._prefetched[token] = outcome["result"]
         return outcome
+
+    async def _progress_and_complete(
+        self, job: Any, progress: Any, return_value: Any, remove_on_complete: Any, token: str, fetch: bool
+    ) -> Any:
+        """bullmq's updateProgress and moveToFinished scripts with bullmq's own keys and arguments, sent in
+        one pipeline: not a transaction, so that a progress refused does not stop the completion."""
+        scripts = self._backend.scripts
+        keys, args = scripts.moveToCompletedArgs(job, return_value, remove_on_complete, token, fetch)
+        progress_keys = [scripts.toKey(job.id), scripts.keys["events"], scripts.keys["meta"]]
+        progress_args = [job.id, json.dumps(progress, separators=(",", ":"), allow_nan=False)]
+        pipe = scripts.redisClient.pipeline(transaction=False)
+        for name, call_keys, call_args in (
+            ("updateProgress", progress_keys, progress_args),
+            ("moveToFinished", keys, args),
+        ):
+            pipe.evalsha(scripts.commands[name].sha, len(call_keys), *call_keys, *call_args)
+        progressed, finished = await pipe.execute(raise_on_error=False)
+
+        if isinstance(progressed, NoScriptError):  # a restarted Redis lost the scripts: bullmq loads them
+            try:
+                progressed = await self._backend.updateProgress(job.id, progress)
+            except Exception as exc:
+                progressed = exc
+        if isinstance(progressed, int) and progressed < 0:
+            progressed = scripts.finishedErrors(
+                {"code": progressed, "jobId": job.id, "command": "updateProgress"}
+            )
+        if isinstance(progressed, Exception):
+            self._worker.emit("progress_failed", job, progressed)
+
+        if isinstance(finished, NoScriptError):
+            return await self._backend.moveToCompleted(job, return_value, remove_on_complete, token, fetch)
+        if isinstance(finished, Exception):
+            raise finished
+        if isinstance(finished, int) and finished < 0:  # what bullmq's Scripts.moveToFinished raises
+            raise scripts.finishedErrors(
+                {"code": finished, "jobId": job.id, "command": "moveToFinished", "state": "active"}
+            )
+        return {"result": None if finished is None else raw2NextJobData(finished), "finishedOn": args[1]}
 
 
 def unreadable_job_reason(raw: dict[str, Any], error: BaseException) -> str:

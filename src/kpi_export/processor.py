@@ -14,6 +14,7 @@ from tenacity import (
 )
 
 from kpi_export.audit import AuditStore, utc_now
+from kpi_export.bullmq_worker import publish_on_completion
 from kpi_export.dbfaults import describe, is_transient
 from kpi_export.errors import AuditWriteError, TransientDatabaseError
 from kpi_export.logs import Throttle
@@ -58,23 +59,9 @@ async def _process(job: QueuedJob, deps: JobDeps) -> dict[str, int]:
         )
     key = idempotency_key(job.queueQualifiedName, job.id, job.timestamp)
     id_export = await write_audit_row(deps, job, entry, key)
-    try:
-        await job.updateProgress({"idExport": id_export})
-    except Exception as exc:
-        deps.metrics.progress_failed()
-        log.warning(
-            "Job %s: progress not published (%s: %s); the job completes with its result",
-            job.id,
-            type(exc).__name__,
-            exc,
-            extra={
-                "event": "job.progress_failed",
-                "job_id": job.id,
-                "queue": deps.queue,
-                "idExport": id_export,
-            },
-        )
-    return {"idExport": id_export}
+    result = {"idExport": id_export}
+    publish_on_completion(job, result)  # the progress, published with the completion
+    return result
 
 
 async def write_audit_row(deps: JobDeps, job: QueuedJob, entry: AuditEntry, key: str) -> int:

@@ -45,8 +45,6 @@ class QueuedJob(Protocol):
     attemptsMade: int
     opts: dict[str, Any]
 
-    def updateProgress(self, progress: Any) -> Awaitable[None]: ...
-
 
 Processor = Callable[[Any, str], Awaitable[Any]]
 

@@ -385,6 +385,22 @@ def _attach_listeners(
         )
 
     @guarded
+    def progress_failed(job: Any, exc: BaseException) -> None:
+        metrics.progress_failed()
+        log.warning(
+            "Job %s: progress not published (%s: %s); the job completes with its result",
+            job.id,
+            type(exc).__name__,
+            exc,
+            extra={
+                "event": "job.progress_failed",
+                "job_id": job.id,
+                "queue": queue,
+                "idExport": job.progress.get("idExport") if isinstance(job.progress, dict) else None,
+            },
+        )
+
+    @guarded
     def stalled(job_id: Any, *_: Any) -> None:
         log.warning(
             "Job %s stalled (its worker stopped renewing the lock): back to wait for another attempt",
@@ -398,6 +414,7 @@ def _attach_listeners(
 
     worker.on("completed", completed)
     worker.on("failed", failed)
+    worker.on("progress_failed", progress_failed)
     worker.on("stalled", stalled)
     worker.on("error", error)
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydantic import SecretStr
+from redis.asyncio import Redis
 
 from kpi_export.config import Settings
 from tests.faults import RedisFaultProxy, calls_script
@@ -105,6 +106,40 @@ async def test_a_failed_progress_update_is_a_warning_and_the_job_completes(
             "test proxy); the job completes with its result"
         )
     ]
+
+
+async def test_progress_goes_out_just_before_the_completion_also_after_redis_lost_its_scripts(
+    migrated: Settings, redis_url: str
+) -> None:
+    """The progress is sent with the completion, in one pipeline of bullmq's two scripts. A Redis restarted
+    without persistence has lost the scripts the worker loaded (SCRIPT FLUSH does the same): the worker
+    loads them again and the job completes as before."""
+    client = Redis.from_url(redis_url, decode_responses=True)
+    try:
+        async with job_events(migrated) as events, queue_for(migrated) as queue, running_worker(migrated):
+            first = await queue.add("kpi-export", {"usuarioId": 1})
+            assert (await events.finished(first.id))[0] == "completed"
+            await client.script_flush()
+            second = await queue.add("kpi-export", {"usuarioId": 2})
+            outcome, result = await events.finished(second.id)
+            stored = await queue.getJob(second.id)
+        stream = [
+            {str(k): str(v) for k, v in (fields or {}).items()}
+            for _, fields in await client.xrange(f"bull:{migrated.queue_name}:events") or []
+        ]
+    finally:
+        await client.aclose()
+
+    rows = await audit_rows(migrated)
+    assert (outcome, result) == ("completed", {"idExport": rows[1].idExport})
+    assert stored.progress == {"idExport": rows[1].idExport}
+    for job, row in zip((first, second), rows, strict=True):
+        told = [
+            (fields["event"], json.loads(fields.get("data") or fields["returnvalue"]))
+            for fields in stream
+            if fields.get("jobId") == job.id and fields["event"] in ("progress", "completed")
+        ]
+        assert told == [("progress", {"idExport": row.idExport}), ("completed", {"idExport": row.idExport})]
 
 
 async def test_warnings_for_a_bad_ip_and_filters_do_not_fail_the_job(
