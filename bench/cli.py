@@ -57,7 +57,13 @@ def _names(text: str) -> list[str]:
     show_default=True,
     help="Jobs/s of the steady stream (at most half the backlog rate).",
 )
-@click.option("--stream-seconds", default=10.0, show_default=True)
+@click.option(
+    "--stream-seconds",
+    default=30.0,
+    show_default=True,
+    help="Length of the steady stream: its p99 is its 1 % slowest jobs, and a shorter stream lets one stall "
+    "of the shared PostgreSQL decide it.",
+)
 @click.option(
     "--rss-jobs",
     default="10000,100000",

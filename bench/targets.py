@@ -12,23 +12,11 @@ import asyncpg
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 from sqlalchemy import text
+from tests.prisma import PRISMA_POSTGRES  # the original's table: what the Node baseline writes to
 
 from kpi_export.audit import create_engine
 from kpi_export.config import Settings
 from kpi_export.schema import upgrade
-
-# The original's table, as its Prisma migration makes it (SPEC.md): what the Node baseline writes to.
-PRISMA_TABLE = """
-CREATE TABLE "kpi_auditoria_export" (
-    "idExport" SERIAL NOT NULL,
-    "usuarioId" INTEGER NOT NULL,
-    "ip" TEXT,
-    "filters" JSONB,
-    "format" TEXT NOT NULL,
-    "codigoEstado" INTEGER NOT NULL DEFAULT 0,
-    "createdAt" TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP,
-    CONSTRAINT "kpi_auditoria_export_pkey" PRIMARY KEY ("idExport")
-)"""
 
 
 @dataclass(frozen=True)
@@ -62,7 +50,7 @@ async def make_place(
             await conn.execute(f'CREATE SCHEMA "{schema}"')
             if prisma_table:
                 await conn.execute(f'SET search_path TO "{schema}"')
-                await conn.execute(PRISMA_TABLE)
+                await conn.execute(PRISMA_POSTGRES)
         finally:
             await conn.close()
         place = Place(redis_url, f"{postgres_url}?schema={schema}", queue, schema=schema)

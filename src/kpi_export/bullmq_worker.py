@@ -219,7 +219,9 @@ class _PrefetchingBackend:
             pipe.evalsha(scripts.commands[name].sha, len(call_keys), *call_keys, *call_args)
         progressed, finished = await pipe.execute(raise_on_error=False)
 
-        if isinstance(progressed, NoScriptError):  # a restarted Redis lost the scripts: bullmq loads them
+        # A restarted Redis has lost the scripts: bullmq's own calls load them again. (Should a failing job
+        # have loaded moveToFinished again meanwhile, but not updateProgress, this progress follows the completion.)
+        if isinstance(progressed, NoScriptError):
             try:
                 progressed = await self._backend.updateProgress(job.id, progress)
             except Exception as exc:
