@@ -74,9 +74,17 @@ class Fleet:
         return [line for w in self.started for line in w.lines if "ERROR" in line or "Traceback" in line]
 
 
+def chaos_env(settings: Settings) -> dict[str, str]:
+    # Every completed job is kept, as the original keeps them: the checks read them all, and the default
+    # retention (KEEP_COMPLETED_COUNT, 1,000) would leave a larger run waiting for jobs that were removed.
+    return worker_env(
+        settings, LOCK_DURATION=str(LOCK_DURATION), WORKER_CONCURRENCY="4", KEEP_COMPLETED_COUNT="1000000000"
+    )
+
+
 @pytest.fixture
 def fleet_env(migrated: Settings) -> dict[str, str]:
-    return worker_env(migrated, LOCK_DURATION=str(LOCK_DURATION), WORKER_CONCURRENCY="4")
+    return chaos_env(migrated)
 
 
 @pytest.fixture
@@ -196,7 +204,7 @@ async def test_a_redis_restart_in_the_middle_of_a_run(
     server = EmbeddedRedis(tmp_path / "redis", appendonly=True)  # jobs in Redis survive the restart
     server.start()
     settings = migrated.model_copy(update={"redis_url": SecretStr(server.url)})
-    fleet = Fleet(worker_env(settings, LOCK_DURATION=str(LOCK_DURATION), WORKER_CONCURRENCY="4"))
+    fleet = Fleet(chaos_env(settings))
     try:
         await add_jobs(settings, chaos_jobs)
         await started(fleet, 2)
