@@ -25,6 +25,19 @@ def calls_script(name: str) -> Callable[[Command], bool]:
     return lambda command: command[0].upper() == b"EVALSHA" and command[1] == sha
 
 
+class ScriptCalls:
+    """`proxy.refuse = fetches = ScriptCalls("moveToActive")`: refuses nothing, counts the calls of one of
+    bullmq's scripts in `fetches.count`."""
+
+    def __init__(self, name: str) -> None:
+        self.count = 0
+        self._is_call = calls_script(name)
+
+    def __call__(self, command: Command) -> bool:
+        self.count += self._is_call(command)
+        return False
+
+
 def _parse_command(buffer: bytearray) -> tuple[Command, int] | None:
     """One RESP array of bulk strings from the start of `buffer`, and its length; None if incomplete."""
     if not buffer:

@@ -11,7 +11,7 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from kpi_export.config import Settings
-from tests.faults import RedisFaultProxy, calls_script
+from tests.faults import RedisFaultProxy, ScriptCalls, calls_script
 from tests.support import audit_rows, job_events, queue_for, running_worker, wait_until
 
 FILTERS = {"desde": "2026-01-01", "hasta": "2026-03-31", "area": "ventas", "kpis": ["margen", "ventas"]}
@@ -163,16 +163,9 @@ async def test_a_steady_stream_at_high_concurrency_costs_a_few_fetches_per_job(
 ) -> None:
     """bullmq alone would run moveToActive once per free slot each time a job arrives (20 here)."""
     port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
-    fetches = 0
-    is_fetch = calls_script("moveToActive")
-
-    def count(command: list[bytes]) -> bool:
-        nonlocal fetches
-        fetches += is_fetch(command)
-        return False
-
+    fetches = ScriptCalls("moveToActive")
     async with RedisFaultProxy(port) as proxy:
-        proxy.refuse = count
+        proxy.refuse = fetches
         through_proxy = migrated.model_copy(
             update={"redis_url": SecretStr(proxy.url), "worker_concurrency": 20}
         )
@@ -185,7 +178,7 @@ async def test_a_steady_stream_at_high_concurrency_costs_a_few_fetches_per_job(
                 job = await queue.add("kpi-export", {"usuarioId": n})
                 assert (await events.finished(job.id))[0] == "completed"
     assert len(await audit_rows(migrated)) == 10
-    assert fetches <= 3 * 10 + 2, f"{fetches} moveToActive calls for 10 jobs"
+    assert fetches.count <= 3 * 10 + 2, f"{fetches.count} moveToActive calls for 10 jobs"
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -193,16 +186,9 @@ async def test_on_a_backlog_each_completion_brings_the_next_job(migrated: Settin
     """Node's Worker fetches the next job in the call that completes one (moveToFinished's fetchNext); so
     does this one, instead of a moveToActive call per job."""
     port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
-    fetches = 0
-    is_fetch = calls_script("moveToActive")
-
-    def count(command: list[bytes]) -> bool:
-        nonlocal fetches
-        fetches += is_fetch(command)
-        return False
-
+    fetches = ScriptCalls("moveToActive")
     async with RedisFaultProxy(port) as proxy, queue_for(migrated) as queue, job_events(migrated) as events:
-        proxy.refuse = count
+        proxy.refuse = fetches
         await queue.pause()
         jobs = await queue.addBulk([{"name": "kpi-export", "data": {"usuarioId": n}} for n in range(1, 51)])
         await queue.resume()
@@ -213,4 +199,4 @@ async def test_on_a_backlog_each_completion_brings_the_next_job(migrated: Settin
             outcomes = [await events.finished(job.id) for job in jobs]
     assert [outcome for outcome, _ in outcomes] == ["completed"] * 50
     assert len(await audit_rows(migrated)) == 50
-    assert fetches <= 10, f"{fetches} moveToActive calls for a backlog of 50 jobs"
+    assert fetches.count <= 10, f"{fetches.count} moveToActive calls for a backlog of 50 jobs"
