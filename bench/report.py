@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +88,25 @@ class Verdict:
     met: bool | None  # None: not measured in this run
 
 
+def _ratio(
+    py: dict[str, float | None] | None,
+    node: dict[str, float | None] | None,
+    key: str,
+    target: str,
+    number: str,
+    unit: str,
+    met: Callable[[float], bool],
+) -> Verdict:
+    """A target on the ratio of this worker's figure to Node's."""
+    mine, theirs = (py or {}).get(key), (node or {}).get(key)
+    if not (mine and theirs):
+        return Verdict(target, "not measured (needs python and node at c50 on PostgreSQL)", None)
+    ratio = mine / theirs
+    return Verdict(
+        target, f"{number.format(mine)} vs {number.format(theirs)} {unit} = {ratio:.2f}×", met(ratio)
+    )
+
+
 def targets(rows: list[Row], rss_by_jobs: dict[int, float]) -> list[Verdict]:
     """Issue 6's targets: PostgreSQL, one process each, concurrency 50."""
     at = {
@@ -96,33 +115,12 @@ def targets(rows: list[Row], rss_by_jobs: dict[int, float]) -> list[Verdict]:
         if r.database == "postgresql" and r.concurrency == TARGET_CONCURRENCY
     }
     py, node = at.get("python"), at.get("node")
-    verdicts: list[Verdict] = []
-    if py and node and py["throughput"] and node["throughput"]:
-        ratio = py["throughput"] / node["throughput"]
-        verdicts.append(
-            Verdict(
-                "throughput ≥ 1.5× Node's",
-                f"{py['throughput']:,.0f} vs {node['throughput']:,.0f} jobs/s = {ratio:.2f}×",
-                ratio >= 1.5,
-            )
-        )
-    else:
-        verdicts.append(
-            Verdict(
-                "throughput ≥ 1.5× Node's", "not measured (needs python and node at c50 on PostgreSQL)", None
-            )
-        )
-    if py and node and py["cpu_ms_per_job"] and node["cpu_ms_per_job"]:
-        ratio = py["cpu_ms_per_job"] / node["cpu_ms_per_job"]
-        verdicts.append(
-            Verdict(
-                "CPU per job ≤ 2/3 of Node's",
-                f"{py['cpu_ms_per_job']:.2f} vs {node['cpu_ms_per_job']:.2f} ms = {ratio:.2f}×",
-                ratio <= 2 / 3,
-            )
-        )
-    else:
-        verdicts.append(Verdict("CPU per job ≤ 2/3 of Node's", "not measured", None))
+    verdicts = [
+        _ratio(py, node, "throughput", "throughput ≥ 1.5× Node's", "{:,.0f}", "jobs/s", lambda r: r >= 1.5),
+        _ratio(
+            py, node, "cpu_ms_per_job", "CPU per job ≤ 2/3 of Node's", "{:.2f}", "ms", lambda r: r <= 2 / 3
+        ),
+    ]
     if py and py["p99_ms"] is not None and py["stream_rate"] == TARGET_RATE:
         verdicts.append(
             Verdict(

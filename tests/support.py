@@ -80,6 +80,15 @@ async def queue_for(settings: Settings) -> AsyncIterator[Queue]:
         await queue.close()
 
 
+async def run_numbered_jobs(settings: Settings, count: int) -> list[tuple[str, Any]]:
+    """Jobs with usuarioId 1 … count, added at once; each one's (outcome, result or reason), in that order."""
+    async with job_events(settings) as events, queue_for(settings) as queue:
+        jobs = await queue.addBulk(
+            [{"name": "kpi-export", "data": {"usuarioId": n}} for n in range(1, count + 1)]
+        )
+        return [await events.finished(job.id) for job in jobs]
+
+
 async def audit_rows(settings: Settings) -> list[Any]:
     engine = create_engine(settings.database)
     try:

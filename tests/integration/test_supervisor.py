@@ -11,7 +11,7 @@ import pytest
 
 from kpi_export.config import Settings
 from tests.conftest import worker_env
-from tests.support import WorkerProcess, audit_rows, job_events, queue_for, wait_until
+from tests.support import WorkerProcess, audit_rows, run_numbered_jobs, wait_until
 
 STARTED = re.compile(r"Worker process (\d) started \(pid (\d+)\)")
 
@@ -31,11 +31,7 @@ async def test_two_processes_share_the_queue_and_stop_together_on_sigterm(migrat
         await wait_for_count(worker, "Worker escuchando", 2)
         pids = {int(m.group(2)) for m in STARTED.finditer(worker.output)}
         assert len(pids) == 2 and worker.process.pid not in pids
-        async with job_events(migrated) as events, queue_for(migrated) as queue:
-            jobs = await queue.addBulk(
-                [{"name": "kpi-export", "data": {"usuarioId": n}} for n in range(1, 41)]
-            )
-            outcomes = [await events.finished(job.id) for job in jobs]
+        outcomes = await run_numbered_jobs(migrated, 40)
         worker.process.send_signal(signal.SIGTERM)
         status = await asyncio.to_thread(worker.wait, 20)
     finally:
@@ -63,11 +59,7 @@ async def test_a_worker_process_that_dies_is_restarted(migrated: Settings) -> No
         await wait_for_count(worker, "Worker escuchando", 3)
         restarted = [m.group(2) for m in STARTED.finditer(worker.output) if m.group(1) == slot]
         assert len(restarted) == 2 and restarted[1] != pid
-        async with job_events(migrated) as events, queue_for(migrated) as queue:
-            jobs = await queue.addBulk(
-                [{"name": "kpi-export", "data": {"usuarioId": n}} for n in range(1, 11)]
-            )
-            outcomes = [await events.finished(job.id) for job in jobs]
+        outcomes = await run_numbered_jobs(migrated, 10)
         worker.process.send_signal(signal.SIGINT)
         status = await asyncio.to_thread(worker.wait, 20)
     finally:
