@@ -19,8 +19,8 @@ import click
 from bench.runs import Plan, _add_paused, _wait_finished
 from bench.targets import make_place, remove_place
 from bench.workers import CONTENDERS, RunningWorker
-from kpi_export.queue import create_queue
-from kpi_export.samples import sample_jobs
+from kpi_export.bullmq import create_queue
+from kpi_export.demo.samples import sample_jobs
 
 
 async def profile(plan: Plan, jobs: int, concurrency: int, database: str, idle: bool, stacks: Path) -> None:

@@ -16,8 +16,8 @@ import redis.asyncio as aioredis
 
 from bench.targets import Place, audit_rows, make_place, remove_place
 from bench.workers import Contender, RunningWorker
-from kpi_export.queue import create_queue
-from kpi_export.samples import sample_jobs
+from kpi_export.bullmq import create_queue
+from kpi_export.demo.samples import sample_jobs
 
 JOB_NAME = "kpi-export"
 ADD_CHUNK = 1000

@@ -14,9 +14,9 @@ from pydantic import SecretStr
 from sqlalchemy import text
 from tests.prisma import PRISMA_POSTGRES  # the original's table: what the Node baseline writes to
 
-from kpi_export.audit import create_engine
 from kpi_export.config import Settings
-from kpi_export.schema import upgrade
+from kpi_export.store import create_engine
+from kpi_export.store.schema import upgrade
 
 
 @dataclass(frozen=True)

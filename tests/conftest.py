@@ -9,31 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
 
-import aiomysql
 import asyncpg
 import pytest
 import redis
 from pydantic import SecretStr
 
-from kpi_export.audit import create_engine
 from kpi_export.config import Settings
-from kpi_export.schema import upgrade
+from kpi_export.store import opened_engine
+from kpi_export.store.schema import upgrade
 from tests.pgcluster import PASSWORD_ROLE, PostgresCluster, postgres_bin
-
-REDIS_URL = os.environ.get("KPI_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-POSTGRES_URL = os.environ.get("KPI_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-MARIADB_URL = os.environ.get("KPI_TEST_MARIADB_URL", "mysql://root@127.0.0.1:3306/test")
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
-_reachable: dict[str, bool] = {}
+from tests.services import IN_CI, MARIADB_URL, POSTGRES_URL, REDIS_URL, mariadb_execute, require_service
 
 # The chaos tests' size: what CI runs by default, larger by hand (see README).
 CHAOS_JOBS = 1000
@@ -54,26 +43,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("chaos") is not None:
             item.add_marker(pytest.mark.timeout(120 + jobs // 10))
-
-
-def _can_connect(url: str) -> bool:
-    if url not in _reachable:
-        parts = urlsplit(url)
-        try:
-            with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 0), timeout=1):
-                _reachable[url] = True
-        except OSError:
-            _reachable[url] = False
-    return _reachable[url]
-
-
-def require_service(name: str, url: str) -> None:
-    if _can_connect(url):
-        return
-    where = urlsplit(url).netloc.rsplit("@", 1)[-1]
-    if IN_CI:
-        pytest.fail(f"{name} is not reachable at {where}, and CI needs it (.ci/run starts it)")
-    pytest.skip(f"{name} is not reachable at {where}")
 
 
 @pytest.fixture(autouse=True)
@@ -122,29 +91,6 @@ def postgresql_url() -> Iterator[str]:
     asyncio.run(run(f'CREATE SCHEMA "{schema}"'))
     yield f"{POSTGRES_URL}?schema={schema}"
     asyncio.run(run(f'DROP SCHEMA "{schema}" CASCADE'))
-
-
-async def mariadb_execute(url: str, *statements: str, args: list[tuple[Any, ...]] | None = None) -> None:
-    """Run statements on the MariaDB server of `url` (a `mysql://` URL), autocommitted."""
-    parts = urlsplit(url)
-    conn = await aiomysql.connect(
-        host=parts.hostname or "127.0.0.1",
-        port=parts.port or 3306,
-        user=parts.username or "root",
-        password=parts.password or "",
-        db=parts.path.lstrip("/") or None,
-        autocommit=True,
-        charset="utf8mb4",
-    )
-    try:
-        async with conn.cursor() as cursor:
-            for statement in statements:
-                if args:
-                    await cursor.executemany(statement, args)
-                else:
-                    await cursor.execute(statement)
-    finally:
-        conn.close()
 
 
 @pytest.fixture
@@ -212,24 +158,6 @@ def settings(redis_url: str, database_url: str, queue_name: str) -> Settings:
 @pytest.fixture
 async def migrated(settings: Settings) -> AsyncIterator[Settings]:
     """`settings`, with the audit table made by the migrations."""
-    engine = create_engine(settings.database)
-    try:
+    async with opened_engine(settings.database) as engine:
         await upgrade(engine)
-    finally:
-        await engine.dispose()
     yield settings
-
-
-def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment a `kpi-export` process needs to use `settings`."""
-    env = {k: v for k, v in os.environ.items() if k not in {"REDIS_HOST", "REDIS_PORT", "REDIS_PASSWORD"}}
-    env.update(
-        REDIS_URL=settings.redis_url.get_secret_value() if settings.redis_url else "",
-        DATABASE_URL=settings.database_url.get_secret_value(),
-        QUEUE_NAME=settings.queue_name,
-        WORKER_CONCURRENCY=str(settings.worker_concurrency),
-        SHUTDOWN_TIMEOUT=str(settings.shutdown_timeout),
-        PYTHONUNBUFFERED="1",
-    )
-    env.update(extra)
-    return env

@@ -10,11 +10,11 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from kpi_export.audit import audit_table, create_engine
+from kpi_export.bullmq import opened_queue, redis_client
 from kpi_export.config import Settings
-from kpi_export.payload import idempotency_key
-from kpi_export.queue import redis_client
-from tests.support import queue_for, wait_until
+from kpi_export.contract import idempotency_key
+from kpi_export.store import audit_table, create_engine
+from tests.support import wait_until
 
 BATCH = 200
 STATES = ("active", "wait", "delayed", "prioritized", "paused", "completed", "failed")
@@ -39,7 +39,7 @@ async def add_jobs(
 ) -> None:
     """Add jobs start … start+count-1 in batches, `pause` seconds apart; a batch that fails (Redis
     restarting) is added again."""
-    async with queue_for(settings) as queue:
+    async with opened_queue(settings) as queue:
         for first in range(start, start + count, batch_size):
             batch = [
                 {"name": "kpi-export", "data": job_data(n), "opts": {"jobId": job_id(n)}}
@@ -59,12 +59,12 @@ async def add_jobs(
 
 
 async def counts(settings: Settings) -> dict[str, int]:
-    async with queue_for(settings) as queue:
+    async with opened_queue(settings) as queue:
         return dict(await queue.getJobCounts(*STATES))
 
 
 async def wait_all_finished(settings: Settings, total: int, timeout: float) -> None:
-    async with queue_for(settings) as queue:
+    async with opened_queue(settings) as queue:
 
         async def finished() -> bool:
             try:

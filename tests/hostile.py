@@ -9,7 +9,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from kpi_export.payload import FILTERS_MAX_DEPTH
+from kpi_export.contract import FILTERS_MAX_DEPTH
 
 TRICKY_TEXT = [
     "'; DROP TABLE kpi_auditoria_export; --",

@@ -14,13 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from bullmq import Queue, QueueEvents
+from bullmq import QueueEvents
+from click.testing import CliRunner, Result
 from sqlalchemy import select
 
-from kpi_export.audit import audit_table, create_engine
+from kpi_export.bullmq import node_client_name, opened_queue, redis_client
+from kpi_export.cli import cli
 from kpi_export.config import Settings
-from kpi_export.queue import create_queue, node_client_name, redis_client
-from kpi_export.worker import StopSignals, run_worker
+from kpi_export.runtime.lifecycle import run_worker
+from kpi_export.runtime.signals import StopSignals
+from kpi_export.store import audit_table, opened_engine
+from tests.services import worker_env
 
 
 class JobEvents:
@@ -71,18 +75,9 @@ async def job_events(settings: Settings) -> AsyncIterator[JobEvents]:
         await events.close()
 
 
-@contextlib.asynccontextmanager
-async def queue_for(settings: Settings) -> AsyncIterator[Queue]:
-    queue = create_queue(settings)
-    try:
-        yield queue
-    finally:
-        await queue.close()
-
-
 async def run_numbered_jobs(settings: Settings, count: int) -> list[tuple[str, Any]]:
     """Jobs with usuarioId 1 … count, added at once; each one's (outcome, result or reason), in that order."""
-    async with job_events(settings) as events, queue_for(settings) as queue:
+    async with job_events(settings) as events, opened_queue(settings) as queue:
         jobs = await queue.addBulk(
             [{"name": "kpi-export", "data": {"usuarioId": n}} for n in range(1, count + 1)]
         )
@@ -90,12 +85,8 @@ async def run_numbered_jobs(settings: Settings, count: int) -> list[tuple[str, A
 
 
 async def audit_rows(settings: Settings) -> list[Any]:
-    engine = create_engine(settings.database)
-    try:
-        async with engine.connect() as conn:
-            return list((await conn.execute(select(audit_table).order_by(audit_table.c.idExport))).all())
-    finally:
-        await engine.dispose()
+    async with opened_engine(settings.database) as engine, engine.connect() as conn:
+        return list((await conn.execute(select(audit_table).order_by(audit_table.c.idExport))).all())
 
 
 async def wait_until(
@@ -214,3 +205,12 @@ class WorkerProcess:
         self._reader.join(timeout=5)
         if self.process.stdout is not None:
             self.process.stdout.close()
+
+
+async def invoke(settings: Settings, *args: str, stdin: str | None = None) -> Result:
+    """The CLI in a thread of its own (it runs its own event loop)."""
+    runner = CliRunner()
+    env = worker_env(settings)
+    return await asyncio.to_thread(
+        runner.invoke, cli, list(args), input=stdin, env=env, catch_exceptions=False
+    )

@@ -1,7 +1,15 @@
-"""kpi-export-worker: writes one audit row per KPI export job taken from a BullMQ queue."""
+"""kpi-export-worker: writes one audit row per KPI export job taken from a BullMQ queue.
 
-from kpi_export.audit import AuditStore, audit_table
+contract/   job.data -> AuditEntry, the idempotency key (pure)
+store/      the audit table: writer, group commit, faults, DATABASE_URL, migrations, reader
+bullmq/     the only package that imports bullmq: the consumer, the producer, the queue's reads
+runtime/    lifecycle, job handler, listeners, Redis watch, health, metrics, supervisor
+cli/        the `kpi-export` command
+demo/       `make run`
+"""
+
 from kpi_export.config import Settings, load_settings
+from kpi_export.contract import AuditEntry, idempotency_key, parse_job_data
 from kpi_export.errors import (
     AuditWriteError,
     ConfigError,
@@ -11,7 +19,7 @@ from kpi_export.errors import (
     StartupError,
     TransientDatabaseError,
 )
-from kpi_export.payload import AuditEntry, idempotency_key, parse_job_data
+from kpi_export.store import AuditStore, audit_table
 
 __all__ = [
     "AuditEntry",

@@ -8,8 +8,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, PositiveInt, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from kpi_export.dburl import DatabaseTarget, parse_database_url
 from kpi_export.errors import ConfigError
+from kpi_export.store.url import DatabaseTarget, parse_database_url
 
 DEFAULT_DATABASE_URL = "file:./kpi_export.db"
 

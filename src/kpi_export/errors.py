@@ -4,7 +4,7 @@
      ├── ConfigError          bad settings: the program stops at start with exit status 2
      ├── StartupError         the worker cannot run (exit status 1): credentials refused, …
      │    └── SchemaNotReady  the audit table is missing or behind: run `kpi-export db upgrade`
-     ├── InvalidJobData       permanent: the job fails and is never retried (a bullmq UnrecoverableError)
+     ├── InvalidJobData       permanent: the job fails and is never retried (the bullmq adapter tells bullmq)
      └── AuditWriteError      the database refused the row; the producer's attempts/backoff apply
           └── TransientDatabaseError   connection lost, failover, deadlock: retried inside the job first
 
@@ -12,8 +12,6 @@ Messages never hold a secret: they are logged and stored in Redis as the job's `
 """
 
 from __future__ import annotations
-
-from bullmq import UnrecoverableError
 
 
 class KpiExportError(Exception):
@@ -37,8 +35,8 @@ class SchemaNotReady(StartupError):
     """The database lacks the audit table, or its migrations are not at head."""
 
 
-class InvalidJobData(KpiExportError, UnrecoverableError):  # type: ignore[misc]
-    """`job.data` breaks the job contract. bullmq never retries an UnrecoverableError."""
+class InvalidJobData(KpiExportError):
+    """`job.data` breaks the job contract: the job fails and is never retried."""
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)

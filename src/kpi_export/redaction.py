@@ -51,3 +51,14 @@ class Redactor:
             if secret in text:
                 text = text.replace(secret, "***")
         return text
+
+
+def describe(error: BaseException) -> str:
+    """An exception as one line for a log line or a `failedReason`: its class (the driver's, where SQLAlchemy
+    wraps one) and the first line of its message, with URL credentials hidden and control characters escaped."""
+    orig = getattr(error, "orig", None) or error
+    # SQLAlchemy's adapters wrap the driver's exception, whose class says more ("DeadlockDetectedError").
+    named = orig.__cause__ if isinstance(orig.__cause__, Exception) else orig
+    first_line = (str(orig).strip().splitlines() or [""])[0]
+    text = f"{type(named).__name__}: {first_line}" if first_line else type(named).__name__
+    return escape_controls(hide_url_credentials(text))[:500]

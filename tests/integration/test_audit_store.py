@@ -14,9 +14,9 @@ import asyncpg
 import pytest
 from pydantic import SecretStr
 
-from kpi_export.audit import AuditStore, create_engine, utc_now
 from kpi_export.config import Settings
-from kpi_export.payload import AuditEntry, idempotency_key
+from kpi_export.contract import AuditEntry, idempotency_key
+from kpi_export.store import AuditStore, create_engine, utc_now
 from tests.support import audit_rows, wait_until
 
 KEY = idempotency_key("bull:overlap", "1", 1764000000000)

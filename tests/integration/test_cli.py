@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
-from click.testing import CliRunner, Result
-
-from kpi_export.cli import cli
+from kpi_export.bullmq import opened_queue
 from kpi_export.config import Settings
-from kpi_export.payload import idempotency_key
-from tests.conftest import worker_env
-from tests.support import audit_rows, job_events, queue_for, running_worker
-
-
-async def invoke(settings: Settings, *args: str, stdin: str | None = None) -> Result:
-    """The CLI in a thread of its own (it runs its own event loop)."""
-    runner = CliRunner()
-    env = worker_env(settings)
-    return await asyncio.to_thread(
-        runner.invoke, cli, list(args), input=stdin, env=env, catch_exceptions=False
-    )
+from kpi_export.contract import idempotency_key
+from tests.support import audit_rows, invoke, job_events, running_worker
 
 
 async def test_enqueue_adds_jobs_as_a_node_producer_would(migrated: Settings) -> None:
@@ -43,7 +30,7 @@ async def test_enqueue_adds_jobs_as_a_node_producer_would(migrated: Settings) ->
     assert result.exit_code == 0, result.output
     ids = result.stdout.split()
     assert len(ids) == 2
-    async with queue_for(migrated) as queue:
+    async with opened_queue(migrated) as queue:
         for job_id in ids:
             job = await queue.getJob(job_id)
             assert job.name == "kpi-export"

@@ -15,11 +15,12 @@ import asyncpg
 import pytest
 from pydantic import SecretStr
 
+from kpi_export.bullmq import opened_queue
 from kpi_export.config import Settings
-from tests.conftest import worker_env
 from tests.faults import TcpFaultProxy
 from tests.pgcluster import PostgresCluster
-from tests.support import WorkerProcess, audit_rows, job_events, queue_for, running_worker
+from tests.services import worker_env
+from tests.support import WorkerProcess, audit_rows, job_events, running_worker
 
 shared_postgresql = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
@@ -67,7 +68,7 @@ async def test_a_serialization_failure_a_deadlock_or_a_failover_is_retried_insid
 ) -> None:
     await inject(migrated, sqlstate, times=3)
     with caplog.at_level(logging.WARNING, logger="kpi_export"):
-        async with job_events(migrated) as events, queue_for(migrated) as queue, running_worker(migrated):
+        async with job_events(migrated) as events, opened_queue(migrated) as queue, running_worker(migrated):
             job = await queue.add("kpi-export", {"usuarioId": 4, "ip": "10.4.4.4"}, {"attempts": 1})
             outcome = await events.finished(job.id)
             stored = await queue.getJob(job.id)
@@ -87,7 +88,7 @@ async def test_a_constraint_violation_fails_at_once_and_the_producers_attempts_a
     migrated: Settings,
 ) -> None:
     await inject(migrated, "23514", times=1_000)  # check_violation, on every insert
-    async with job_events(migrated) as events, queue_for(migrated) as queue, running_worker(migrated):
+    async with job_events(migrated) as events, opened_queue(migrated) as queue, running_worker(migrated):
         job = await queue.add("kpi-export", {"usuarioId": 5}, {"attempts": 2})
         outcome = await events.finished(job.id)
         stored = await queue.getJob(job.id)
@@ -99,7 +100,7 @@ async def test_a_constraint_violation_fails_at_once_and_the_producers_attempts_a
 
 @shared_postgresql
 async def test_a_missing_table_fails_at_once_with_a_clear_reason(migrated: Settings) -> None:
-    async with job_events(migrated) as events, queue_for(migrated) as queue, running_worker(migrated):
+    async with job_events(migrated) as events, opened_queue(migrated) as queue, running_worker(migrated):
         first = await queue.add("kpi-export", {"usuarioId": 6})
         assert (await events.finished(first.id))[0] == "completed"  # the worker runs, past its start checks
         await sql(migrated, "ALTER TABLE kpi_auditoria_export RENAME TO kpi_auditoria_export_gone")
@@ -120,7 +121,7 @@ async def test_an_outage_longer_than_the_lock_is_retried_inside_the_job_and_its_
     worker = WorkerProcess(worker_env(migrated, LOCK_DURATION="2", DB_RETRY_WINDOW="30"))
     try:
         await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
-        async with job_events(migrated) as events, queue_for(migrated) as queue:
+        async with job_events(migrated) as events, opened_queue(migrated) as queue:
             postgres_cluster.stop()
             job = await queue.add("kpi-export", {"usuarioId": 7, "ip": "10.7.7.7"}, {"attempts": 1})
             await asyncio.to_thread(worker.wait_for_line, "Transient database fault")
@@ -144,7 +145,7 @@ async def test_an_outage_longer_than_the_window_fails_the_attempt_then_the_produ
     worker = WorkerProcess(worker_env(migrated, DB_RETRY_WINDOW="1"))
     try:
         await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
-        async with job_events(migrated) as events, queue_for(migrated) as queue:
+        async with job_events(migrated) as events, opened_queue(migrated) as queue:
             postgres_cluster.stop()
             job = await queue.add(
                 "kpi-export", {"usuarioId": 8}, {"attempts": 5, "backoff": {"type": "fixed", "delay": 1000}}
@@ -179,7 +180,7 @@ async def test_a_database_that_stops_answering_does_not_hold_the_job_beyond_its_
         )
         async with (
             job_events(migrated) as events,
-            queue_for(migrated) as queue,
+            opened_queue(migrated) as queue,
             running_worker(through_proxy),
         ):
             warm_up = await queue.add("kpi-export", {"usuarioId": 1})

@@ -13,11 +13,12 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import event
 
-from kpi_export.audit import AuditStore, create_engine, utc_now
+from kpi_export.bullmq import opened_queue
 from kpi_export.config import Settings
-from kpi_export.dbfaults import is_transient
-from kpi_export.payload import AuditEntry
-from tests.support import audit_rows, job_events, queue_for, running_worker, table_locked, wait_until
+from kpi_export.contract import AuditEntry
+from kpi_export.store import AuditStore, create_engine, utc_now
+from kpi_export.store.faults import is_transient
+from tests.support import audit_rows, job_events, running_worker, table_locked, wait_until
 
 
 def entry(usuario_id: int, filters: Any = None) -> AuditEntry:
@@ -96,7 +97,7 @@ async def test_a_transient_fault_under_a_batch_is_retried_by_each_job_inside_its
         with caplog.at_level(logging.WARNING, logger="kpi_export"):
             async with (
                 job_events(settings) as events,
-                queue_for(settings) as queue,
+                opened_queue(settings) as queue,
                 running_worker(settings),
             ):
                 warm_up = await queue.add("kpi-export", {"usuarioId": 100})

@@ -11,15 +11,17 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from kpi_export.audit import create_engine
+from kpi_export.bullmq import opened_queue
 from kpi_export.config import Settings
-from kpi_export.embedded_redis import EmbeddedRedis, free_port
-from kpi_export.schema import upgrade
-from kpi_export.worker import StopSignals, run_worker
+from kpi_export.demo.embedded_redis import EmbeddedRedis, free_port
+from kpi_export.runtime.lifecycle import run_worker
+from kpi_export.runtime.signals import StopSignals
+from kpi_export.store import create_engine
+from kpi_export.store.schema import upgrade
 from tests.faults import RedisFaultProxy, calls_script
 from tests.pgcluster import PostgresCluster
 from tests.probes import get, get_json, metric, sample
-from tests.support import job_events, queue_for, running_worker, wait_until
+from tests.support import job_events, running_worker, wait_until
 
 
 def with_health(settings: Settings, **update: Any) -> Settings:
@@ -110,7 +112,7 @@ async def test_readyz_turns_503_while_the_database_is_stopped_and_200_when_it_is
     finally:
         await engine.dispose()
 
-    async with job_events(settings) as events, queue_for(settings) as queue, running_worker(settings):
+    async with job_events(settings) as events, opened_queue(settings) as queue, running_worker(settings):
         await wait_for_status(health, "/readyz", 200)
 
         postgres_cluster.stop()
@@ -160,7 +162,7 @@ async def test_metrics_move_as_jobs_complete_fail_and_retry(migrated: Settings, 
         health = settings.health_port
         assert health is not None
         labels = {"queue": settings.queue_name}
-        async with job_events(migrated) as events, queue_for(migrated) as queue, running_worker(settings):
+        async with job_events(migrated) as events, opened_queue(migrated) as queue, running_worker(settings):
             await wait_for_status(health, "/livez", 200)
             assert await metric(health, "kpi_export_jobs_total", outcome="completed", **labels) == 0
             jobs = [

@@ -19,14 +19,15 @@ from hypothesis import strategies as st
 from sqlalchemy import Text, cast, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from kpi_export.audit import audit_table, create_engine
+from kpi_export.bullmq import opened_queue
 from kpi_export.cli import cli
 from kpi_export.config import Settings
+from kpi_export.contract import JOB_DATA_MAX_BYTES, decode_job_data, idempotency_key, parse_job_data
 from kpi_export.errors import InvalidJobData
-from kpi_export.payload import JOB_DATA_MAX_BYTES, decode_job_data, idempotency_key, parse_job_data
-from tests.conftest import worker_env
+from kpi_export.store import audit_table, create_engine
 from tests.hostile import producer_job_data
-from tests.support import WorkerProcess, audit_rows, job_events, queue_for, wait_until
+from tests.services import worker_env
+from tests.support import WorkerProcess, audit_rows, job_events, wait_until
 
 FINAL = "(final, not retried)"
 
@@ -63,7 +64,7 @@ async def damage(settings: Settings, redis_url: str, job_id: str, fields: dict[s
 async def test_jobs_bullmq_cannot_decode_fail_at_once_with_the_reason(
     migrated: Settings, redis_url: str
 ) -> None:
-    async with queue_for(migrated) as queue:
+    async with opened_queue(migrated) as queue:
         damaged = []
         for fields, reason in DAMAGED:
             job = await queue.add("kpi-export", {"usuarioId": 1}, {"attempts": 3})
@@ -103,7 +104,7 @@ async def test_jobs_bullmq_cannot_decode_fail_at_once_with_the_reason(
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_kpi_export_job_shows_an_unreadable_job_as_stored(migrated: Settings, redis_url: str) -> None:
-    async with queue_for(migrated) as queue:
+    async with opened_queue(migrated) as queue:
         job = await queue.add("kpi-export", {"usuarioId": 1})
     await damage(migrated, redis_url, job.id, {"data": b'{"ip": "\xff"'})
     result = await asyncio.to_thread(
@@ -154,7 +155,7 @@ class Batches:
     async def run(self, batch: list[Any]) -> None:
         seen = len(self.worker.lines)
         engine = create_engine(self.settings.database)  # one per batch: each batch has its own event loop
-        async with queue_for(self.settings) as queue:
+        async with opened_queue(self.settings) as queue:
             jobs = await queue.addBulk([{"name": "kpi-export", "data": data} for data in batch])
             self.total += len(jobs)
 

@@ -10,9 +10,10 @@ import pytest
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
+from kpi_export.bullmq import opened_queue
 from kpi_export.config import Settings
 from tests.faults import RedisFaultProxy, ScriptCalls, calls_script
-from tests.support import audit_rows, job_events, queue_for, running_worker, wait_until
+from tests.support import audit_rows, job_events, running_worker, wait_until
 
 FILTERS = {"desde": "2026-01-01", "hasta": "2026-03-31", "area": "ventas", "kpis": ["margen", "ventas"]}
 
@@ -24,7 +25,7 @@ async def test_a_valid_job_gives_one_row_progress_and_result(migrated: Settings)
         "filters": json.dumps(FILTERS),
         "format": " XLSX",
     }
-    async with job_events(migrated) as events, queue_for(migrated) as queue, running_worker(migrated):
+    async with job_events(migrated) as events, opened_queue(migrated) as queue, running_worker(migrated):
         job = await queue.add("kpi-export", data)
         outcome, result = await events.finished(job.id)
         stored = await queue.getJob(job.id)
@@ -48,7 +49,7 @@ async def test_a_valid_job_gives_one_row_progress_and_result(migrated: Settings)
 
 
 async def test_invalid_usuario_id_fails_once_without_retry_and_without_row(migrated: Settings) -> None:
-    async with job_events(migrated) as events, queue_for(migrated) as queue, running_worker(migrated):
+    async with job_events(migrated) as events, opened_queue(migrated) as queue, running_worker(migrated):
         job = await queue.add("kpi-export", {"usuarioId": "0x1A", "ip": "1.2.3.4"}, {"attempts": 3})
         outcome, reason = await events.finished(job.id)
         stored = await queue.getJob(job.id)
@@ -63,7 +64,7 @@ async def test_invalid_usuario_id_fails_once_without_retry_and_without_row(migra
 
 
 async def test_a_redelivered_job_keeps_its_row_and_id(migrated: Settings) -> None:
-    async with job_events(migrated) as events, queue_for(migrated) as queue, running_worker(migrated):
+    async with job_events(migrated) as events, opened_queue(migrated) as queue, running_worker(migrated):
         job = await queue.add("kpi-export", {"usuarioId": 7, "ip": "10.0.0.1", "format": "pdf"})
         first = await events.finished(job.id)
         await (await queue.getJob(job.id)).retry("completed")  # back to wait: the same job, a second run
@@ -89,7 +90,7 @@ async def test_a_failed_progress_update_is_a_warning_and_the_job_completes(
         proxy.refuse = calls_script("updateProgress")
         through_proxy = migrated.model_copy(update={"redis_url": SecretStr(proxy.url)})
         with caplog.at_level(logging.WARNING, logger="kpi_export"):
-            async with job_events(migrated) as events, queue_for(migrated) as queue:
+            async with job_events(migrated) as events, opened_queue(migrated) as queue:
                 async with running_worker(through_proxy):
                     job = await queue.add("kpi-export", {"usuarioId": 9, "ip": "10.0.0.9"})
                     outcome, result = await events.finished(job.id)
@@ -116,7 +117,7 @@ async def test_progress_goes_out_just_before_the_completion_also_after_redis_los
     loads them again and the job completes as before."""
     client = Redis.from_url(redis_url, decode_responses=True)
     try:
-        async with job_events(migrated) as events, queue_for(migrated) as queue, running_worker(migrated):
+        async with job_events(migrated) as events, opened_queue(migrated) as queue, running_worker(migrated):
             first = await queue.add("kpi-export", {"usuarioId": 1})
             assert (await events.finished(first.id))[0] == "completed"
             await client.script_flush()
@@ -146,7 +147,7 @@ async def test_warnings_for_a_bad_ip_and_filters_do_not_fail_the_job(
     migrated: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="kpi_export"):
-        async with job_events(migrated) as events, queue_for(migrated) as queue, running_worker(migrated):
+        async with job_events(migrated) as events, opened_queue(migrated) as queue, running_worker(migrated):
             job = await queue.add("kpi-export", {"usuarioId": 3, "ip": "not-an-ip", "filters": 17})
             outcome, _ = await events.finished(job.id)
     row = (await audit_rows(migrated))[0]
@@ -171,7 +172,7 @@ async def test_a_steady_stream_at_high_concurrency_costs_a_few_fetches_per_job(
         )
         async with (
             job_events(migrated) as events,
-            queue_for(migrated) as queue,
+            opened_queue(migrated) as queue,
             running_worker(through_proxy),
         ):
             for n in range(1, 11):  # one at a time, each after the last has finished
@@ -187,7 +188,11 @@ async def test_on_a_backlog_each_completion_brings_the_next_job(migrated: Settin
     does this one, instead of a moveToActive call per job."""
     port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
     fetches = ScriptCalls("moveToActive")
-    async with RedisFaultProxy(port) as proxy, queue_for(migrated) as queue, job_events(migrated) as events:
+    async with (
+        RedisFaultProxy(port) as proxy,
+        opened_queue(migrated) as queue,
+        job_events(migrated) as events,
+    ):
         proxy.refuse = fetches
         await queue.pause()
         jobs = await queue.addBulk([{"name": "kpi-export", "data": {"usuarioId": n}} for n in range(1, 51)])

@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from kpi_export.bullmq import opened_queue
 from kpi_export.config import Settings
-from kpi_export.embedded_redis import EmbeddedRedis, free_port
-from tests.conftest import worker_env
+from kpi_export.demo.embedded_redis import EmbeddedRedis, free_port
 from tests.probes import get
-from tests.support import WorkerProcess, audit_rows, job_events, queue_for
+from tests.services import worker_env
+from tests.support import WorkerProcess, audit_rows, job_events
 
 REDIS_SECRET = "r3dis-S3cret-pw"
 DATABASE_SECRET = "pg-S3cret-pw"
@@ -50,7 +51,7 @@ async def test_json_lines_carry_the_job_fields_and_never_a_secret(migrated: Sett
     worker = WorkerProcess(env)
     try:
         await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
-        async with job_events(settings) as events, queue_for(settings) as queue:
+        async with job_events(settings) as events, opened_queue(settings) as queue:
             good = await queue.add("kpi-export", {"usuarioId": 42, "ip": "203.0.113.7"})
             bad = await queue.add("kpi-export", {"usuarioId": f"{REDIS_SECRET}\nforged"}, {"attempts": 2})
             await events.finished(good.id)

@@ -15,15 +15,15 @@ import pytest
 import redis
 from pydantic import SecretStr
 
+from kpi_export.bullmq import opened_queue
 from kpi_export.config import Settings
-from kpi_export.embedded_redis import EmbeddedRedis, free_port
-from tests.conftest import worker_env
+from kpi_export.demo.embedded_redis import EmbeddedRedis, free_port
 from tests.faults import RedisFaultProxy, TcpFaultProxy
+from tests.services import worker_env
 from tests.support import (
     WorkerProcess,
     audit_rows,
     job_events,
-    queue_for,
     running_worker,
     table_locked,
     wait_until,
@@ -86,7 +86,7 @@ async def test_start_line_then_an_idle_worker_stops_within_a_second(migrated: Se
 
 
 async def wait_until_active(settings: Settings, job_id: str) -> None:
-    async with queue_for(settings) as queue:
+    async with opened_queue(settings) as queue:
 
         async def active() -> bool:
             return bool(await queue.getJobState(job_id) == "active")
@@ -99,7 +99,7 @@ async def test_sigterm_lets_a_two_second_job_finish_then_exits_0(migrated: Setti
     worker = WorkerProcess(worker_env(migrated))
     try:
         await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
-        async with job_events(migrated) as events, queue_for(migrated) as queue:
+        async with job_events(migrated) as events, opened_queue(migrated) as queue:
             async with table_locked(migrated):
                 job = await queue.add("kpi-export", {"usuarioId": 21, "ip": "10.2.2.2"})
                 await wait_until_active(migrated, job.id)
@@ -130,7 +130,7 @@ async def test_an_immediate_stop_leaves_the_job_to_another_worker_and_one_row(
     second: WorkerProcess | None = None
     try:
         await asyncio.to_thread(first.wait_for_line, "Worker escuchando")
-        async with job_events(settings) as events, queue_for(settings) as queue:
+        async with job_events(settings) as events, opened_queue(settings) as queue:
             async with table_locked(settings):
                 job = await queue.add("kpi-export", {"usuarioId": 22, "ip": "10.2.2.3"})
                 await wait_until_active(settings, job.id)
@@ -167,7 +167,7 @@ async def test_a_redis_down_at_start_is_waited_for_with_one_line(migrated: Setti
         await asyncio.to_thread(worker.wait_for_line, "Redis not reachable at redis://127.0.0.1")
         with EmbeddedRedis(tmp_path / "redis", port=port):
             await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
-            async with job_events(settings) as events, queue_for(settings) as queue:
+            async with job_events(settings) as events, opened_queue(settings) as queue:
                 job = await queue.add("kpi-export", {"usuarioId": 5, "ip": "10.0.0.5"})
                 outcome, _ = await events.finished(job.id)
             worker.process.send_signal(signal.SIGTERM)
@@ -182,7 +182,7 @@ async def test_a_redis_down_at_start_is_waited_for_with_one_line(migrated: Setti
 @pytest.mark.slow
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_a_job_added_after_30_s_of_idle_time_is_picked_up_within_a_second(migrated: Settings) -> None:
-    async with job_events(migrated) as events, queue_for(migrated) as queue, running_worker(migrated):
+    async with job_events(migrated) as events, opened_queue(migrated) as queue, running_worker(migrated):
         await asyncio.sleep(30)  # the idle time under test, not a wait for a result
         job = await queue.add("kpi-export", {"usuarioId": 30, "ip": "10.3.3.3"})
         outcome, _ = await events.finished(job.id, timeout=5)
@@ -205,7 +205,7 @@ async def test_a_redis_restart_gives_one_line_when_lost_one_when_back_and_work_g
         await asyncio.to_thread(worker.wait_for_line, "Redis connection lost at")
         server.start()
         await asyncio.to_thread(worker.wait_for_line, "Redis reachable again")
-        async with job_events(settings) as events, queue_for(settings) as queue:
+        async with job_events(settings) as events, opened_queue(settings) as queue:
             job = await queue.add("kpi-export", {"usuarioId": 8, "ip": "10.0.0.8"})
             outcome, _ = await events.finished(job.id, timeout=20)
         worker.process.send_signal(signal.SIGTERM)
@@ -235,7 +235,7 @@ async def test_redis_host_port_and_password_and_a_wrong_password(migrated: Setti
         worker = WorkerProcess(env)
         try:
             await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
-            async with job_events(settings) as events, queue_for(settings) as queue:
+            async with job_events(settings) as events, opened_queue(settings) as queue:
                 job = await queue.add("kpi-export", {"usuarioId": 9})
                 outcome, _ = await events.finished(job.id)
             worker.process.send_signal(signal.SIGTERM)
@@ -326,7 +326,7 @@ async def test_a_rediss_url_reaches_redis_over_tls(migrated: Settings, tls_redis
     port, ca = tls_redis
     url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}"
     settings = migrated.model_copy(update={"redis_url": SecretStr(url)})
-    async with job_events(settings) as events, queue_for(settings) as queue, running_worker(settings):
+    async with job_events(settings) as events, opened_queue(settings) as queue, running_worker(settings):
         job = await queue.add("kpi-export", {"usuarioId": 11, "ip": "10.0.0.11"})
         outcome, result = await events.finished(job.id)
     rows = await audit_rows(settings)
@@ -354,7 +354,7 @@ async def test_redis_lost_as_the_processing_loop_starts_is_waited_for(
             await wait_until(retried, timeout=20, what="retries of naming the connections")
             assert worker.process.poll() is None, worker.output
             proxy.cut = lambda _command: False
-            async with job_events(migrated) as events, queue_for(migrated) as queue:
+            async with job_events(migrated) as events, opened_queue(migrated) as queue:
                 job = await queue.add("kpi-export", {"usuarioId": 6, "ip": "10.0.0.6"})
                 outcome, _ = await events.finished(job.id, timeout=20)
             worker.process.send_signal(signal.SIGTERM)

@@ -13,14 +13,14 @@ import pytest
 from click.testing import CliRunner, Result
 from pydantic import SecretStr
 
-from kpi_export.audit import AuditStore, create_engine
 from kpi_export.cli import cli
 from kpi_export.config import Settings
+from kpi_export.contract import AuditEntry
 from kpi_export.errors import SchemaNotReady
-from kpi_export.payload import AuditEntry
-from kpi_export.schema import check_ready, head_revision
-from tests.conftest import mariadb_execute
+from kpi_export.store import AuditStore, create_engine
+from kpi_export.store.schema import check_ready, head_revision
 from tests.prisma import PRISMA_MYSQL, PRISMA_POSTGRES, PRISMA_SQLITE
+from tests.services import mariadb_execute
 from tests.support import audit_rows
 
 OLD_ROWS = [
@@ -113,7 +113,7 @@ def test_upgrade_creates_the_table_on_an_empty_database(database_url: str) -> No
             await check_ready(engine)
             store = AuditStore(engine)
             entry = AuditEntry(1, None, {}, "csv")
-            from kpi_export.audit import utc_now
+            from kpi_export.store import utc_now
 
             return [await store.record(entry, "k" * 64, utc_now()) for _ in range(2)]
         finally:
@@ -135,7 +135,7 @@ def test_upgrade_in_place_keeps_the_originals_rows_and_adds_the_key(prisma_datab
     async def write_new_row() -> int:
         engine = create_engine(settings.database)
         try:
-            from kpi_export.audit import utc_now
+            from kpi_export.store import utc_now
 
             return await AuditStore(engine).record(
                 AuditEntry(13, "10.0.0.1", ["x"], "pdf"), "a" * 64, utc_now()

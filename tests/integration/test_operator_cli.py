@@ -12,13 +12,12 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from kpi_export.audit import AuditStore, create_engine
+from kpi_export.bullmq import opened_queue, worker_name
 from kpi_export.config import Settings
-from kpi_export.embedded_redis import free_port
-from kpi_export.payload import parse_job_data
-from kpi_export.queue import worker_name
-from tests.integration.test_cli import invoke
-from tests.support import audit_rows, job_events, queue_for, running_worker, wait_until
+from kpi_export.contract import parse_job_data
+from kpi_export.demo.embedded_redis import free_port
+from kpi_export.store import AuditStore, create_engine
+from tests.support import audit_rows, invoke, job_events, running_worker, wait_until
 
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -67,7 +66,7 @@ async def test_db_current_and_upgrade_as_json(settings: Settings) -> None:
 @sqlite_only
 async def test_stats_counts_jobs_by_state_workers_and_the_oldest_waiting_job(migrated: Settings) -> None:
     an_hour_ago = int(time.time() * 1000) - 3600_000
-    async with queue_for(migrated) as queue:
+    async with opened_queue(migrated) as queue:
         waiting = [
             await queue.add("kpi-export", {"usuarioId": 1}, {"timestamp": an_hour_ago}),
             await queue.add("kpi-export", {"usuarioId": 2}),
@@ -96,7 +95,7 @@ async def test_stats_counts_jobs_by_state_workers_and_the_oldest_waiting_job(mig
     assert "oldest waiting job: 1 h 0 min ago" in table.stdout
 
     async with job_events(migrated) as events, running_worker(migrated):
-        async with queue_for(migrated) as queue:
+        async with opened_queue(migrated) as queue:
             waiting.append(await queue.add("kpi-export", {"usuarioId": 5}))
         for job in waiting:
             await events.finished(job.id)
@@ -109,7 +108,7 @@ async def test_stats_counts_jobs_by_state_workers_and_the_oldest_waiting_job(mig
 
 @sqlite_only
 async def test_jobs_lists_failed_and_completed_jobs(migrated: Settings) -> None:
-    async with job_events(migrated) as events, queue_for(migrated) as queue, running_worker(migrated):
+    async with job_events(migrated) as events, opened_queue(migrated) as queue, running_worker(migrated):
         bad = await queue.add("kpi-export", {"usuarioId": "abc"})
         worse = await queue.add("kpi-export", {"usuarioId": -1}, {"attempts": 3})
         good = await queue.add("kpi-export", {"usuarioId": 8})
@@ -152,7 +151,7 @@ async def test_retry_puts_failed_jobs_back_and_they_complete_once_the_fault_is_f
     assert path is not None
     with sqlite3.connect(path) as conn:
         conn.execute(REFUSE_USER_13)
-    async with job_events(migrated) as events, queue_for(migrated) as queue, running_worker(migrated):
+    async with job_events(migrated) as events, opened_queue(migrated) as queue, running_worker(migrated):
         jobs = [await queue.add("kpi-export", {"usuarioId": 13, "ip": f"10.0.0.{n}"}) for n in range(5)]
         done = await queue.add("kpi-export", {"usuarioId": 1})
         for job in [*jobs, done]:

@@ -15,10 +15,10 @@ import pytest
 from pydantic import SecretStr
 
 from kpi_export.config import Settings
-from kpi_export.embedded_redis import EmbeddedRedis
-from tests.conftest import worker_env
+from kpi_export.demo.embedded_redis import EmbeddedRedis
 from tests.faults import RedisFaultProxy
 from tests.flow import add_jobs, assert_exactly_once, counts, wait_all_finished
+from tests.services import worker_env
 from tests.support import WorkerProcess, running_worker, table_locked, wait_until
 
 shared_postgresql = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)

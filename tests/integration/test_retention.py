@@ -10,10 +10,11 @@ import pytest
 import redis.asyncio
 from pydantic import SecretStr
 
+from kpi_export.bullmq import opened_queue
 from kpi_export.config import Settings
-from kpi_export.embedded_redis import EmbeddedRedis
-from tests.conftest import worker_env
-from tests.support import WorkerProcess, job_events, queue_for, running_worker, wait_until
+from kpi_export.demo.embedded_redis import EmbeddedRedis
+from tests.services import worker_env
+from tests.support import WorkerProcess, job_events, running_worker, wait_until
 
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -24,7 +25,7 @@ async def test_the_worker_keeps_at_most_count_completed_and_failed_jobs(migrated
     settings = migrated.model_copy(
         update={"keep_completed_count": 2, "keep_failed_count": 1, "worker_concurrency": 1}
     )
-    async with job_events(settings) as events, queue_for(settings) as queue:
+    async with job_events(settings) as events, opened_queue(settings) as queue:
         async with running_worker(settings):
             good = [await queue.add("kpi-export", {"usuarioId": n}) for n in range(1, 6)]
             for job in good:
@@ -42,7 +43,7 @@ async def test_the_worker_keeps_at_most_count_completed_and_failed_jobs(migrated
 @sqlite_only
 async def test_finished_jobs_older_than_the_age_are_removed(migrated: Settings) -> None:
     settings = migrated.model_copy(update={"keep_completed_age": 1, "keep_failed_age": 1})
-    async with job_events(settings) as events, queue_for(settings) as queue, running_worker(settings):
+    async with job_events(settings) as events, opened_queue(settings) as queue, running_worker(settings):
         old = await queue.add("kpi-export", {"usuarioId": 1})
         old_failed = await queue.add("kpi-export", {"usuarioId": "x"})
         await events.finished(old.id)
@@ -60,7 +61,7 @@ async def test_finished_jobs_older_than_the_age_are_removed(migrated: Settings) 
 @sqlite_only
 async def test_a_job_that_sets_its_own_removal_keeps_it(migrated: Settings) -> None:
     settings = migrated.model_copy(update={"keep_completed_count": 0})
-    async with job_events(settings) as events, queue_for(settings) as queue, running_worker(settings):
+    async with job_events(settings) as events, opened_queue(settings) as queue, running_worker(settings):
         default = await queue.add("kpi-export", {"usuarioId": 1})
         own = await queue.add("kpi-export", {"usuarioId": 2}, {"removeOnComplete": False})
         await events.finished(default.id)
@@ -91,7 +92,7 @@ async def test_the_eviction_policy_is_checked_at_start_even_where_config_is_forb
             await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
             # Python bullmq's own Queue and QueueEvents read INFO (and warn on the policy): the test uses bare
             # Redis commands through the same Lua script a producer runs.
-            async with queue_for(settings) as queue:
+            async with opened_queue(settings) as queue:
                 job = await queue.add("kpi-export", {"usuarioId": 4})
 
             async def completed() -> bool:

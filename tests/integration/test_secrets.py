@@ -15,14 +15,15 @@ import redis.asyncio
 from click.testing import CliRunner
 from pydantic import SecretStr
 
-from kpi_export.audit import create_engine
+from kpi_export.bullmq import opened_queue
 from kpi_export.cli import cli
 from kpi_export.config import Settings
-from kpi_export.embedded_redis import EmbeddedRedis
-from kpi_export.schema import upgrade
-from tests.conftest import worker_env
+from kpi_export.demo.embedded_redis import EmbeddedRedis
+from kpi_export.store import create_engine
+from kpi_export.store.schema import upgrade
 from tests.pgcluster import PASSWORD_ROLE, PostgresCluster
-from tests.support import WorkerProcess, job_events, queue_for
+from tests.services import worker_env
+from tests.support import WorkerProcess, job_events
 
 
 async def kpi_export_in_process(env: dict[str, str], *args: str) -> str:
@@ -94,7 +95,7 @@ async def test_no_password_in_logs_failed_reasons_or_cli_output(
         await asyncio.to_thread(worker.wait_for_line, "Redis connection lost")
         server.start()
         await asyncio.to_thread(worker.wait_for_line, "Redis reachable again")
-        async with job_events(settings) as events, queue_for(settings) as queue:
+        async with job_events(settings) as events, opened_queue(settings) as queue:
             ids = [
                 (await queue.add("kpi-export", data)).id for data in ({"usuarioId": 1}, {"usuarioId": "x"})
             ]

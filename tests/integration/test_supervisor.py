@@ -10,7 +10,7 @@ import signal
 import pytest
 
 from kpi_export.config import Settings
-from tests.conftest import worker_env
+from tests.services import worker_env
 from tests.support import WorkerProcess, audit_rows, run_numbered_jobs, wait_until
 
 STARTED = re.compile(r"Worker process (\d) started \(pid (\d+)\)")

@@ -9,8 +9,8 @@ import shutil
 
 import pytest
 
-from tests.conftest import IN_CI
 from tests.interop.node import NODE_DIR
+from tests.services import IN_CI
 
 
 @pytest.fixture(autouse=True, scope="session")

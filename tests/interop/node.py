@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from kpi_export.config import Settings
-from tests.conftest import worker_env
+from tests.services import worker_env
 from tests.support import WorkerProcess
 
 NODE_DIR = Path(__file__).parent

@@ -10,9 +10,9 @@ from collections import Counter
 import pytest
 
 from kpi_export.config import Settings
-from kpi_export.payload import USUARIO_ID_ERROR
-from tests.conftest import worker_env
+from kpi_export.contract import USUARIO_ID_ERROR
 from tests.interop.node import added_while_paused, original_worker, produce
+from tests.services import worker_env
 from tests.support import WorkerProcess, audit_rows, wait_for_workers
 
 VALID_JOBS = 200

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from kpi_export.bullmq import node_client_name, opened_queue, worker_name
 from kpi_export.config import Settings
-from kpi_export.payload import USUARIO_ID_ERROR, idempotency_key
-from kpi_export.queue import node_client_name, worker_name
+from kpi_export.contract import USUARIO_ID_ERROR, idempotency_key
 from tests.faults import TcpFaultProxy
 from tests.interop.node import Produced, add, added_while_paused, original_worker, produce
-from tests.support import audit_rows, queue_for, running_worker, wait_for_workers, wait_until
+from tests.support import audit_rows, running_worker, wait_for_workers, wait_until
 
 # The original's database (SPEC.md); the fault case runs on MariaDB too.
 on_postgresql = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -126,7 +126,7 @@ async def test_attempts_and_backoff_after_a_database_fault(
         faulty = migrated.model_copy(
             update={"database_url": SecretStr(through_proxy), "db_retry_window": 0.2}
         )
-        async with consumer(faulty), queue_for(migrated) as queue:
+        async with consumer(faulty), opened_queue(migrated) as queue:
             await wait_for_workers(migrated)  # past its start-up check of the database
             proxy.block()
             job = {"attempts": 3, "backoff": backoff}

@@ -14,12 +14,12 @@ import asyncpg
 import pytest
 from sqlalchemy import text
 
-from kpi_export.audit import create_engine
 from kpi_export.config import Settings
-from kpi_export.schema import head_revision
-from tests.conftest import mariadb_execute, worker_env
+from kpi_export.store import create_engine
+from kpi_export.store.schema import head_revision
 from tests.interop.node import add, added_while_paused, produce, run_node
 from tests.prisma import PRISMA_MYSQL, PRISMA_POSTGRES
+from tests.services import mariadb_execute, worker_env
 from tests.support import audit_rows, running_worker
 
 FILTERS = {"área": "ventas", "kpis": ["margen", "ventas"], "desde": "2026-01-01"}

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from kpi_export.config import Settings
-from tests.conftest import worker_env
 from tests.interop.node import add, produce, run_node
+from tests.services import worker_env
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 

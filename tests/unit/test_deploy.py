@@ -12,8 +12,8 @@ import pytest
 
 from kpi_export.cli import EXIT_CONFIG
 from kpi_export.config import Settings
-from kpi_export.health import LIVEZ, METRICS, READYZ, ROUTES
-from kpi_export.readiness import CHECK_TIMEOUT
+from kpi_export.runtime.health import LIVEZ, METRICS, READYZ, ROUTES
+from kpi_export.runtime.readiness import CHECK_TIMEOUT
 from tests.deploy_files import (
     DEPLOY,
     SETTINGS_VARIABLES,

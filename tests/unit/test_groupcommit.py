@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from kpi_export.groupcommit import GroupCommit
+from kpi_export.store.groupcommit import GroupCommit
 
 
 class Writer:

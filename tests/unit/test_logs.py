@@ -22,8 +22,10 @@ def output() -> Iterator[io.StringIO]:
 
 def test_info_lines_are_printed_as_the_original_printed_them(output: io.StringIO) -> None:
     setup_logging("INFO", "text", stream=output)
-    logging.getLogger("kpi_export.worker").info('Worker escuchando cola "%s" (concurrency=%d)', "q", 3)
-    logging.getLogger("kpi_export.worker").warning("careful")
+    logging.getLogger("kpi_export.runtime.lifecycle").info(
+        'Worker escuchando cola "%s" (concurrency=%d)', "q", 3
+    )
+    logging.getLogger("kpi_export.runtime.lifecycle").warning("careful")
     assert output.getvalue().splitlines() == [
         'Worker escuchando cola "q" (concurrency=3)',
         "WARNING: careful",
@@ -64,7 +66,7 @@ def test_secrets_and_url_credentials_are_redacted_in_text_and_json(output: io.St
 
 def test_json_lines_carry_the_structured_fields(output: io.StringIO) -> None:
     setup_logging("INFO", "json", stream=output)
-    logging.getLogger("kpi_export.worker").info(
+    logging.getLogger("kpi_export.runtime.lifecycle").info(
         "Job %s completed",
         "9",
         extra={"event": "job.completed", "job_id": "9", "idExport": 3, "duration_ms": 4},

@@ -7,10 +7,11 @@ from datetime import datetime
 import pytest
 from click.testing import CliRunner
 
-from kpi_export.audit_query import parse_when
-from kpi_export.cli import _duration, cli
-from kpi_export.operations import queue_depth
-from kpi_export.readiness import Readiness
+from kpi_export.cli import cli
+from kpi_export.cli.render import duration
+from kpi_export.runtime.queue_depth import queue_depth
+from kpi_export.runtime.readiness import Readiness
+from kpi_export.store.reader import parse_when
 
 
 @pytest.mark.parametrize(
@@ -53,7 +54,7 @@ def test_readiness_names_what_is_not_ready() -> None:
     [(4.25, "4.2 s"), (252, "4 min 12 s"), (3600, "1 h 0 min"), (7500, "2 h 5 min"), (273600, "3 d 4 h")],
 )
 def test_durations_read_as_a_person_says_them(seconds: float, shown: str) -> None:
-    assert _duration(seconds) == shown
+    assert duration(seconds) == shown
 
 
 @pytest.mark.parametrize(

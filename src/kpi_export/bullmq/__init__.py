@@ -1,0 +1,62 @@
+"""The bullmq adapter: the only package that imports bullmq.
+
+What the rest of the program uses:
+    QueueConsumer      takes jobs and gives each to a JobHandler (job in, Completion out); tells a
+                       WorkerEvents what happens; closes within a bound (consumer.py)
+    add_jobs           adds jobs as a Node producer does (producer.py)
+    job_snapshot, job_counts, queue_stats, list_jobs, retry_jobs, retry_all_failed
+                       the operators' reads and actions (queue_reads.py)
+    redis_client, create_queue, opened_queue, redis_target, node_client_name, worker_name
+                       the Redis clients and where Redis is (connection.py)
+Inside: KpiWorker, bullmq's Worker with this project's changes (worker.py); the progress published with the
+completion (completion.py); job hashes bullmq cannot decode (unreadable.py); event translation (events.py);
+and compat.py, the list of bullmq internals all of this relies on, checked by a unit test.
+"""
+
+from kpi_export.bullmq.connection import (
+    RedisTarget,
+    create_queue,
+    node_client_name,
+    opened_queue,
+    redis_client,
+    redis_target,
+    worker_name,
+)
+from kpi_export.bullmq.consumer import FORCED_CLOSE_GRACE, QueueConsumer
+from kpi_export.bullmq.events import WorkerEvents
+from kpi_export.bullmq.job import Completion, JobHandler, QueuedJob, attempts_allowed
+from kpi_export.bullmq.producer import add_jobs
+from kpi_export.bullmq.queue_reads import (
+    JOB_STATES,
+    job_counts,
+    job_snapshot,
+    list_jobs,
+    queue_stats,
+    retry_all_failed,
+    retry_jobs,
+)
+
+__all__ = [
+    "FORCED_CLOSE_GRACE",
+    "JOB_STATES",
+    "Completion",
+    "JobHandler",
+    "QueueConsumer",
+    "QueuedJob",
+    "RedisTarget",
+    "WorkerEvents",
+    "add_jobs",
+    "attempts_allowed",
+    "create_queue",
+    "job_counts",
+    "job_snapshot",
+    "list_jobs",
+    "node_client_name",
+    "opened_queue",
+    "queue_stats",
+    "redis_client",
+    "redis_target",
+    "retry_all_failed",
+    "retry_jobs",
+    "worker_name",
+]

@@ -1,0 +1,145 @@
+"""A job's completion in one Redis round trip: its progress (bullmq's updateProgress script) and its
+completion (moveToFinished, which also fetches the next job), sent in one pipeline. The scripts' keys and
+arguments are bullmq's own: its Scripts methods are run against a recorder that keeps the calls they would
+make (`recorded_calls`) instead of building them here by hand."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from bullmq.scripts import raw2NextJobData
+from redis.exceptions import NoScriptError
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptCall:
+    """One call of a bullmq Lua script: its name in `Scripts.commands`, its keys and its arguments."""
+
+    name: str
+    keys: list[Any]
+    args: list[Any]
+
+
+class _ScriptRecorder:
+    """Stands in for bullmq's registered scripts (`Scripts.commands`): records each call instead of
+    sending it, and answers None, as a script that returns nothing."""
+
+    def __init__(self) -> None:
+        self.calls: list[ScriptCall] = []
+
+    def __getitem__(self, name: str) -> Callable[..., Awaitable[None]]:
+        async def record(keys: Any = None, args: Any = None, client: Any = None) -> None:
+            self.calls.append(ScriptCall(name, list(keys or ()), list(args or ())))
+
+        return record
+
+
+async def recorded_calls(scripts: Any, run: Callable[[Any], Awaitable[Any]]) -> list[ScriptCall]:
+    """The script calls `run(scripts)` makes, made against a copy of bullmq's `Scripts` that only records."""
+    dry = copy.copy(scripts)
+    dry.commands = recorder = _ScriptRecorder()
+    await run(dry)
+    return recorder.calls
+
+
+# What the pipeline sends, in this order (compat.py checks that bullmq's methods still make these calls).
+PROGRESS_AND_COMPLETION = ("updateProgress", "moveToFinished")
+
+
+class CompletingWorker(Protocol):
+    """What the backend below needs of the worker it serves (KpiWorker)."""
+
+    prefetched: dict[str, list[Any]]
+    pending_progress: dict[str, Any]
+
+    def may_prefetch(self) -> bool: ...
+
+    def emit(self, event: str, *args: Any) -> Any: ...
+
+
+class CompletingBackend:
+    """bullmq's backend, except for moveToCompleted: it asks for the next job (fetchNext) while the worker may
+    take one, and keeps it for the worker (bullmq's processJob passes fetch_next=False and drops the reply);
+    and it publishes the job's progress (`Completion.progress`) in the same round trip."""
+
+    def __init__(self, backend: Any, worker: CompletingWorker) -> None:
+        self._backend = backend
+        self._worker = worker
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+    async def moveToCompleted(
+        self, job: Any, return_value: Any, remove_on_complete: Any, token: str, fetch_next: bool = False
+    ) -> Any:
+        """Mirrors bullmq 3.4 `RedisBackend.moveToCompleted` (its reply: the next job and finishedOn)."""
+        fetch = fetch_next or self._worker.may_prefetch()
+        progress = self._worker.pending_progress.pop(token, None)
+        if progress is None:
+            outcome = await self._backend.moveToCompleted(job, return_value, remove_on_complete, token, fetch)
+        else:
+            outcome = await self._progress_and_complete(
+                job, progress, return_value, remove_on_complete, token, fetch
+            )
+        if fetch and outcome.get("result"):
+            self._worker.prefetched[token] = outcome["result"]
+        return outcome
+
+    async def _progress_and_complete(
+        self, job: Any, progress: Any, return_value: Any, remove_on_complete: Any, token: str, fetch: bool
+    ) -> Any:
+        """Both scripts in one pipeline: not a transaction, so that a progress refused does not stop the
+        completion."""
+        scripts = self._backend.scripts
+
+        async def progress_then_complete(dry: Any) -> None:
+            await dry.updateProgress(job.id, progress)
+            await dry.moveToCompleted(job, return_value, remove_on_complete, token, fetch)
+
+        calls = await recorded_calls(scripts, progress_then_complete)
+        if tuple(call.name for call in calls) != PROGRESS_AND_COMPLETION:  # a bullmq this was not made for
+            return await self._one_by_one(job, progress, return_value, remove_on_complete, token, fetch)
+        pipe = scripts.redisClient.pipeline(transaction=False)
+        for call in calls:
+            pipe.evalsha(scripts.commands[call.name].sha, len(call.keys), *call.keys, *call.args)
+        progressed, finished = await pipe.execute(raise_on_error=False)
+
+        # A restarted Redis has lost the scripts: bullmq's own calls load them again. (Should a failing job
+        # have loaded moveToFinished again meanwhile, but not updateProgress, this progress follows the completion.)
+        if isinstance(progressed, NoScriptError):
+            progressed = await self._publish_progress(job, progress)
+        if isinstance(progressed, int) and progressed < 0:
+            progressed = scripts.finishedErrors(
+                {"code": progressed, "jobId": job.id, "command": "updateProgress"}
+            )
+        if isinstance(progressed, Exception):
+            self._worker.emit("progress_failed", job, progress, progressed)
+
+        if isinstance(finished, NoScriptError):
+            return await self._backend.moveToCompleted(job, return_value, remove_on_complete, token, fetch)
+        if isinstance(finished, Exception):
+            raise finished
+        if isinstance(finished, int) and finished < 0:  # what bullmq's Scripts.moveToFinished raises
+            raise scripts.finishedErrors(
+                {"code": finished, "jobId": job.id, "command": "moveToFinished", "state": "active"}
+            )
+        finished_on = calls[1].args[1]
+        return {"result": None if finished is None else raw2NextJobData(finished), "finishedOn": finished_on}
+
+    async def _publish_progress(self, job: Any, progress: Any) -> Exception | None:
+        try:
+            await self._backend.updateProgress(job.id, progress)
+        except Exception as exc:
+            return exc
+        return None
+
+    async def _one_by_one(
+        self, job: Any, progress: Any, return_value: Any, remove_on_complete: Any, token: str, fetch: bool
+    ) -> Any:
+        failure = await self._publish_progress(job, progress)
+        if failure is not None:
+            self._worker.emit("progress_failed", job, progress, failure)
+        return await self._backend.moveToCompleted(job, return_value, remove_on_complete, token, fetch)

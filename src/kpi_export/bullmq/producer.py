@@ -1,0 +1,27 @@
+"""Adding jobs as a Node producer does: the same Lua scripts, the same job options."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bullmq import Job, Queue
+
+from kpi_export.bullmq.connection import opened_queue
+from kpi_export.config import Settings
+
+
+async def add_jobs(settings: Settings, name: str, payloads: list[Any], opts: dict[str, Any]) -> list[str]:
+    """Add one job per payload, in one transaction; returns their ids."""
+    async with opened_queue(settings) as queue:
+        jobs = [_job_as_node_adds_it(queue, name, data, opts) for data in payloads]
+        await queue.backend.addJobs(jobs)  # what Queue.addBulk does (mirrors bullmq 3.4 `Queue.addBulk`)
+        return [str(job.id) for job in jobs]
+
+
+def _job_as_node_adds_it(queue: Queue, name: str, data: Any, opts: dict[str, Any]) -> Job:
+    """bullmq for Python stores `delay: 0` in every job's options, where npm bullmq leaves it out; a Node
+    consumer would then see options that its own producer never gives."""
+    job = Job(queue, name, data, dict(opts), opts.get("jobId"))
+    if not job.opts.get("delay"):
+        job.opts.pop("delay", None)
+    return job

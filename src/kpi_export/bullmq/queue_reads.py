@@ -1,0 +1,162 @@
+"""What an operator reads and does in the queue (the CLI's commands): look at one job, count, list, retry."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bullmq import Queue
+from redis.exceptions import RedisError
+
+from kpi_export.bullmq.connection import node_client_name, opened_queue
+from kpi_export.bullmq.job import attempts_allowed
+from kpi_export.bullmq.unreadable import unreadable_job_reason
+from kpi_export.config import Settings
+from kpi_export.contract import idempotency_key
+
+
+async def job_snapshot(settings: Settings, job_id: str) -> dict[str, Any] | None:
+    """One job as an operator wants to see it, or None when the queue has no such job."""
+    async with opened_queue(settings) as queue:
+        try:
+            job = await queue.getJob(job_id)
+        except Exception as exc:  # a hash bullmq cannot decode: show it as stored
+            raw = await queue.backend.getJobData(job_id)
+            return {
+                "id": job_id,
+                "state": await queue.getJobState(job_id),
+                "unreadable": unreadable_job_reason(raw, exc),
+                "hash": raw,
+            }
+        if job is None:
+            return None
+        state = await job.getState()
+        return {
+            "id": job.id,
+            "name": job.name,
+            "state": state,
+            "data": job.data,
+            "progress": job.progress,
+            "returnvalue": job.returnvalue,
+            "failedReason": job.failedReason,
+            "attemptsMade": job.attemptsMade,
+            "attempts": attempts_allowed(job),
+            "timestamp": job.timestamp,
+            "processedOn": job.processedOn or None,
+            "finishedOn": job.finishedOn or None,
+            "idempotencyKey": idempotency_key(queue.qualifiedName, job.id, job.timestamp),
+        }
+
+
+JOB_STATES = (
+    "waiting",
+    "prioritized",
+    "active",
+    "delayed",
+    "waiting-children",
+    "paused",
+    "completed",
+    "failed",
+)
+RETRY_BATCH = 500
+
+
+async def job_counts(queue: Queue) -> dict[str, int]:
+    """Jobs in each of bullmq's states."""
+    counts = await queue.getJobCounts(*JOB_STATES)
+    return {state: int(counts.get(state, 0)) for state in JOB_STATES}
+
+
+async def queue_stats(settings: Settings) -> dict[str, Any]:
+    """Job counts by state, the workers connected, and how long the oldest waiting job has waited."""
+    async with opened_queue(settings, max_connections=2) as queue:
+        counts = await job_counts(queue)
+        oldest = await queue.getJobs(["waiting"], 0, 0, True)
+        workers = await _workers(queue)
+    now_ms = _now_ms()
+    return {
+        "queue": settings.queue_name,
+        "counts": counts,
+        "workers": workers,
+        "oldest_waiting_age_s": round((now_ms - oldest[0].timestamp) / 1000, 1) if oldest else None,
+    }
+
+
+async def _workers(queue: Queue) -> list[dict[str, Any]] | None:
+    """One entry per worker connected to the queue, Python or Node (each names its Redis connections as npm
+    bullmq does, see `node_client_name`); None when this Redis does not allow CLIENT LIST."""
+    try:
+        clients = await queue.client.client_list()
+    except RedisError:
+        return None
+    prefix = node_client_name(queue.name, "")
+    workers: dict[str, dict[str, Any]] = {}
+    for client in clients:
+        raw = str(client.get("name", ""))
+        if not (raw.startswith(prefix) or raw == prefix.removesuffix(":w:")):
+            continue
+        name = raw.removeprefix(prefix) if raw.startswith(prefix) else "(unnamed)"
+        entry = workers.setdefault(name, {"name": name, "connections": 0, "age_s": 0})
+        entry["connections"] += 1
+        entry["age_s"] = max(entry["age_s"], int(client.get("age", 0) or 0))
+    return sorted(workers.values(), key=lambda worker: str(worker["name"]))
+
+
+async def list_jobs(settings: Settings, state: str, limit: int) -> list[dict[str, Any]]:
+    """The newest `limit` jobs in `state` (oldest first for the states that wait)."""
+    async with opened_queue(settings, max_connections=2) as queue:
+        oldest_first = state in ("waiting", "prioritized", "delayed", "paused")
+        jobs = await queue.getJobs([state], 0, limit - 1, oldest_first)
+    return [
+        {
+            "id": job.id,
+            "name": job.name,
+            "added": job.timestamp,
+            "attemptsMade": job.attemptsMade,
+            "attempts": attempts_allowed(job),
+            "failedReason": job.failedReason or None,
+            "returnvalue": job.returnvalue,
+            "finishedOn": job.finishedOn or None,
+            "data": job.data,
+        }
+        for job in jobs[:limit]
+    ]
+
+
+async def retry_jobs(settings: Settings, job_ids: list[str]) -> dict[str, str]:
+    """Put failed jobs back to wait; for each id: "retried", "not found" or "not failed (STATE)"."""
+    outcome: dict[str, str] = {}
+    async with opened_queue(settings, max_connections=2) as queue:
+        for job_id in job_ids:
+            job = await queue.getJob(job_id)
+            if job is None:
+                outcome[job_id] = "not found"
+                continue
+            state = await job.getState()
+            if state != "failed":
+                outcome[job_id] = f"not failed ({state})"
+                continue
+            await job.retry("failed")
+            outcome[job_id] = "retried"
+    return outcome
+
+
+async def retry_all_failed(settings: Settings, progress: Callable[[int, int], None]) -> int:
+    """Put every job that had failed when this started back to wait, in batches; `progress(done, total)` after
+    each batch. Jobs that fail again meanwhile are not retried twice. Returns how many were retried."""
+    async with opened_queue(settings, max_connections=2) as queue:
+        started_ms = _now_ms()
+        failed_key = queue.toKey("failed")
+        total = int(await queue.client.zcount(failed_key, "-inf", started_ms))
+        progress(0, total)
+        while True:
+            cursor = await queue.backend.retryJobs("failed", RETRY_BATCH, started_ms)
+            left = int(await queue.client.zcount(failed_key, "-inf", started_ms))
+            progress(total - left, total)
+            if not cursor or str(cursor) == "0":
+                return total - left
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

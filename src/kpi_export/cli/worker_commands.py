@@ -1,0 +1,85 @@
+"""Running the worker: `worker`, the readiness `check`, and the `demo` of `make run`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.markup import escape
+
+from kpi_export.cli.app import JSON_OPTION, cli, run, settings_or_exit
+from kpi_export.cli.render import echo_json, show, table
+from kpi_export.logs import setup_logging
+
+
+@cli.command()
+def worker() -> None:
+    """Consume QUEUE_NAME until SIGINT/SIGTERM; each valid job gives one row in kpi_auditoria_export.
+
+    WORKER_PROCESSES=N runs N worker processes under a supervisor that forwards signals and restarts them.
+    """
+    from kpi_export.runtime.process import run_worker_process
+
+    run_worker_process(settings_or_exit(stream=sys.stdout))
+
+
+@cli.command()
+@click.option(
+    "--jobs",
+    "total",
+    default=200,
+    show_default=True,
+    type=click.IntRange(1),
+    help="How many sample jobs to enqueue.",
+)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".demo"),
+    show_default=True,
+    help="Where the demo keeps its SQLite file and Redis socket.",
+)
+def demo(total: int, workdir: Path) -> None:
+    """The end-to-end demo of `make run`: an embedded Redis, SQLite, the real worker and sample jobs."""
+    try:
+        from kpi_export.demo.run import run_demo
+    except ModuleNotFoundError:
+        click.echo(
+            "kpi-export: the demo is not part of this installation; run `make run` in a clone", err=True
+        )
+        sys.exit(1)
+
+    setup_logging("WARNING", "text", stream=sys.stderr)
+    sys.exit(run_demo(total, workdir))
+
+
+@cli.command()
+@JSON_OPTION
+def check(as_json: bool) -> None:
+    """Readiness, for probes that run a command: exit 0 when Redis and the database answer and the audit table
+    is migrated, else 1 (the checks /readyz makes)."""
+    from kpi_export.bullmq import redis_client
+    from kpi_export.runtime.readiness import Readiness, check_readiness
+    from kpi_export.store import opened_engine
+
+    settings = settings_or_exit()
+
+    async def go() -> Readiness:
+        client = redis_client(settings, max_connections=1)
+        try:
+            async with opened_engine(settings.database, pooled=False) as engine:
+                return await check_readiness(client, engine)
+        finally:
+            await client.aclose()
+
+    readiness = run(go())
+    if as_json:
+        echo_json(readiness.body())
+    else:
+        found = table("check", "state")
+        for name, state in readiness.checks.items():
+            found.add_row(name, state if state == "ok" else f"[red]{escape(state)}[/red]")
+        show(found)
+        click.echo("ready" if readiness.ready else f"not ready: {', '.join(readiness.failing)}")
+    sys.exit(0 if readiness.ready else 1)

@@ -1,0 +1,173 @@
+"""The worker's lifecycle: wait for Redis and the database, run the consumer, drain on a signal, close.
+
+Exit status: 0 after a stop by signal, 1 when the worker cannot run (no audit table, processing loop died).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from kpi_export.bullmq import FORCED_CLOSE_GRACE, QueueConsumer, create_queue, redis_client, redis_target
+from kpi_export.config import Settings
+from kpi_export.errors import SchemaNotReady, StartupError
+from kpi_export.logs import Throttle
+from kpi_export.redaction import describe
+from kpi_export.runtime.health import Closer, serve_health
+from kpi_export.runtime.listeners import JobEventLog
+from kpi_export.runtime.metrics import WorkerMetrics
+from kpi_export.runtime.processor import JobDeps, process_job
+from kpi_export.runtime.queue_depth import refresh_queue_depth
+from kpi_export.runtime.redis_memory import check_eviction_policy
+from kpi_export.runtime.redis_watch import RedisWatch
+from kpi_export.runtime.signals import StopSignals
+from kpi_export.runtime.waiting import wait_until
+from kpi_export.store import AuditStore, create_engine
+from kpi_export.store.faults import is_transient
+from kpi_export.store.schema import check_ready
+
+log = logging.getLogger(__name__)
+
+DATABASE_RETRY_INTERVAL = 2.0
+
+
+class Lifecycle:
+    """Where the worker is, for /livez: "starting" (waiting for Redis and the database), "running" (the
+    processing loop runs, also while it drains), "stopped"."""
+
+    def __init__(self) -> None:
+        self.run_task: asyncio.Task[None] | None = None
+
+    def state(self) -> str:
+        if self.run_task is None:
+            return "starting"
+        return "stopped" if self.run_task.done() else "running"
+
+
+async def run_worker(
+    settings: Settings, stop: StopSignals | None = None, *, started: Callable[[], None] | None = None
+) -> int:
+    """Run until a signal (or `stop`) stops it; return the exit status. `started` is called once Redis and the
+    database are up."""
+    stop = stop or StopSignals()
+    throttle = Throttle()
+    metrics = WorkerMetrics(settings.queue_name)
+    lifecycle = Lifecycle()
+    watch = RedisWatch(
+        redis_client(settings, max_connections=1),
+        redis_target(settings),
+        on_reconnect=metrics.redis_reconnected,
+    )
+    engine = create_engine(settings.database, pool_size=min(settings.worker_concurrency, 20))
+    store = AuditStore(engine, timeout=settings.db_write_timeout)
+    background: list[asyncio.Task[None]] = []
+    closers: list[Closer] = []
+    try:
+        if settings.health_port is not None:
+            await serve_health(settings, lifecycle.state, metrics, closers)
+        if not await watch.wait_until_up(stop.requested):
+            return 0
+        await check_eviction_policy(watch.client)
+        if not await _wait_for_database(engine, stop.requested):
+            return 0
+        watch.start()
+        if settings.health_port is not None:
+            queue = create_queue(settings, max_connections=1)
+            closers.append(queue.close)
+            refresh = refresh_queue_depth(queue, metrics, settings.queue_metrics_interval)
+            background.append(asyncio.create_task(refresh))
+        deps = JobDeps(store, settings.db_retry_window, throttle, metrics)
+        consumer = QueueConsumer(
+            settings,
+            functools.partial(process_job, deps=deps),
+            JobEventLog(settings.queue_name, throttle, metrics, watch),
+        )
+        if started is not None:
+            started()
+        return await _supervise(consumer, settings, stop, lifecycle)
+    except StartupError as exc:
+        log.error("Cannot start: %s", exc, extra={"event": "worker.cannot_start"})
+        return 1
+    finally:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        await _release([*reversed(closers), watch.close, store.close, engine.dispose])
+        stop.remove()
+
+
+async def _release(closers: list[Closer]) -> None:
+    """Close connections, servers and pools, for FORCED_CLOSE_GRACE at most: a driver blocked on a server
+    that no longer answers (a SQLite file locked by another process, a database behind a dead network) must
+    not hold the stop beyond SHUTDOWN_TIMEOUT. The process exits right after."""
+    deadline = time.monotonic() + FORCED_CLOSE_GRACE
+    for close in closers:
+        try:
+            await asyncio.wait_for(close(), timeout=max(deadline - time.monotonic(), 0.1))
+        except Exception as exc:
+            log.warning("Not closed cleanly: %s", describe(exc), extra={"event": "worker.close_failed"})
+
+
+async def _wait_for_database(engine: AsyncEngine, give_up: asyncio.Event) -> bool:
+    """Wait while the database is unreachable; raise StartupError when waiting cannot help."""
+    reported = False
+
+    async def ready() -> bool:
+        nonlocal reported
+        try:
+            await check_ready(engine)
+        except SchemaNotReady:
+            raise
+        except Exception as exc:
+            if not is_transient(exc):
+                raise StartupError(f"the database refused the worker: {describe(exc)}") from None
+            if not reported:
+                log.warning(
+                    "Database not reachable (%s); waiting for it",
+                    describe(exc),
+                    extra={"event": "db.waiting"},
+                )
+                reported = True
+            return False
+        return True
+
+    if not await wait_until(ready, give_up, DATABASE_RETRY_INTERVAL):
+        return False
+    if reported:
+        log.info("Database reachable", extra={"event": "db.back"})
+    return True
+
+
+async def _supervise(
+    consumer: QueueConsumer, settings: Settings, stop: StopSignals, lifecycle: Lifecycle
+) -> int:
+    run = asyncio.create_task(consumer.run(), name="bullmq-worker")
+    lifecycle.run_task = run
+    log.info(
+        'Worker escuchando cola "%s" (concurrency=%d)',
+        settings.queue_name,
+        settings.worker_concurrency,
+        extra={"event": "worker.started", "queue": settings.queue_name},
+    )
+    stopping = asyncio.create_task(stop.requested.wait())
+    await asyncio.wait({run, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if run.done():  # before any close: even with a stop requested at the same moment, this is a crash
+        # The processing loop returns only when it breaks: idling on would hide it.
+        error = run.exception() if not run.cancelled() else None
+        log.error(
+            "The processing loop stopped unexpectedly (%s); exiting so that a supervisor restarts the worker",
+            describe(error) if error else "no error",
+            extra={"event": "worker.crashed"},
+        )
+        stopping.cancel()
+        await consumer.close(abandon=True)
+        return 1
+    if await consumer.close(timeout=settings.shutdown_timeout, forced=stop.forced):
+        await asyncio.wait({run}, timeout=FORCED_CLOSE_GRACE)
+    log.info("Worker stopped", extra={"event": "worker.stopped"})
+    return 0

@@ -1,0 +1,128 @@
+"""What the worker does with one job: validate, write the audit row once, publish its id, return it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from kpi_export.bullmq import Completion, QueuedJob
+from kpi_export.contract import AuditEntry, idempotency_key, parse_job_data
+from kpi_export.errors import AuditWriteError, TransientDatabaseError
+from kpi_export.logs import Throttle
+from kpi_export.redaction import describe
+from kpi_export.runtime.metrics import WorkerMetrics
+from kpi_export.store import AuditStore, utc_now
+from kpi_export.store.faults import is_transient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobDeps:
+    """What `process_job` needs, given as a keyword argument (functools.partial)."""
+
+    store: AuditStore
+    retry_window: float  # seconds a transient database fault is retried inside the job
+    throttle: Throttle
+    metrics: WorkerMetrics = field(default_factory=lambda: WorkerMetrics(""))
+
+    @property
+    def queue(self) -> str:
+        return self.metrics.queue
+
+
+async def process_job(job: QueuedJob, *, deps: JobDeps) -> Completion:
+    """The job's row id, as its result and as its progress (published with the completion)."""
+    started = time.monotonic()
+    deps.metrics.job_started()
+    try:
+        return await _process(job, deps)
+    finally:
+        deps.metrics.job_ended(time.monotonic() - started)
+
+
+async def _process(job: QueuedJob, deps: JobDeps) -> Completion:
+    entry = parse_job_data(job.data)  # InvalidJobData fails the job for good
+    for warning in entry.warnings:
+        log.warning(
+            "Job %s: %s",
+            job.id,
+            warning,
+            extra={"event": "job.warning", "job_id": job.id, "queue": deps.queue},
+        )
+    key = idempotency_key(job.queueQualifiedName, job.id, job.timestamp)
+    id_export = await write_audit_row(deps, job, entry, key)
+    result = {"idExport": id_export}
+    return Completion(result=result, progress=result)
+
+
+async def write_audit_row(deps: JobDeps, job: QueuedJob, entry: AuditEntry, key: str) -> int:
+    """The idempotent insert, retried with backoff while the fault is transient and the window lasts."""
+
+    def report(error: BaseException | None) -> None:
+        deps.throttle.log(
+            log,
+            "database-transient",
+            logging.WARNING,
+            "Transient database fault (%s); the audit write is retried for up to %.0f s (job %s)",
+            describe(error) if error else "unknown",
+            deps.retry_window,
+            job.id,
+            extra={"event": "db.retry", "job_id": job.id, "queue": deps.queue},
+        )
+
+    async def attempt_write() -> int:
+        started = time.monotonic()
+        try:
+            return await deps.store.record(entry, key, created_at)
+        finally:
+            deps.metrics.db_write(time.monotonic() - started)
+
+    created_at = utc_now()
+    try:  # the usual case, without the retry machinery (it showed in the profile)
+        return await attempt_write()
+    except Exception as exc:
+        if not is_transient(exc) or deps.retry_window <= 0:
+            raise _refused(deps, job, exc) from None
+        deps.metrics.retried_inside()
+        report(exc)
+    try:
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(is_transient),
+            wait=wait_exponential_jitter(multiplier=0.1, max=5.0),
+            stop=stop_after_delay(deps.retry_window),
+            before_sleep=lambda state: report(state.outcome.exception() if state.outcome else None),
+            reraise=True,
+        ):
+            with attempt:
+                return await attempt_write()
+    except Exception as exc:
+        raise _refused(deps, job, exc) from None
+    raise AssertionError("unreachable: tenacity either returns or raises")
+
+
+def _refused(deps: JobDeps, job: QueuedJob, exc: Exception) -> Exception:
+    """The job's failure; the driver's exception stays out of the chain (bullmq stores it in Redis)."""
+    if is_transient(exc):
+        log.error(
+            "Job %s: database still unavailable: %s",
+            job.id,
+            describe(exc),
+            extra={"event": "db.unavailable", "job_id": job.id, "queue": deps.queue},
+        )
+        return TransientDatabaseError(f"base de datos no disponible: {describe(exc)}")
+    log.error(
+        "Job %s: audit row refused: %s",
+        job.id,
+        describe(exc),
+        extra={"event": "db.refused", "job_id": job.id, "queue": deps.queue},
+    )
+    return AuditWriteError(f"error de base de datos: {describe(exc)}")

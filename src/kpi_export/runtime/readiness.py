@@ -1,0 +1,66 @@
+"""Is this worker ready to take jobs: Redis answers, the database answers and the audit table is migrated.
+
+Used by /readyz and by `kpi-export check`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from kpi_export.errors import SchemaNotReady
+from kpi_export.redaction import describe
+from kpi_export.store.schema import check_ready
+
+CHECKS = ("redis", "database", "audit_table")
+OK = "ok"
+# A probe that waits longer than this for one service reports it as not ready.
+CHECK_TIMEOUT = 3.0
+
+
+@dataclass(frozen=True)
+class Readiness:
+    checks: dict[str, str]  # each of CHECKS: "ok" or why not
+
+    @property
+    def ready(self) -> bool:
+        return all(state == OK for state in self.checks.values())
+
+    @property
+    def failing(self) -> list[str]:
+        return [name for name, state in self.checks.items() if state != OK]
+
+    def body(self) -> dict[str, Any]:
+        return {"status": "ready" if self.ready else "not ready", "checks": self.checks}
+
+
+async def check_readiness(redis: Redis, engine: AsyncEngine, timeout: float = CHECK_TIMEOUT) -> Readiness:
+    """Both services are checked at once; none of them for longer than `timeout` seconds."""
+    redis_state, (database, table) = await asyncio.gather(_redis(redis, timeout), _database(engine, timeout))
+    return Readiness({"redis": redis_state, "database": database, "audit_table": table})
+
+
+async def _redis(client: Redis, timeout: float) -> str:
+    try:
+        await asyncio.wait_for(client.ping(), timeout)
+    except TimeoutError:
+        return f"no answer within {timeout:g} s"
+    except Exception as exc:
+        return describe(exc)
+    return OK
+
+
+async def _database(engine: AsyncEngine, timeout: float) -> tuple[str, str]:
+    try:
+        await asyncio.wait_for(check_ready(engine), timeout)
+    except SchemaNotReady as exc:
+        return OK, str(exc)
+    except TimeoutError:
+        return f"no answer within {timeout:g} s", "not checked"
+    except Exception as exc:
+        return describe(exc), "not checked"
+    return OK, OK

@@ -1,0 +1,112 @@
+"""Watches Redis with a ping: waits for it at start, and logs one line when it is lost and one when it is back.
+
+bullmq retries lost connections silently; this is what tells the operator about an outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from redis.asyncio import Redis
+from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError
+
+from kpi_export.bullmq import RedisTarget
+from kpi_export.errors import StartupError
+from kpi_export.redaction import describe
+from kpi_export.runtime.waiting import is_set_within, wait_until
+
+log = logging.getLogger(__name__)
+
+PING_INTERVAL = 2.0
+_REFUSALS = (AuthenticationError, AuthorizationError, NoPermissionError)
+
+
+class RedisWatch:
+    def __init__(
+        self,
+        client: Redis,
+        target: RedisTarget,
+        interval: float = PING_INTERVAL,
+        on_reconnect: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.client = client
+        self.on_reconnect = on_reconnect
+        self.target = target
+        self.interval = interval
+        self.up = False
+        self.reached = False  # answered at least once
+        self.outages = 0  # times Redis was lost after having been reached
+        self._lost_at: float | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._poked = asyncio.Event()
+
+    async def check(self) -> bool:
+        """Ping once; log the transitions between reachable and not.
+
+        Raises StartupError when Redis refuses the credentials before it was ever reached: waiting will not
+        change the password. Later (a password rotated under a running worker) it counts as an outage.
+        """
+        try:
+            await asyncio.wait_for(self.client.ping(), timeout=self.interval * 3)
+        except Exception as exc:
+            if isinstance(exc, _REFUSALS) and not self.reached:
+                raise StartupError(
+                    f"Redis at {self.target.display} refused the worker: {describe(exc)}"
+                ) from None
+            if self._lost_at is None:
+                self._lost_at = time.monotonic()
+                if self.reached:
+                    self.outages += 1
+                    log.warning(
+                        "Redis connection lost at %s (%s); reconnecting",
+                        self.target.display,
+                        describe(exc),
+                        extra={"event": "redis.lost"},
+                    )
+                else:
+                    log.warning(
+                        "Redis not reachable at %s (%s); waiting for it",
+                        self.target.display,
+                        describe(exc),
+                        extra={"event": "redis.waiting"},
+                    )
+            self.up = False
+            return False
+        if self._lost_at is not None:
+            log.info(
+                "Redis reachable again at %s after %.1f s",
+                self.target.display,
+                time.monotonic() - self._lost_at,
+                extra={"event": "redis.back"},
+            )
+            self._lost_at = None
+            if self.reached:
+                self.on_reconnect()
+        self.up = self.reached = True
+        return True
+
+    async def wait_until_up(self, give_up: asyncio.Event) -> bool:
+        """Block until Redis answers (True) or `give_up` is set (False)."""
+        return await wait_until(self.check, give_up, self.interval)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="redis-watch")
+
+    def poke(self) -> None:
+        """Check now rather than at the next interval (a connection error was seen elsewhere)."""
+        self._poked.set()
+
+    async def _run(self) -> None:
+        while True:
+            await is_set_within(self._poked, self.interval)
+            self._poked.clear()
+            await self.check()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.client.aclose()

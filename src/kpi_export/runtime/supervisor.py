@@ -1,0 +1,104 @@
+"""WORKER_PROCESSES=N: N worker processes under one small supervisor.
+
+The supervisor forwards SIGINT/SIGTERM to every child (a second signal too: the children then stop at once),
+restarts a child that dies, and exits when all have stopped: 0 when every child exited 0. The children run
+in a session of their own, so a Control-C in a terminal reaches them once, through the supervisor, and not
+twice (which they would take for "stop at once"). A child that keeps dying within seconds of its start is a
+crash loop (a missing table, a database refusing the credentials): after CRASH_LOOP_LIMIT such starts the
+supervisor stops the others and exits 1, as a single worker would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from collections.abc import Mapping, Sequence
+
+from kpi_export.runtime.waiting import is_set_within
+
+log = logging.getLogger(__name__)
+
+QUICK_EXIT = 10.0  # seconds: a child that dies sooner than this after its start counts towards a crash loop
+CRASH_LOOP_LIMIT = 3
+RESTART_DELAY_MAX = 30.0
+
+
+class Supervisor:
+    def __init__(self, processes: int, command: Sequence[str], env: Mapping[str, str]) -> None:
+        self.processes = processes
+        self.command = list(command)
+        self.env = dict(env)
+        self.stopping = asyncio.Event()
+        self.crash_loop = False
+        self._children: dict[int, asyncio.subprocess.Process] = {}
+
+    def forward(self, sig: signal.Signals) -> None:
+        if not self.stopping.is_set():
+            log.info("%s: stopping the %d worker processes", sig.name, len(self._children))
+        self.stopping.set()
+        for child in list(self._children.values()):
+            if child.returncode is None:
+                child.send_signal(sig)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.forward, sig)
+        try:
+            statuses = await asyncio.gather(*(self._slot(slot) for slot in range(1, self.processes + 1)))
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        if self.crash_loop:
+            return 1
+        return 0 if all(status == 0 for status in statuses) else 1
+
+    async def _slot(self, slot: int) -> int:
+        """Keep one worker process running until the stop; returns its last exit status."""
+        quick_exits = 0
+        delay = 1.0
+        while True:
+            started = time.monotonic()
+            child = await asyncio.create_subprocess_exec(*self.command, env=self.env, start_new_session=True)
+            self._children[slot] = child
+            log.info("Worker process %d started (pid %d)", slot, child.pid)
+            status = await child.wait()
+            if self.stopping.is_set():
+                return status
+            lived = time.monotonic() - started
+            quick_exits = quick_exits + 1 if lived < QUICK_EXIT else 0
+            delay = delay if quick_exits else 1.0
+            if quick_exits >= CRASH_LOOP_LIMIT:
+                log.error(
+                    "Worker process %d exited %d times within %.0f s of its start; stopping",
+                    slot,
+                    quick_exits,
+                    QUICK_EXIT,
+                )
+                self.crash_loop = True
+                self.forward(signal.SIGTERM)
+                return status
+            log.warning(
+                "Worker process %d (pid %d) exited with status %s after %.1f s; restarting it in %.0f s",
+                slot,
+                child.pid,
+                _describe(status),
+                lived,
+                delay,
+            )
+            if await is_set_within(self.stopping, delay):
+                return status
+            delay = min(delay * 2, RESTART_DELAY_MAX)
+
+
+def _describe(status: int) -> str:
+    if status < 0:
+        return f"{status} ({signal.Signals(-status).name})"
+    return str(status)
+
+
+def worker_command() -> list[str]:
+    return [sys.executable, "-m", "kpi_export", "worker"]

@@ -1,0 +1,64 @@
+"""The SQLAlchemy async engine for a DATABASE_URL, and the one way to open and dispose of one."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from kpi_export.store.url import DatabaseTarget
+
+
+def create_engine(target: DatabaseTarget, *, pool_size: int = 5, pooled: bool = True) -> AsyncEngine:
+    """An engine that never puts job data in an error message (`hide_parameters`).
+
+    `pooled=False`: a new connection each time (health checks, which must see the server as it is now)."""
+    kwargs: dict[str, Any] = {
+        "connect_args": target.connect_args,
+        "hide_parameters": True,
+        "json_serializer": prisma_json,
+    }
+    if not pooled:
+        kwargs["poolclass"] = NullPool
+    elif target.dialect != "sqlite":
+        kwargs |= {
+            "pool_size": target.pool_size or pool_size,
+            "max_overflow": 0,
+            "pool_timeout": 60,
+            "pool_use_lifo": True,
+        }
+    engine = create_async_engine(target.url, **kwargs)
+    if target.dialect == "sqlite":
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+@contextlib.asynccontextmanager
+async def opened_engine(
+    target: DatabaseTarget, *, pool_size: int = 5, pooled: bool = True
+) -> AsyncIterator[AsyncEngine]:
+    """`async with opened_engine(settings.database) as engine:` an engine, disposed of at the end."""
+    engine = create_engine(target, pool_size=pool_size, pooled=pooled)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+def prisma_json(value: Any) -> str:
+    """JSON text as Prisma writes it (compact, UTF-8 kept): where the column is text (MariaDB's JSON,
+    SQLite), rows written by the worker and by the original are byte for byte alike."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets readers (the CLI, a dashboard) run beside the worker's writes.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()

@@ -1,0 +1,87 @@
+"""Which database errors a retry can cure.
+
+Pure: looks only at the exception objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+from sqlalchemy import exc as sa_exc
+
+# PostgreSQL SQLSTATEs: class 08 connection exceptions, plus these.
+_TRANSIENT_SQLSTATES = {
+    "40001",  # serialization_failure
+    "40P01",  # deadlock_detected
+    "55P03",  # lock_not_available
+    "57P01",  # admin_shutdown: the server is restarting
+    "57P02",  # crash_shutdown
+    "57P03",  # cannot_connect_now: the server is starting up
+    "53300",  # too_many_connections
+    "25006",  # read_only_sql_transaction: a failover left us on a replica
+}
+# MySQL / MariaDB error numbers.
+_TRANSIENT_MYSQL_CODES = {
+    1040,  # too many connections
+    1053,  # server shutdown in progress
+    1205,  # lock wait timeout
+    1213,  # deadlock
+    1290,  # --read-only (failover)
+    1836,  # read-only mode
+    2002,  # can't connect (socket)
+    2003,  # can't connect (TCP)
+    2006,  # server has gone away
+    2013,  # lost connection during query
+    1927,  # connection killed
+    4031,  # disconnected by the server
+}
+_SQLITE_BUSY = ("database is locked", "database is busy", "database table is locked")
+_NETWORK_ERRORS = (OSError, ConnectionError, asyncio.TimeoutError, TimeoutError)
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for connection loss, server restart, failover, deadlock, serialization failure, busy SQLite."""
+    if not isinstance(error, Exception):
+        # A cancellation (a forced stop) raised while a network error was being handled has that error as
+        # its context; retrying it would swallow the stop.
+        return False
+    if isinstance(error, sa_exc.TimeoutError):  # no pool connection came free in time
+        return True
+    if isinstance(error, sa_exc.DBAPIError):
+        if error.connection_invalidated:
+            return True
+        orig = error.orig
+        sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+        if isinstance(sqlstate, str):
+            return sqlstate.startswith("08") or sqlstate in _TRANSIENT_SQLSTATES
+        code = _mysql_code(orig)
+        if code is not None:
+            return code in _TRANSIENT_MYSQL_CODES
+        if any(text in str(orig).lower() for text in _SQLITE_BUSY):
+            return True
+        return _caused_by_network(error)
+    return _caused_by_network(error)
+
+
+def _mysql_code(orig: BaseException | None) -> int | None:
+    args = getattr(orig, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def _caused_by_network(error: BaseException) -> bool:
+    chain = _chain(error)
+    if any(
+        isinstance(e, ssl.SSLError) for e in chain
+    ):  # a certificate or TLS setting: waiting will not fix it
+        return False
+    return any(isinstance(e, _NETWORK_ERRORS) and not isinstance(e, sa_exc.SQLAlchemyError) for e in chain)
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and all(current is not e for e in seen):
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen

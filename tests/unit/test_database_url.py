@@ -1,0 +1,92 @@
+"""DATABASE_URL as a Prisma application already has it."""
+
+from __future__ import annotations
+
+import ssl
+
+import pytest
+
+from kpi_export.store.url import parse_database_url
+
+
+def test_prisma_postgres_url_with_schema_sets_the_search_path() -> None:
+    target = parse_database_url("postgresql://app:s3cret@db.internal:5432/kpis?schema=auditoria")
+    assert target.dialect == "postgresql"
+    assert target.url.drivername == "postgresql+asyncpg"
+    assert (target.url.host, target.url.port, target.url.database) == ("db.internal", 5432, "kpis")
+    assert target.connect_args == {"timeout": 10.0, "server_settings": {"search_path": '"auditoria"'}}
+    assert target.schema == "auditoria"
+    assert "s3cret" not in target.display and "***" in target.display
+
+
+def test_prisma_postgres_parameters_are_translated() -> None:
+    target = parse_database_url(
+        "postgres://u@h/db?schema=public&sslmode=require&connection_limit=7&connect_timeout=3"
+        "&pgbouncer=true&application_name=kpi&pool_timeout=10"
+    )
+    assert target.connect_args == {
+        "ssl": "require",
+        "timeout": 3.0,
+        "statement_cache_size": 0,
+        "server_settings": {"search_path": '"public"', "application_name": "kpi"},
+    }
+    assert target.pool_size == 7
+
+
+def test_mysql_url_as_prisma_writes_it() -> None:
+    target = parse_database_url("mysql://root:pw@127.0.0.1:3306/test?connection_limit=3&connect_timeout=4")
+    assert target.dialect == "mysql"
+    assert target.url.drivername == "mysql+aiomysql"
+    assert target.url.query == {"charset": "utf8mb4"}
+    assert target.connect_args == {"connect_timeout": 4.0}
+    assert target.pool_size == 3
+
+
+def test_mysql_socket_and_sslaccept() -> None:
+    target = parse_database_url(
+        "mysql://u@localhost/db?socket=/run/mysqld/mysqld.sock&sslaccept=accept_invalid_certs"
+    )
+    assert target.connect_args["unix_socket"] == "/run/mysqld/mysqld.sock"
+    context = target.connect_args["ssl"]
+    assert isinstance(context, ssl.SSLContext) and context.verify_mode == ssl.CERT_NONE
+    strict = parse_database_url("mysql://u@h/db?sslaccept=strict").connect_args["ssl"]
+    assert strict.verify_mode == ssl.CERT_REQUIRED and strict.check_hostname
+
+
+@pytest.mark.parametrize(
+    ("raw", "path"),
+    [
+        ("file:./dev.db", "dev.db"),
+        ("file:dev.db", "dev.db"),
+        ("file:/var/lib/kpi/audit.db", "/var/lib/kpi/audit.db"),
+        ("file:./dev.db?connection_limit=1", "dev.db"),
+        ("sqlite:///relative.db", "relative.db"),
+        ("sqlite+aiosqlite:////abs/audit.db", "/abs/audit.db"),
+    ],
+)
+def test_sqlite_urls(raw: str, path: str) -> None:
+    target = parse_database_url(raw)
+    assert target.dialect == "sqlite"
+    assert target.url.drivername == "sqlite+aiosqlite"
+    assert target.url.database == path
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("mongodb://u:topsecret@h/db", "unsupported scheme 'mongodb'"),
+        ("not a url", "not a database URL"),
+        ("file:", "must name a SQLite file"),
+        ("sqlite://", "must name a SQLite file"),
+        ("file::memory:", "must name a SQLite file"),
+        ("postgresql://u:topsecret@h/db?sslcert=x.pem", "does not understand: sslcert"),
+        ("postgresql://u:topsecret@h/db?connection_limit=many", "connection_limit must be a number"),
+        ("mysql://u:topsecret@h/db?sslcert=x.pem", "does not understand: sslcert"),
+        ("mysql://u:topsecret@h/db?sslaccept=maybe", "sslaccept must be strict or accept_invalid_certs"),
+    ],
+)
+def test_bad_urls_are_refused_without_echoing_the_password(raw: str, message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_database_url(raw)
+    assert message in str(caught.value)
+    assert "topsecret" not in str(caught.value)

@@ -1,0 +1,96 @@
+"""Which database errors are retried inside the job, and what a failure says."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+import pytest
+from sqlalchemy import exc as sa_exc
+
+from kpi_export.redaction import describe
+from kpi_export.store.faults import is_transient
+
+
+class DriverError(Exception):
+    """What a DB-API driver raises, carrying its code as the real ones do."""
+
+    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+def wrapped(
+    orig: BaseException, kind: type[sa_exc.DBAPIError] = sa_exc.OperationalError, invalidated: bool = False
+) -> sa_exc.DBAPIError:
+    return kind("INSERT INTO kpi_auditoria_export ...", None, orig, connection_invalidated=invalidated)
+
+
+@pytest.mark.parametrize("sqlstate", ["08006", "08001", "40001", "40P01", "57P01", "57P03", "25006"])
+def test_postgres_transient_states(sqlstate: str) -> None:
+    assert is_transient(wrapped(DriverError("x", sqlstate)))
+
+
+@pytest.mark.parametrize("sqlstate", ["23505", "42P01", "22P02", "42501"])
+def test_postgres_permanent_states(sqlstate: str) -> None:
+    assert not is_transient(wrapped(DriverError("x", sqlstate), sa_exc.ProgrammingError))
+
+
+@pytest.mark.parametrize(
+    ("code", "transient"), [(1213, True), (2013, True), (2006, True), (1062, False), (1146, False)]
+)
+def test_mysql_codes(code: int, transient: bool) -> None:
+    assert is_transient(wrapped(Exception(code, "message"))) is transient
+
+
+def test_sqlite_busy_is_transient_and_a_missing_table_is_not() -> None:
+    assert is_transient(wrapped(Exception("database is locked")))
+    assert not is_transient(wrapped(Exception("no such table: kpi_auditoria_export")))
+
+
+def test_an_invalidated_connection_and_a_network_error_are_transient() -> None:
+    assert is_transient(wrapped(Exception("closed"), sa_exc.InterfaceError, invalidated=True))
+    assert is_transient(ConnectionRefusedError(111, "Connection refused"))
+    try:
+        try:
+            raise ConnectionResetError("reset by peer")
+        except ConnectionResetError as cause:
+            raise RuntimeError("the driver gave up") from cause
+    except RuntimeError as chained:
+        assert is_transient(chained)
+    assert is_transient(sa_exc.TimeoutError("QueuePool limit reached"))
+
+
+def test_a_tls_error_is_permanent_even_though_it_is_an_oserror() -> None:
+    try:
+        try:
+            raise ssl.SSLCertVerificationError("certificate verify failed")
+        except ssl.SSLError as cause:
+            raise ConnectionError("could not connect") from cause
+    except ConnectionError as chained:
+        assert not is_transient(chained)
+
+
+def test_a_cancellation_is_never_retried_even_while_a_network_error_is_handled() -> None:
+    try:
+        try:
+            raise ConnectionResetError("reset by peer")
+        except ConnectionResetError:
+            raise asyncio.CancelledError() from None  # a forced stop arriving during the backoff
+    except asyncio.CancelledError as cancelled:
+        cancelled.__context__ = ConnectionResetError("reset by peer")
+        assert not is_transient(cancelled)
+
+
+def test_other_errors_are_permanent() -> None:
+    assert not is_transient(ValueError("bad"))
+    assert not is_transient(wrapped(DriverError("value too long", "22001"), sa_exc.DataError))
+
+
+def test_describe_gives_the_driver_message_on_one_line_without_credentials() -> None:
+    error = wrapped(
+        DriverError("connect to postgresql://app:hunter2@db:5432/kpis failed\nDETAIL: more", "08001")
+    )
+    assert describe(error) == "DriverError: connect to postgresql://***@db:5432/kpis failed"
+    unencoded = wrapped(DriverError("redis://user:p@ss@cache:6379 refused\x1b[2J"))
+    assert describe(unencoded) == "DriverError: redis://***@cache:6379 refused\\x1b[2J"
