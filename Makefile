@@ -1,5 +1,7 @@
 # The two set-up commands: `make run` (the end-to-end demo) and `make test` (the whole suite).
 # `make bench` measures this worker against the Node original (not part of `make test`).
+# Python packages are installed from the lock files in requirements/ (hashes checked); `make lock` refreshes
+# them from pyproject.toml's ranges, `make test-latest` runs the suite on the newest bullmq and redis.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,12 +10,17 @@ STAMP := $(VENV)/.installed
 NODE_DIR := tests/interop
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 
-.PHONY: run test lint unit bench profile clean
+.PHONY: run test lint unit bench profile lock test-latest clean
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+# The locked packages, then the project itself (editable, no dependency of its own resolved again).
+define install_locked
+	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --require-hashes -r $(2)
+	$(1)/bin/python -m pip install --quiet --no-deps -e .
+endef
+
+$(STAMP): pyproject.toml requirements/dev.txt
+	$(call install_locked,$(VENV),requirements/dev.txt)
 	touch $(STAMP)
 
 $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
@@ -44,8 +51,8 @@ BENCH_STAMP := $(VENV)/.bench-installed
 NODE_BASELINE := bench/node-baseline
 NODE_WORKER := $(NODE_BASELINE)/dist/worker.js
 
-$(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+$(BENCH_STAMP): $(STAMP) requirements/bench.txt
+	$(call install_locked,$(VENV),requirements/bench.txt)
 	touch $(BENCH_STAMP)
 
 # Prisma 7 needs no engine at run time; `prisma generate` only checks that this path exists.
@@ -61,6 +68,33 @@ bench: $(BENCH_STAMP) $(NODE_WORKER)
 profile: $(BENCH_STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m bench.profile $(PROFILE_ARGS)
 
+# The lock files, from pyproject.toml: runtime (the Docker image), dev (make test, make run, CI) and bench.
+# Pins already there are kept while pyproject.toml allows them; LOCK_ARGS=--upgrade takes the newest releases
+# in range, LOCK_ARGS="--upgrade-package bullmq" one package's. uv runs from a venv of its own.
+UV_VERSION := 0.13.9
+TOOLS := .venv-tools
+LOCK := $(TOOLS)/bin/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes \
+	--quiet --custom-compile-command "make lock" $(LOCK_ARGS)
+
+lock:
+	test -x $(TOOLS)/bin/uv || { $(PYTHON) -m venv $(TOOLS) && $(TOOLS)/bin/python -m pip install --quiet uv==$(UV_VERSION); }
+	$(LOCK) -o requirements/runtime.txt
+	$(LOCK) --extra dev -o requirements/dev.txt
+	$(LOCK) --extra dev --extra bench -o requirements/bench.txt
+
+# The whole suite against the newest bullmq and redis on PyPI, whatever pyproject.toml allows (not in CI):
+# an upstream release that breaks the adapter (tests/unit/test_bullmq_compat.py first) is seen before anyone
+# upgrades. Its own venv, so that .venv keeps the locked versions.
+LATEST := .venv-latest
+
+test-latest: $(NODE_STAMP)
+	$(call install_locked,$(LATEST),requirements/dev.txt)
+	$(LATEST)/bin/python -m pip install --quiet --upgrade bullmq 'redis[hiredis]'
+	$(LATEST)/bin/python -m pip list 2>/dev/null | grep -iE '^(bullmq|redis|hiredis) '
+	$(LATEST)/bin/ruff check src tests bench
+	$(LATEST)/bin/mypy
+	KPI_TEST_LATEST=1 $(LATEST)/bin/pytest $(PYTEST_ARGS)
+
 clean:
-	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache $(NODE_DIR)/node_modules $(NODE_BASELINE)/node_modules \
+	rm -rf $(VENV) $(TOOLS) $(LATEST) .demo .pytest_cache .mypy_cache .ruff_cache $(NODE_DIR)/node_modules $(NODE_BASELINE)/node_modules \
 		$(NODE_BASELINE)/dist
