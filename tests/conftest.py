@@ -68,7 +68,7 @@ def queue_name(redis_url: str) -> Iterator[str]:
     yield name
     client = redis.Redis.from_url(redis_url)
     try:
-        keys = list(client.scan_iter(match=f"bull:{name}:*", count=1000))
+        keys = list(client.scan_iter(match=f"*:{name}:*", count=1000))  # any prefix
         if keys:
             client.delete(*keys)
     finally:

@@ -103,7 +103,7 @@ async def wait_until(
 async def wait_for_workers(settings: Settings, count: int = 1, timeout: float = 20) -> None:
     """Wait until `count` workers (Python or Node) listen on the queue, found as npm bullmq's `getWorkers()`
     finds them: by the names of their Redis connections."""
-    prefix = node_client_name(settings.queue_name, "").removesuffix(":w:")
+    prefix = node_client_name(settings.queue_prefix, settings.queue_name, "").removesuffix(":w:")
     client = redis_client(settings, max_connections=1)
 
     async def listening() -> bool:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import Field, PositiveInt, SecretStr, ValidationError, field_validator
+from pydantic import Field, PositiveInt, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kpi_export.errors import ConfigError
 from kpi_export.store.url import DatabaseTarget, parse_database_url
 
 DEFAULT_DATABASE_URL = "file:./kpi_export.db"
+# A hash tag: the part of a key between the first { and the next } decides its Redis Cluster slot.
+_HASH_TAG = re.compile(r"\{[^}]+\}")
 
 
 class Settings(BaseSettings):
@@ -23,6 +26,15 @@ class Settings(BaseSettings):
     redis_port: int = Field(6379, ge=1, le=65535)
     redis_password: SecretStr | None = None
     redis_url: SecretStr | None = None
+    # Redis behind Sentinel: the sentinels (host:port,…) and the name of the master they watch. The master's
+    # password and TLS come from REDIS_URL (its host and port are not used then) or REDIS_PASSWORD.
+    redis_sentinels: str | None = None
+    redis_sentinel_master: str | None = None
+    redis_sentinel_password: SecretStr | None = None
+    # Redis Cluster: some of its nodes (host:port,…); the others are found through them.
+    redis_cluster_nodes: str | None = None
+    # bullmq's key prefix, as the Node producers set it; on a Cluster it must hold a hash tag ({kpi}).
+    queue_prefix: str = "bull"
     queue_name: str = "kpi-export-queue"
     worker_concurrency: PositiveInt = 1
     # More than 1: `kpi-export worker` supervises that many worker processes (supervisor.py).
@@ -43,11 +55,12 @@ class Settings(BaseSettings):
     # Seconds between two reads of the queue's job counts for /metrics.
     queue_metrics_interval: float = Field(15.0, gt=0)
     # Retention of finished jobs in Redis (bullmq's removeOnComplete/removeOnFail, when a job has none of
-    # its own): up to AGE seconds and at most COUNT jobs. Failed jobs are kept long enough to be acted on.
+    # its own): up to AGE seconds, and at most COUNT jobs when COUNT is set. Failed jobs are kept long enough
+    # to be acted on. No count by default: a count trims results that Node readers still poll for.
     keep_completed_age: int = Field(24 * 3600, ge=1)
-    keep_completed_count: int = Field(1000, ge=0)
+    keep_completed_count: int | None = Field(None, ge=0)
     keep_failed_age: int = Field(30 * 24 * 3600, ge=1)
-    keep_failed_count: int = Field(10_000, ge=0)
+    keep_failed_count: int | None = Field(None, ge=0)
 
     @field_validator("queue_name")
     @classmethod
@@ -55,6 +68,33 @@ class Settings(BaseSettings):
         if not value.strip() or ":" in value or not value.isprintable():
             raise ValueError("must be a non-empty name without ':' or control characters")
         return value
+
+    @field_validator("queue_prefix")
+    @classmethod
+    def _queue_prefix(cls, value: str) -> str:
+        if not value.strip() or not value.isprintable():
+            raise ValueError("must be a non-empty prefix without control characters")
+        return value
+
+    @field_validator("redis_sentinels", "redis_cluster_nodes")
+    @classmethod
+    def _addresses(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_addresses(value)
+        return value
+
+    @model_validator(mode="after")
+    def _topology(self) -> Self:
+        if self.redis_sentinels and self.redis_cluster_nodes:
+            raise ValueError("REDIS_CLUSTER_NODES: set it or REDIS_SENTINELS, not both")
+        if self.redis_sentinels and not self.redis_sentinel_master:
+            raise ValueError("REDIS_SENTINEL_MASTER: must name the master that REDIS_SENTINELS watch")
+        if self.redis_cluster_nodes and not _HASH_TAG.match(self.queue_prefix):
+            raise ValueError(
+                "QUEUE_PREFIX: must start with a hash tag such as {kpi} on a Redis Cluster, so that the "
+                "queue's keys share one slot"
+            )
+        return self
 
     @field_validator("redis_url")
     @classmethod
@@ -86,9 +126,21 @@ class Settings(BaseSettings):
     def database(self) -> DatabaseTarget:
         return parse_database_url(self.database_url.get_secret_value())
 
+    @property
+    def sentinels(self) -> list[tuple[str, int]]:
+        return parse_addresses(self.redis_sentinels) if self.redis_sentinels else []
+
+    @property
+    def cluster_nodes(self) -> list[tuple[str, int]]:
+        return parse_addresses(self.redis_cluster_nodes) if self.redis_cluster_nodes else []
+
     def secrets(self) -> list[str]:
         """Values that must never appear in output: passwords, and the URLs' credentials."""
-        found = [self.redis_password.get_secret_value()] if self.redis_password else []
+        found = [
+            secret.get_secret_value()
+            for secret in (self.redis_password, self.redis_sentinel_password)
+            if secret is not None
+        ]
         for url in (self.redis_url, self.database_url):
             if url is not None:
                 password = urlsplit(url.get_secret_value()).password
@@ -97,12 +149,27 @@ class Settings(BaseSettings):
         return [s for s in found if s]
 
 
+def parse_addresses(text: str) -> list[tuple[str, int]]:
+    """`host:port,host:port` (an IPv6 host in brackets: `[::1]:26379`). Raises ValueError."""
+    found = []
+    for item in (part.strip() for part in text.split(",")):
+        host, _, port = item.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"{item!r} is not host:port")
+        found.append((host, int(port)))
+    return found
+
+
 def load_settings() -> Settings:
     """Read the environment. Raises ConfigError naming the first variable that is wrong."""
     try:
         return Settings()
     except ValidationError as exc:
         error = exc.errors(include_url=False, include_input=False)[0]
-        variable = str(error["loc"][0]).upper() if error["loc"] else "configuration"
         message = str(error["msg"]).removeprefix("Value error, ")
+        if error["loc"]:
+            variable = str(error["loc"][0]).upper()
+        else:  # a rule over several settings names the one to change first
+            variable, _, message = message.partition(": ")
         raise ConfigError(variable, message) from None

@@ -80,8 +80,8 @@ async def test_valid_jobs(migrated: Settings, consumer: Consumer) -> None:
     assert rows[completed(produced, second)].usuarioId == 7
     assert produced.job(first)["data"] == VALID  # the job keeps its data as the producer gave it
     # npm bullmq's getWorkers(), which dashboards show, finds the worker (the original has no name).
-    unnamed = node_client_name(migrated.queue_name, "").removesuffix(":w:")
-    named = node_client_name(migrated.queue_name, worker_name())
+    unnamed = node_client_name(migrated.queue_prefix, migrated.queue_name, "").removesuffix(":w:")
+    named = node_client_name(migrated.queue_prefix, migrated.queue_name, worker_name())
     assert produced.workers == [unnamed if is_original(consumer) else named]
 
 

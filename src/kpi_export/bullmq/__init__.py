@@ -14,11 +14,14 @@ and compat.py, the list of bullmq internals all of this relies on, checked by a 
 """
 
 from kpi_export.bullmq.connection import (
+    RedisClient,
     RedisTarget,
     create_queue,
     node_client_name,
     opened_queue,
     redis_client,
+    redis_master,
+    redis_role,
     redis_target,
     worker_name,
 )
@@ -43,6 +46,7 @@ __all__ = [
     "JobHandler",
     "QueueConsumer",
     "QueuedJob",
+    "RedisClient",
     "RedisTarget",
     "WorkerEvents",
     "add_jobs",
@@ -55,6 +59,8 @@ __all__ = [
     "opened_queue",
     "queue_stats",
     "redis_client",
+    "redis_master",
+    "redis_role",
     "redis_target",
     "retry_all_failed",
     "retry_jobs",

@@ -5,7 +5,10 @@ make (`recorded_calls`) instead of building them here by hand."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import itertools
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -54,16 +57,27 @@ class CompletingWorker(Protocol):
 
     prefetched: dict[str, list[Any]]
     pending_progress: dict[str, Any]
+    opts: dict[str, Any]
+    forceClosing: bool
 
     def may_prefetch(self) -> bool: ...
 
+    def isConnectionError(self, error: Exception) -> bool: ...
+
     def emit(self, event: str, *args: Any) -> Any: ...
+
+
+# Between two tries at a completion that Redis did not take (a failover, a lost connection).
+_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 class CompletingBackend:
     """bullmq's backend, except for moveToCompleted: it asks for the next job (fetchNext) while the worker may
     take one, and keeps it for the worker (bullmq's processJob passes fetch_next=False and drops the reply);
-    and it publishes the job's progress (`Completion.progress`) in the same round trip."""
+    it publishes the job's progress (`Completion.progress`) in the same round trip; and it tries again while
+    Redis is unreachable, for as long as the job's lock lasts, so that a job in flight during a failover is
+    completed on the new master as soon as there is one (its lock was replicated), instead of failing its
+    attempt and waiting, active, for its lock to expire."""
 
     def __init__(self, backend: Any, worker: CompletingWorker) -> None:
         self._backend = backend
@@ -78,15 +92,29 @@ class CompletingBackend:
         """Mirrors bullmq 3.4 `RedisBackend.moveToCompleted` (its reply: the next job and finishedOn)."""
         fetch = fetch_next or self._worker.may_prefetch()
         progress = self._worker.pending_progress.pop(token, None)
-        if progress is None:
-            outcome = await self._backend.moveToCompleted(job, return_value, remove_on_complete, token, fetch)
-        else:
-            outcome = await self._progress_and_complete(
-                job, progress, return_value, remove_on_complete, token, fetch
-            )
+        deadline = time.monotonic() + self._worker.opts["lockDuration"] / 1000
+        for delay in itertools.chain(_RETRY_DELAYS, itertools.repeat(_RETRY_DELAYS[-1])):
+            try:
+                outcome = await self._complete(job, progress, return_value, remove_on_complete, token, fetch)
+                break
+            except Exception as exc:
+                worker = self._worker
+                if not worker.isConnectionError(exc) or worker.forceClosing or time.monotonic() > deadline:
+                    raise
+                worker.emit("error", exc)  # what Redis is doing is the RedisWatch's to say, once
+                await asyncio.sleep(delay)
         if fetch and outcome.get("result"):
             self._worker.prefetched[token] = outcome["result"]
         return outcome
+
+    async def _complete(
+        self, job: Any, progress: Any, return_value: Any, remove_on_complete: Any, token: str, fetch: bool
+    ) -> Any:
+        if progress is None:
+            return await self._backend.moveToCompleted(job, return_value, remove_on_complete, token, fetch)
+        return await self._progress_and_complete(
+            job, progress, return_value, remove_on_complete, token, fetch
+        )
 
     async def _progress_and_complete(
         self, job: Any, progress: Any, return_value: Any, remove_on_complete: Any, token: str, fetch: bool

@@ -10,6 +10,8 @@ import asyncio
 import logging
 import time
 
+from redis.asyncio import Redis
+
 from kpi_export.bullmq.compat import version_problem
 from kpi_export.bullmq.connection import DRAIN_DELAY, node_client_name, redis_client, worker_name
 from kpi_export.bullmq.events import WorkerEvents, attach
@@ -40,14 +42,22 @@ class QueueConsumer:
             )
         # The worker's own client has no socket timeout (see connection.py).
         client = redis_client(settings, max_connections=settings.worker_concurrency + 5, socket_timeout=None)
+        self._client = client
         name = worker_name()
         lock_ms = int(settings.lock_duration * 1000)
+        keep_completed: dict[str, int] = {"age": settings.keep_completed_age}
+        if settings.keep_completed_count is not None:
+            keep_completed["count"] = settings.keep_completed_count
+        keep_failed: dict[str, int] = {"age": settings.keep_failed_age}
+        if settings.keep_failed_count is not None:
+            keep_failed["count"] = settings.keep_failed_count
         self._worker = KpiWorker(
             settings.queue_name,
             handler,
             {
                 "autorun": False,
                 "connection": client,
+                "prefix": settings.queue_prefix,
                 "concurrency": settings.worker_concurrency,
                 "drainDelay": DRAIN_DELAY,
                 "runRetryDelay": RUN_RETRY_DELAY_MS,
@@ -56,19 +66,24 @@ class QueueConsumer:
                 "maxStalledCount": MAX_STALLED_COUNT,
                 "name": name,
                 # Applied by bullmq to the jobs that carry no removeOnComplete/removeOnFail of their own.
-                "removeOnComplete": {
-                    "age": settings.keep_completed_age,
-                    "count": settings.keep_completed_count,
-                },
-                "removeOnFail": {"age": settings.keep_failed_age, "count": settings.keep_failed_count},
+                "removeOnComplete": keep_completed,
+                "removeOnFail": keep_failed,
             },
         )
-        self._worker.clientName = node_client_name(settings.queue_name, name)
+        self._worker.clientName = node_client_name(settings.queue_prefix, settings.queue_name, name)
         attach(self._worker, events)
 
     async def run(self) -> None:
         """bullmq's processing loop. It returns (after printing a traceback) when the loop breaks: a crash."""
         await self._worker.run()
+
+    async def recover_after_failover(self) -> list[str]:
+        """Once another server is the master: drop every connection (those still open reach the old master,
+        which may take writes until it is demoted, and lose them), then put back to wait the jobs the new
+        master holds under this worker's locks that it no longer processes. Returns their ids."""
+        if isinstance(self._client, Redis):  # a Cluster client follows its slots by itself
+            await self._client.connection_pool.disconnect()
+        return await self._worker.requeue_orphans()
 
     @property
     def in_flight(self) -> int:

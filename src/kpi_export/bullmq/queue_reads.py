@@ -90,7 +90,7 @@ async def _workers(queue: Queue) -> list[dict[str, Any]] | None:
         clients = await queue.client.client_list()
     except RedisError:
         return None
-    prefix = node_client_name(queue.name, "")
+    prefix = node_client_name(queue.prefix, queue.name, "")
     workers: dict[str, dict[str, Any]] = {}
     for client in clients:
         raw = str(client.get("name", ""))

@@ -38,6 +38,9 @@ class KpiWorker(Worker):  # type: ignore[misc]
       for the queue's next job.
     - Completing a job fetches the next one in the same script call (moveToFinished's fetchNext), as Node's
       Worker does, instead of a moveToActive call of its own: one Redis round trip less per job on a backlog.
+    - After a failover, `requeue_orphans` puts back to wait the jobs the new master holds as active under
+      this worker's locks that this worker no longer processes (the old master took their completion, or
+      their fetch, and lost it): they run again at once instead of waiting, active, for their lock to expire.
 
     Every bullmq method overridden here, and every bullmq attribute read, is listed in compat.py.
     """
@@ -47,6 +50,11 @@ class KpiWorker(Worker):  # type: ignore[misc]
         super().__init__(name, self._process, opts)
         self.prefetched: dict[str, list[Any]] = {}  # token -> the next job's raw data, fetched on completion
         self.pending_progress: dict[str, Any] = {}  # token -> the progress to publish with the completion
+        # Not orphans (see requeue_orphans): the tokens of fetches in flight (each fetch has a new token), and
+        # the jobs fetched and not started yet, with their token (a slot's token is reused for the job
+        # fetched with its completion).
+        self._fetching_tokens: set[str] = set()
+        self._handing_over: set[tuple[str, str]] = set()
         self.backend = CompletingBackend(getattr(self, "backend"), self)  # noqa: B009 - bullmq is untyped
         self._slots = asyncio.Condition()
         self._fetching = 0
@@ -74,10 +82,14 @@ class KpiWorker(Worker):  # type: ignore[misc]
             self._fetching += 1
         from_backlog = not self.drained  # else this fetch waits for the next job to be added
         job = None
+        self._fetching_tokens.add(token)
         try:
             job = await super().getNextJob(token)
+            if job is not None:
+                self._handing_over.add((str(job.id), token))
             return job
         finally:
+            self._fetching_tokens.discard(token)
             async with self._slots:
                 self._fetching -= 1
                 if job is None or not from_backlog:
@@ -98,6 +110,9 @@ class KpiWorker(Worker):  # type: ignore[misc]
     async def processJob(self, job: Any, token: str) -> Any:
         """bullmq's, then the job fetched as this one completed: bullmq's run loop processes a job that a
         finished task returns as it does one a fetcher returns, in the same slot."""
+        self._handing_over.discard(
+            (str(job.id), token)
+        )  # bullmq's processJob tracks it in `jobs` from here on
         try:
             await super().processJob(job, token)
         finally:
@@ -106,11 +121,38 @@ class KpiWorker(Worker):  # type: ignore[misc]
         if raw is None or not raw[0]:  # no job came with the completion: the fetchers take over
             return None
         job_data, job_id, limit_until, delay_until = raw
+        self._handing_over.add((str(job_id), token))
         # moveToFinished's reply may lack the limiter fields (None) that moveToActive's always has.
         following = await self.nextJobFromJobData(job_data, job_id, limit_until or 0, delay_until or 0, token)
-        if following is not None:
+        if following is None:
+            self._handing_over.discard((str(job_id), token))
+        else:
             self.emit("active", following, "waiting")
         return following
+
+    async def requeue_orphans(self) -> list[str]:
+        """After a failover: the jobs active on the new master under one of this worker's locks (bullmq's tokens
+        are `<worker id>:<n>`) that this worker is neither processing nor fetching go back to the front of the
+        wait list (bullmq's retryJob: the lock is released, the attempt counted). Returns their ids."""
+        scripts = self.backend.scripts
+        client = scripts.redisClient
+        active = [str(job_id) for job_id in await client.lrange(scripts.keys["active"], 0, -1)]
+        if not active:
+            return []
+        locks = await client.mget([f"{scripts.toKey(job_id)}:lock" for job_id in active])
+        mine = f"{self.id}:"
+        busy = {(str(job.id), token) for job, token in self.jobs} | self._handing_over
+        requeued = []
+        for job_id, token in zip(active, locks, strict=True):
+            if not token or not str(token).startswith(mine) or token in self._fetching_tokens:
+                continue
+            if (job_id, token) not in busy:
+                try:
+                    await scripts.retryJob(job_id, True, token)  # lifo: to the front of the queue
+                except TypeError:  # finished or taken over meanwhile (bullmq raises its error codes so)
+                    continue
+                requeued.append(job_id)
+        return requeued
 
     async def nextJobFromJobData(
         self,

@@ -81,5 +81,7 @@ def check(as_json: bool) -> None:
         for name, state in readiness.checks.items():
             found.add_row(name, state if state == "ok" else f"[red]{escape(state)}[/red]")
         show(found)
+        if readiness.redis_master is not None:
+            click.echo(f"redis master: {readiness.redis_master} (named by the sentinels)")
         click.echo("ready" if readiness.ready else f"not ready: {', '.join(readiness.failing)}")
     sys.exit(0 if readiness.ready else 1)

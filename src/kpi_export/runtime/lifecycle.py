@@ -23,7 +23,7 @@ from kpi_export.runtime.listeners import JobEventLog
 from kpi_export.runtime.metrics import WorkerMetrics
 from kpi_export.runtime.processor import JobDeps, process_job
 from kpi_export.runtime.queue_depth import refresh_queue_depth
-from kpi_export.runtime.redis_memory import check_eviction_policy
+from kpi_export.runtime.redis_memory import MemoryWatch, check_eviction_policy
 from kpi_export.runtime.redis_watch import RedisWatch
 from kpi_export.runtime.signals import StopSignals
 from kpi_export.runtime.waiting import wait_until
@@ -76,6 +76,10 @@ async def run_worker(
         if not await _wait_for_database(engine, stop.requested):
             return 0
         watch.start()
+        memory_client = redis_client(settings, max_connections=1)
+        closers.append(memory_client.aclose)
+        memory = MemoryWatch(memory_client, metrics, settings.queue_metrics_interval)
+        background.append(asyncio.create_task(memory.run(), name="redis-memory"))
         if settings.health_port is not None:
             queue = create_queue(settings, max_connections=1)
             closers.append(queue.close)
@@ -87,6 +91,7 @@ async def run_worker(
             functools.partial(process_job, deps=deps),
             JobEventLog(settings.queue_name, throttle, metrics, watch),
         )
+        watch.on_failover = functools.partial(_recover_after_failover, consumer)
         if started is not None:
             started()
         return await _supervise(consumer, settings, stop, lifecycle)
@@ -111,6 +116,18 @@ async def _release(closers: list[Closer]) -> None:
             await asyncio.wait_for(close(), timeout=max(deadline - time.monotonic(), 0.1))
         except Exception as exc:
             log.warning("Not closed cleanly: %s", describe(exc), extra={"event": "worker.close_failed"})
+
+
+async def _recover_after_failover(consumer: QueueConsumer) -> None:
+    requeued = await consumer.recover_after_failover()
+    if requeued:
+        log.warning(
+            "After the failover, %d job(s) held under this worker's locks but no longer processed here (the old "
+            "master took their completion and lost it) are back in the queue: %s",
+            len(requeued),
+            ", ".join(requeued[:20]) + (" …" if len(requeued) > 20 else ""),
+            extra={"event": "redis.failover_requeued"},
+        )
 
 
 async def _wait_for_database(engine: AsyncEngine, give_up: asyncio.Event) -> bool:

@@ -85,6 +85,18 @@ class WorkerMetrics:
             [*labels, "state"],
             registry=self.registry,
         )
+        self._redis_used_memory = Gauge(
+            "kpi_export_redis_used_memory_bytes",
+            "Memory Redis uses (INFO memory used_memory), as last read (every QUEUE_METRICS_INTERVAL seconds).",
+            labels,
+            registry=self.registry,
+        )
+        self._redis_maxmemory = Gauge(
+            "kpi_export_redis_maxmemory_bytes",
+            "Redis' maxmemory (0: no limit); past it a noeviction Redis refuses new jobs.",
+            labels,
+            registry=self.registry,
+        )
         # Every series exists from the start, at zero (a rate() needs the first sample), and is bound once:
         # labels() on every job showed in the profile.
         self._outcomes = {outcome: self._jobs.labels(queue, outcome) for outcome in OUTCOMES}
@@ -120,6 +132,10 @@ class WorkerMetrics:
     def queue_depth(self, counts: dict[str, int]) -> None:
         for state in QUEUE_STATES:
             self._queue_jobs.labels(self.queue, state).set(counts.get(state, 0))
+
+    def redis_memory(self, used: int, maxmemory: int) -> None:
+        self._redis_used_memory.labels(self.queue).set(used)
+        self._redis_maxmemory.labels(self.queue).set(maxmemory)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -9,9 +9,9 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from kpi_export.bullmq import RedisClient, redis_master
 from kpi_export.errors import SchemaNotReady
 from kpi_export.redaction import describe
 from kpi_export.store.schema import check_ready
@@ -25,6 +25,7 @@ CHECK_TIMEOUT = 3.0
 @dataclass(frozen=True)
 class Readiness:
     checks: dict[str, str]  # each of CHECKS: "ok" or why not
+    redis_master: str | None = None  # behind Sentinel: the master the sentinels named
 
     @property
     def ready(self) -> bool:
@@ -35,23 +36,32 @@ class Readiness:
         return [name for name, state in self.checks.items() if state != OK]
 
     def body(self) -> dict[str, Any]:
-        return {"status": "ready" if self.ready else "not ready", "checks": self.checks}
+        body = {"status": "ready" if self.ready else "not ready", "checks": self.checks}
+        if self.redis_master is not None:
+            body["redis_master"] = self.redis_master
+        return body
 
 
-async def check_readiness(redis: Redis, engine: AsyncEngine, timeout: float = CHECK_TIMEOUT) -> Readiness:
+async def check_readiness(
+    redis: RedisClient, engine: AsyncEngine, timeout: float = CHECK_TIMEOUT
+) -> Readiness:
     """Both services are checked at once; none of them for longer than `timeout` seconds."""
-    redis_state, (database, table) = await asyncio.gather(_redis(redis, timeout), _database(engine, timeout))
-    return Readiness({"redis": redis_state, "database": database, "audit_table": table})
+    (redis_state, master), (database, table) = await asyncio.gather(
+        _redis(redis, timeout), _database(engine, timeout)
+    )
+    return Readiness({"redis": redis_state, "database": database, "audit_table": table}, master)
 
 
-async def _redis(client: Redis, timeout: float) -> str:
+async def _redis(client: RedisClient, timeout: float) -> tuple[str, str | None]:
+    """The state of Redis, and behind Sentinel the master it answered from."""
     try:
-        await asyncio.wait_for(client.ping(), timeout)
+        async with asyncio.timeout(timeout):
+            await client.ping()
+            return OK, await redis_master(client)
     except TimeoutError:
-        return f"no answer within {timeout:g} s"
+        return f"no answer within {timeout:g} s", None
     except Exception as exc:
-        return describe(exc)
-    return OK
+        return describe(exc), None
 
 
 async def _database(engine: AsyncEngine, timeout: float) -> tuple[str, str]:

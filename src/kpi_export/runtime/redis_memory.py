@@ -1,16 +1,22 @@
-"""Redis settings that decide whether jobs can be lost: BullMQ needs a Redis that never evicts keys."""
+"""Redis memory, which decides whether jobs can be lost or refused: BullMQ needs a Redis that never evicts
+keys, and a noeviction Redis refuses new jobs once it reaches its maxmemory."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
+
+from kpi_export.bullmq import RedisClient
+from kpi_export.redaction import describe
+from kpi_export.runtime.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
 
-async def eviction_policy(client: Redis) -> str | None:
+async def eviction_policy(client: RedisClient) -> str | None:
     """Redis' maxmemory-policy, or None when this Redis will not tell (a managed Redis may forbid CONFIG)."""
     try:
         reply = await client.config_get("maxmemory-policy")
@@ -26,7 +32,7 @@ async def eviction_policy(client: Redis) -> str | None:
     return str(policy) if policy else None
 
 
-async def check_eviction_policy(client: Redis) -> None:
+async def check_eviction_policy(client: RedisClient) -> None:
     """Say so at start when this Redis might evict jobs."""
     policy = await eviction_policy(client)
     if policy is None:
@@ -41,3 +47,53 @@ async def check_eviction_policy(client: Redis) -> None:
             policy,
             extra={"event": "redis.eviction_policy"},
         )
+
+
+# Used memory past this share of maxmemory is warned about, once, until it falls below REARM again.
+WARN_AT = 0.8
+REARM = 0.7
+
+
+class MemoryWatch:
+    """Reads INFO memory every `interval` seconds: the /metrics gauges, and a warning when Redis fills up."""
+
+    def __init__(self, client: RedisClient, metrics: WorkerMetrics, interval: float) -> None:
+        self.client = client
+        self.metrics = metrics
+        self.interval = interval
+        self.warned = False
+
+    async def run(self) -> None:
+        """Until cancelled."""
+        while True:
+            try:
+                self.check(memory_of(await self.client.info("memory")))
+            except Exception as exc:  # Redis is away (RedisWatch says so), or INFO is refused
+                log.debug("Redis memory not read: %s", describe(exc))
+            await asyncio.sleep(self.interval)
+
+    def check(self, memory: tuple[int, int]) -> None:
+        used, maxmemory = memory
+        self.metrics.redis_memory(used, maxmemory)
+        if not maxmemory:
+            return
+        if used >= WARN_AT * maxmemory and not self.warned:
+            self.warned = True
+            log.warning(
+                "Redis uses %.0f %% of its maxmemory (%d of %d bytes): at 100 %% a noeviction Redis refuses new "
+                "jobs; shorten KEEP_COMPLETED_AGE or give Redis more memory",
+                100 * used / maxmemory,
+                used,
+                maxmemory,
+                extra={"event": "redis.memory_high"},
+            )
+        elif used < REARM * maxmemory:
+            self.warned = False
+
+
+def memory_of(info: dict[str, Any]) -> tuple[int, int]:
+    """(used_memory, maxmemory) from INFO memory; on a Cluster (a reply per node) the fullest node's."""
+    if "used_memory" in info:
+        return int(info["used_memory"]), int(info.get("maxmemory") or 0)
+    nodes = [memory_of(reply) for reply in info.values() if isinstance(reply, dict)]
+    return max(nodes, key=lambda node: node[0] / node[1] if node[1] else 0.0, default=(0, 0))

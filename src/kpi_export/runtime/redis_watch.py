@@ -1,4 +1,5 @@
-"""Watches Redis with a ping: waits for it at start, and logs one line when it is lost and one when it is back.
+"""Watches Redis with a ping: waits for it at start, and logs one line when it is lost and one when it is back,
+and one per failover: the master the sentinels name changed, or the server behind REDIS_URL became a replica.
 
 bullmq retries lost connections silently; this is what tells the operator about an outage.
 """
@@ -8,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError
 
-from kpi_export.bullmq import RedisTarget
+from kpi_export.bullmq import RedisClient, RedisTarget, redis_master, redis_role
 from kpi_export.errors import StartupError
 from kpi_export.redaction import describe
 from kpi_export.runtime.waiting import is_set_within, wait_until
@@ -27,7 +28,7 @@ _REFUSALS = (AuthenticationError, AuthorizationError, NoPermissionError)
 class RedisWatch:
     def __init__(
         self,
-        client: Redis,
+        client: RedisClient,
         target: RedisTarget,
         interval: float = PING_INTERVAL,
         on_reconnect: Callable[[], None] = lambda: None,
@@ -39,6 +40,11 @@ class RedisWatch:
         self.up = False
         self.reached = False  # answered at least once
         self.outages = 0  # times Redis was lost after having been reached
+        self.master: str | None = None  # behind Sentinel: host:port of the master, as last found
+        self.replica = False  # REDIS_URL's server answered that it is a replica
+        # Called once another server is the master (the sentinels named a new one, or REDIS_URL's server is a
+        # master again after it was a replica).
+        self.on_failover: Callable[[], Awaitable[None]] | None = None
         self._lost_at: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._poked = asyncio.Event()
@@ -86,7 +92,50 @@ class RedisWatch:
             if self.reached:
                 self.on_reconnect()
         self.up = self.reached = True
+        try:
+            failed_over = await asyncio.wait_for(self._follow_failover(), timeout=self.interval * 3)
+        except Exception as exc:  # the sentinels or ROLE did not answer: the next check asks again
+            log.debug("Redis role not read: %s", describe(exc))
+            failed_over = False
+        if failed_over and self.on_failover is not None:
+            try:
+                await self.on_failover()
+            except Exception as exc:
+                log.warning("After the failover: %s", describe(exc), extra={"event": "redis.failover_error"})
         return True
+
+    async def _follow_failover(self) -> bool:
+        """Logs a change of master; True when another server is the master now."""
+        master = await redis_master(self.client)
+        if master is not None:
+            changed = self.master is not None and master != self.master
+            if changed:
+                log.warning(
+                    "Redis master changed: %s → %s (a failover); the worker follows it",
+                    self.master,
+                    master,
+                    extra={"event": "redis.failover"},
+                )
+            self.master = master
+            return changed
+        role = await redis_role(self.client)
+        if role is None:
+            return False
+        replica = role != "master"
+        if replica and not self.replica:
+            log.warning(
+                "Redis at %s is a replica now (a failover): writes answer READONLY; the worker reconnects until "
+                "it reaches a master",
+                self.target.display,
+                extra={"event": "redis.replica"},
+            )
+        elif self.replica and not replica:
+            log.info("Redis at %s is a master again", self.target.display, extra={"event": "redis.master"})
+        was_replica, self.replica = self.replica, replica
+        if replica and isinstance(self.client, Redis):
+            # A ping does not tell a replica: reconnect, so that the next check reaches the endpoint anew.
+            await self.client.connection_pool.disconnect()
+        return was_replica and not replica
 
     async def wait_until_up(self, give_up: asyncio.Event) -> bool:
         """Block until Redis answers (True) or `give_up` is set (False)."""
