@@ -27,6 +27,8 @@ from tests.services import IN_CI, MARIADB_URL, POSTGRES_URL, REDIS_URL, mariadb_
 # The chaos tests' size: what CI runs by default, larger by hand (see README).
 CHAOS_JOBS = 1000
 CHAOS_KILL_EVERY = 2.0
+# The jobs of each failover test (tests/integration/test_sentinel.py, test_cluster.py, test_readonly.py).
+FAILOVER_JOBS = 5000
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -35,14 +37,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--chaos-kill-every", type=float, default=CHAOS_KILL_EVERY, help="seconds between two kill -9"
     )
+    parser.getgroup("failover", "failover tests (Sentinel, Cluster, READONLY)").addoption(
+        "--failover-jobs", type=int, default=FAILOVER_JOBS, help="jobs each failover test runs"
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A chaos test's time limit grows with its size."""
     jobs = int(config.getoption("--chaos-jobs"))
+    failover_jobs = int(config.getoption("--failover-jobs"))
     for item in items:
         if item.get_closest_marker("chaos") is not None:
             item.add_marker(pytest.mark.timeout(120 + jobs // 10))
+        if item.get_closest_marker("failover") is not None:
+            item.add_marker(pytest.mark.timeout(180 + failover_jobs // 50))
+
+
+@pytest.fixture
+def failover_jobs(request: pytest.FixtureRequest) -> int:
+    return int(request.config.getoption("--failover-jobs"))
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from kpi_export.bullmq import opened_queue, redis_client
 from kpi_export.config import Settings
 from kpi_export.contract import idempotency_key
-from kpi_export.store import audit_table, create_engine
+from kpi_export.store import audit_table, opened_engine
 from tests.support import wait_until
 
 BATCH = 200
@@ -79,14 +79,14 @@ async def wait_all_finished(settings: Settings, total: int, timeout: float) -> N
 async def stored_jobs(settings: Settings, total: int) -> dict[str, dict[str, Any]]:
     """id -> the job hash fields the checks need, read in pipelines (fast for 20,000 jobs)."""
     client = redis_client(settings, max_connections=2)
-    fields = ("timestamp", "returnvalue", "failedReason", "atm", "stc")
+    fields = ("timestamp", "returnvalue", "failedReason", "atm", "stc", "processedOn", "finishedOn")
     found: dict[str, dict[str, Any]] = {}
     try:
         for first in range(0, total, 1000):
             ids = [job_id(n) for n in range(first, min(first + 1000, total))]
             pipe = client.pipeline(transaction=False)
             for one in ids:
-                pipe.hmget(f"bull:{settings.queue_name}:{one}", fields)
+                pipe.hmget(f"{settings.queue_prefix}:{settings.queue_name}:{one}", fields)
             for one, values in zip(ids, await pipe.execute(), strict=True):
                 found[one] = dict(zip(fields, values, strict=True))
     finally:
@@ -99,17 +99,11 @@ async def assert_exactly_once(settings: Settings, total: int) -> dict[str, dict[
     state = await counts(settings)
     assert state == {**dict.fromkeys(STATES, 0), "completed": total}, state
     jobs = await stored_jobs(settings, total)
-    engine = create_engine(settings.database)
-    try:
-        async with engine.connect() as conn:
-            rows = dict(
-                (await conn.execute(select(audit_table.c.idempotencyKey, audit_table.c.idExport))).all()
-            )
-            count = (await conn.execute(select(func.count()).select_from(audit_table))).scalar_one()
-    finally:
-        await engine.dispose()
+    async with opened_engine(settings.database) as engine, engine.connect() as conn:
+        rows = dict((await conn.execute(select(audit_table.c.idempotencyKey, audit_table.c.idExport))).all())
+        count = (await conn.execute(select(func.count()).select_from(audit_table))).scalar_one()
     assert count == len(rows) == total  # no duplicate key, no row without one
-    qualified = f"bull:{settings.queue_name}"
+    qualified = f"{settings.queue_prefix}:{settings.queue_name}"
     for one, job in jobs.items():
         key = idempotency_key(qualified, one, int(job["timestamp"]))
         assert json.loads(job["returnvalue"]) == {"idExport": rows[key]}, (one, job)

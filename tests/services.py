@@ -66,9 +66,13 @@ async def mariadb_execute(url: str, *statements: str, args: list[tuple[Any, ...]
 
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment a `kpi-export` process needs to use `settings`."""
-    env = {k: v for k, v in os.environ.items() if k not in {"REDIS_HOST", "REDIS_PORT", "REDIS_PASSWORD"}}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "QUEUE_"))}
     env.update(
         REDIS_URL=settings.redis_url.get_secret_value() if settings.redis_url else "",
+        REDIS_SENTINELS=settings.redis_sentinels or "",
+        REDIS_SENTINEL_MASTER=settings.redis_sentinel_master or "",
+        REDIS_CLUSTER_NODES=settings.redis_cluster_nodes or "",
+        QUEUE_PREFIX=settings.queue_prefix,
         DATABASE_URL=settings.database_url.get_secret_value(),
         QUEUE_NAME=settings.queue_name,
         WORKER_CONCURRENCY=str(settings.worker_concurrency),

@@ -220,7 +220,7 @@ class RedisClusterNodes:
     def master_of(self, key: str) -> RedisProcess:
         """The master that holds `key`'s slot now."""
         with self.nodes[0].client() as client:
-            slot = client.cluster_keyslot(key)
+            slot = int(client.execute_command("CLUSTER KEYSLOT", key))
             for start, end, master, *_replicas in client.execute_command("CLUSTER SLOTS"):
                 if start <= slot <= end:
                     return next(node for node in self.nodes if node.port == int(master[1]))

@@ -1,4 +1,5 @@
-"""Redis memory stays bounded: finished jobs are trimmed by count and age; an evicting Redis is reported."""
+"""Redis memory stays bounded: finished jobs are trimmed by age (and by count when one is set); an evicting
+Redis, and a Redis nearly full, are reported."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pydantic import SecretStr
 
 from kpi_export.bullmq import opened_queue
 from kpi_export.config import Settings
-from kpi_export.demo.embedded_redis import EmbeddedRedis
+from kpi_export.demo.embedded_redis import EmbeddedRedis, free_port
+from tests.probes import metric
 from tests.services import worker_env
 from tests.support import WorkerProcess, job_events, running_worker, wait_until
 
@@ -110,3 +112,42 @@ async def test_the_eviction_policy_is_checked_at_start_even_where_config_is_forb
     ]
     assert sum(expected in line for line in worker.lines) == 1, worker.output
     assert "Traceback" not in worker.output
+
+
+@sqlite_only
+async def test_redis_memory_is_on_metrics_and_a_redis_nearly_full_is_warned_about_once(
+    migrated: Settings, tmp_path: Path
+) -> None:
+    port = free_port()
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        settings = migrated.model_copy(update={"redis_url": SecretStr(server.url)})
+        worker = WorkerProcess(worker_env(settings, HEALTH_PORT=str(port), QUEUE_METRICS_INTERVAL="0.2"))
+        client = redis.asyncio.Redis(port=server.port, decode_responses=True)
+        try:
+            await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
+
+            async def memory_read() -> bool:
+                return (await metric(port, "kpi_export_redis_used_memory_bytes") or 0) > 0
+
+            await wait_until(memory_read, 15, "Redis memory on /metrics")
+            assert await metric(port, "kpi_export_redis_maxmemory_bytes") == 0  # no limit: no warning
+            used = int((await client.info("memory"))["used_memory"])
+            limit = int(used / 0.85)  # used memory is past 80 % of it
+            await client.config_set("maxmemory", limit)
+
+            async def limit_read() -> bool:
+                return await metric(port, "kpi_export_redis_maxmemory_bytes") == limit
+
+            await wait_until(limit_read, 15, "the new maxmemory on /metrics")
+            await asyncio.to_thread(worker.wait_for_line, "of its maxmemory")
+            await client.config_set("maxmemory", limit + 1)  # still nearly full: no second warning
+
+            async def read_again() -> bool:
+                return await metric(port, "kpi_export_redis_maxmemory_bytes") == limit + 1
+
+            await wait_until(read_again, 15, "another read of Redis memory")
+        finally:
+            worker.kill()
+            await client.aclose()
+    assert sum("of its maxmemory" in line for line in worker.lines) == 1, worker.output
+    assert "WARNING: Redis uses 8" in worker.output or "WARNING: Redis uses 9" in worker.output, worker.output

@@ -1,7 +1,8 @@
 // npm bullmq as the web application uses it: add jobs (add, addBulk, with options), wait for them with
 // job.waitUntilFinished, then read back what is left in Redis. Input (stdin, JSON):
-//   { redisUrl, queue, timeoutMs, steps: [ {add: {name, data, opts}} | {addBulk: [...]} | {wait: true}
-//     | {pause: true} | {resume: true} ] }
+//   { redisUrl | clusterNodes: [{host, port}], prefix?, queue, timeoutMs,
+//     steps: [ {add: {name, data, opts}} | {addBulk: [...]} | {wait: true} | {pause: true} | {resume: true}
+//     | {read: [ids]} ] }   (read: jobs added earlier, by id, as a web application polls them)
 // Output (stdout, JSON): { added: [ids in add order], finished: {id: {value} | {error}},
 //   events: {id: [{event, at, ...args}]}, jobs: {id: snapshot | null}, workers: [names] }
 import { Job, Queue, QueueEvents } from "bullmq";
@@ -9,10 +10,19 @@ import IORedis from "ioredis";
 import { readInput } from "./db.mjs";
 
 const input = await readInput();
-const connection = new IORedis(input.redisUrl, { maxRetriesPerRequest: null });
-const queue = new Queue(input.queue, { connection });
+const connection = input.clusterNodes
+  ? new IORedis.Cluster(input.clusterNodes, {
+      // Through a master's failover: keep retrying while its replica takes over the slots.
+      maxRedirections: 1000,
+      retryDelayOnFailover: 200,
+      retryDelayOnMoved: 50,
+      redisOptions: { maxRetriesPerRequest: null },
+    })
+  : new IORedis(input.redisUrl, { maxRetriesPerRequest: null });
+const prefix = input.prefix ?? "bull";
+const queue = new Queue(input.queue, { connection, prefix });
 const eventsConnection = connection.duplicate();
-const queueEvents = new QueueEvents(input.queue, { connection: eventsConnection, lastEventId: "0-0" });
+const queueEvents = new QueueEvents(input.queue, { connection: eventsConnection, prefix, lastEventId: "0-0" });
 await queueEvents.waitUntilReady();
 
 const ttl = input.timeoutMs ?? 30000;
@@ -47,6 +57,7 @@ for (const step of input.steps) {
   else if (step.pause) await queue.pause();
   else if (step.resume) await queue.resume();
   else if (step.wait) await Promise.all(pending.splice(0));
+  else if (step.read) step.read.forEach((id) => addedJobs.set(id, null));
 }
 await Promise.all(pending);
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from kpi_export.config import Settings, load_settings
@@ -21,6 +23,13 @@ VARIABLES = (
     "LOCK_DURATION",
     "LOG_LEVEL",
     "LOG_FORMAT",
+    "REDIS_SENTINELS",
+    "REDIS_SENTINEL_MASTER",
+    "REDIS_SENTINEL_PASSWORD",
+    "REDIS_CLUSTER_NODES",
+    "QUEUE_PREFIX",
+    "KEEP_COMPLETED_COUNT",
+    "KEEP_FAILED_COUNT",
 )
 
 
@@ -91,3 +100,40 @@ def test_a_bad_value_names_its_variable(
 def test_settings_can_be_given_directly() -> None:
     settings = Settings(queue_name="q", worker_concurrency=3)
     assert (settings.queue_name, settings.worker_concurrency) == ("q", 3)
+
+
+def test_redis_topologies_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_SENTINELS", "10.0.0.1:26379, [fd00::2]:26380")
+    monkeypatch.setenv("REDIS_SENTINEL_MASTER", "kpi")
+    monkeypatch.setenv("REDIS_SENTINEL_PASSWORD", "sentinel-secret")
+    settings = load_settings()
+    assert settings.sentinels == [("10.0.0.1", 26379), ("fd00::2", 26380)]
+    assert settings.secrets() == ["sentinel-secret"]
+    assert (settings.queue_prefix, settings.keep_completed_count, settings.keep_failed_count) == (
+        "bull",
+        None,
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("environment", "message"),
+    [
+        ({"REDIS_SENTINELS": "10.0.0.1:26379"}, "invalid REDIS_SENTINEL_MASTER: must name the master"),
+        ({"REDIS_SENTINELS": "10.0.0.1"}, "invalid REDIS_SENTINELS: '10.0.0.1' is not host:port"),
+        ({"REDIS_CLUSTER_NODES": "a:7000,b:x"}, "invalid REDIS_CLUSTER_NODES: 'b:x' is not host:port"),
+        ({"REDIS_CLUSTER_NODES": "a:7000"}, "invalid QUEUE_PREFIX: must start with a hash tag such as {kpi}"),
+        (
+            {"REDIS_CLUSTER_NODES": "a:7000", "QUEUE_PREFIX": "{kpi}", "REDIS_SENTINELS": "b:1"},
+            "invalid REDIS_CLUSTER_NODES: set it or REDIS_SENTINELS, not both",
+        ),
+        ({"QUEUE_PREFIX": " "}, "invalid QUEUE_PREFIX: must be a non-empty prefix"),
+    ],
+)
+def test_a_redis_topology_that_cannot_work_names_its_variable(
+    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], message: str
+) -> None:
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match="^" + re.escape(message)):
+        load_settings()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bullmq.scripts import raw2NextJobData
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 
@@ -120,8 +121,10 @@ class CompletingBackend:
         self, job: Any, progress: Any, return_value: Any, remove_on_complete: Any, token: str, fetch: bool
     ) -> Any:
         """Both scripts in one pipeline: not a transaction, so that a progress refused does not stop the
-        completion."""
+        completion. (redis-py's cluster pipeline refuses EVALSHA: on a Cluster they go one after the other.)"""
         scripts = self._backend.scripts
+        if isinstance(scripts.redisClient, RedisCluster):
+            return await self._one_by_one(job, progress, return_value, remove_on_complete, token, fetch)
 
         async def progress_then_complete(dry: Any) -> None:
             await dry.updateProgress(job.id, progress)
@@ -158,9 +161,13 @@ class CompletingBackend:
         return {"result": None if finished is None else raw2NextJobData(finished), "finishedOn": finished_on}
 
     async def _publish_progress(self, job: Any, progress: Any) -> Exception | None:
+        """bullmq's own updateProgress: the error a refused progress gives. Redis unreachable is raised: the
+        completion is then tried again, progress first."""
         try:
             await self._backend.updateProgress(job.id, progress)
         except Exception as exc:
+            if self._worker.isConnectionError(exc):
+                raise
             return exc
         return None
 

@@ -5,16 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 from bullmq import Job, Queue
+from redis.asyncio.cluster import RedisCluster
 
 from kpi_export.bullmq.connection import opened_queue
 from kpi_export.config import Settings
 
 
 async def add_jobs(settings: Settings, name: str, payloads: list[Any], opts: dict[str, Any]) -> list[str]:
-    """Add one job per payload, in one transaction; returns their ids."""
+    """Add one job per payload, in one transaction (on a Cluster one after the other); returns their ids."""
     async with opened_queue(settings) as queue:
         jobs = [_job_as_node_adds_it(queue, name, data, opts) for data in payloads]
-        await queue.backend.addJobs(jobs)  # what Queue.addBulk does (mirrors bullmq 3.4 `Queue.addBulk`)
+        if isinstance(queue.client, RedisCluster):
+            # redis-py's cluster pipeline refuses EVALSHA, which Queue.addBulk's transaction sends: one by one.
+            for job in jobs:
+                await queue.backend.addJob(job)
+        else:
+            await queue.backend.addJobs(jobs)  # what Queue.addBulk does (mirrors bullmq 3.4 `Queue.addBulk`)
         return [str(job.id) for job in jobs]
 
 
