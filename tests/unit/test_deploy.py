@@ -150,12 +150,27 @@ def test_the_systemd_unit_restarts_on_failure_and_outwaits_the_drain() -> None:
     int(environment["HEALTH_PORT"])
 
 
-def test_the_example_environment_file_holds_only_valid_settings() -> None:
-    values = env_file(DEPLOY / "systemd" / "kpi-export.env.example")
+@pytest.mark.parametrize("example", ["systemd/kpi-export.env.example", "sentinel/kpi-export-sentinel.env.example"])
+def test_the_example_environment_files_hold_only_valid_settings(example: str) -> None:
+    values = env_file(DEPLOY / example)
     assert values.keys() <= SETTINGS_VARIABLES, values.keys() - SETTINGS_VARIABLES
     Settings(**{name.lower(): value for name, value in values.items()})  # type: ignore[arg-type]
     # Set in the unit, so that TimeoutStopSec stays above it.
     assert "SHUTDOWN_TIMEOUT" not in values
+
+
+def test_the_sentinels_watch_the_master_the_workers_ask_for() -> None:
+    worker = env_file(DEPLOY / "sentinel" / "kpi-export-sentinel.env.example")
+    sentinel = (DEPLOY / "sentinel" / "sentinel.conf").read_text(encoding="utf-8").splitlines()
+    monitor = next(line.split() for line in sentinel if line.startswith("sentinel monitor "))
+    name, quorum = monitor[2], int(monitor[5])
+    assert name == worker["REDIS_SENTINEL_MASTER"]
+    assert quorum <= len(worker["REDIS_SENTINELS"].split(",")) // 2 + 1  # a majority can elect
+    assert f"requirepass {worker['REDIS_SENTINEL_PASSWORD']}" in sentinel
+    master = (DEPLOY / "sentinel" / "redis-master.conf").read_text(encoding="utf-8").splitlines()
+    assert f"sentinel auth-pass {name} {worker['REDIS_PASSWORD']}" in sentinel
+    assert f"requirepass {worker['REDIS_PASSWORD']}" in master
+    assert "maxmemory-policy noeviction" in master
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
