@@ -150,7 +150,9 @@ def test_the_systemd_unit_restarts_on_failure_and_outwaits_the_drain() -> None:
     int(environment["HEALTH_PORT"])
 
 
-@pytest.mark.parametrize("example", ["systemd/kpi-export.env.example", "sentinel/kpi-export-sentinel.env.example"])
+@pytest.mark.parametrize(
+    "example", ["systemd/kpi-export.env.example", "sentinel/kpi-export-sentinel.env.example"]
+)
 def test_the_example_environment_files_hold_only_valid_settings(example: str) -> None:
     values = env_file(DEPLOY / example)
     assert values.keys() <= SETTINGS_VARIABLES, values.keys() - SETTINGS_VARIABLES

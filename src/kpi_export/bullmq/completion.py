@@ -137,18 +137,8 @@ class CompletingBackend:
         for call in calls:
             pipe.evalsha(scripts.commands[call.name].sha, len(call.keys), *call.keys, *call.args)
         progressed, finished = await pipe.execute(raise_on_error=False)
-
-        # A restarted Redis has lost the scripts: bullmq's own calls load them again. (Should a failing job
-        # have loaded moveToFinished again meanwhile, but not updateProgress, this progress follows the completion.)
-        if isinstance(progressed, NoScriptError):
-            progressed = await self._publish_progress(job, progress)
-        if isinstance(progressed, int) and progressed < 0:
-            progressed = scripts.finishedErrors(
-                {"code": progressed, "jobId": job.id, "command": "updateProgress"}
-            )
-        if isinstance(progressed, Exception):
-            self._worker.emit("progress_failed", job, progress, progressed)
-
+        await self._progress_outcome(job, progress, progressed)
+        # A restarted Redis has lost the scripts: bullmq's own calls load them again.
         if isinstance(finished, NoScriptError):
             return await self._backend.moveToCompleted(job, return_value, remove_on_complete, token, fetch)
         if isinstance(finished, Exception):
@@ -159,6 +149,19 @@ class CompletingBackend:
             )
         finished_on = calls[1].args[1]
         return {"result": None if finished is None else raw2NextJobData(finished), "finishedOn": finished_on}
+
+    async def _progress_outcome(self, job: Any, progress: Any, progressed: Any) -> None:
+        """What updateProgress answered in the pipeline; a refusal is reported, the job completes anyway."""
+        # Scripts lost by a restarted Redis: bullmq's own call loads them again. (Should a failing job have
+        # loaded moveToFinished again meanwhile, but not updateProgress, this progress follows the completion.)
+        if isinstance(progressed, NoScriptError):
+            progressed = await self._publish_progress(job, progress)
+        if isinstance(progressed, int) and progressed < 0:
+            progressed = self._backend.scripts.finishedErrors(
+                {"code": progressed, "jobId": job.id, "command": "updateProgress"}
+            )
+        if isinstance(progressed, Exception):
+            self._worker.emit("progress_failed", job, progress, progressed)
 
     async def _publish_progress(self, job: Any, progress: Any) -> Exception | None:
         """bullmq's own updateProgress: the error a refused progress gives. Redis unreachable is raised: the
