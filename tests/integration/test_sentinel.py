@@ -10,19 +10,20 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import func, select
 
-from kpi_export.bullmq import opened_queue, redis_client
+from kpi_export.bullmq import redis_client
 from kpi_export.config import Settings
 from kpi_export.contract import idempotency_key
 from kpi_export.store import audit_table, opened_engine
 from kpi_export.store.schema import upgrade
 from tests.flow import add_jobs, assert_exactly_once, counts, job_id, stored_jobs, wait_all_finished
 from tests.services import worker_env
-from tests.support import WorkerProcess, wait_until
+from tests.support import WorkerProcess, running_worker, wait_until
 from tests.topology import MASTER_NAME, SentinelGroup, topology_folder
 
 START = "Worker escuchando cola"
@@ -143,20 +144,36 @@ async def _rows_by_key(settings: Settings) -> dict[str, int]:
         return dict((await conn.execute(select(key, func.count()).group_by(key))).all())
 
 
-async def test_check_names_the_master_the_sentinels_found_and_jobs_go_to_it(
+async def test_the_operator_commands_find_the_master_through_the_sentinels(
     behind_sentinel: Settings, sentinel_group: SentinelGroup
 ) -> None:
     env = worker_env(behind_sentinel)
-    result = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "kpi_export", "check", "--json"], env=env, capture_output=True
-    )
-    body = json.loads(result.stdout)
-    assert result.returncode == 0, result.stderr
-    assert body["redis_master"] == sentinel_group.master().address
-    async with opened_queue(behind_sentinel) as queue:
-        job = await queue.add("kpi-export", {"usuarioId": 1})
-        assert await queue.getJobState(job.id) == "waiting"
-    with sentinel_group.master().client() as master:
-        assert master.exists(
-            f"bull:{behind_sentinel.queue_name}:{job.id}"
-        )  # on the master the sentinels name
+
+    def kpi_export(*args: str) -> Any:
+        result = subprocess.run([sys.executable, "-m", "kpi_export", *args], env=env, capture_output=True)
+        assert result.returncode == 0, (args, result.stderr)
+        return json.loads(result.stdout) if "--json" in args else result.stdout.decode().split()
+
+    check = await asyncio.to_thread(kpi_export, "check", "--json")
+    assert check["redis_master"] == sentinel_group.master().address
+    async with running_worker(behind_sentinel):
+        good, bad = await asyncio.to_thread(
+            kpi_export, "enqueue", "--data", '{"usuarioId": 7}', "--count", "2"
+        )
+        await asyncio.to_thread(kpi_export, "enqueue", "--usuario-id", "abc")
+
+        async def finished() -> bool:
+            return (await counts(behind_sentinel))["completed"] + (await counts(behind_sentinel))[
+                "failed"
+            ] == 3
+
+        await wait_until(finished, 20, "the three jobs")
+        failed = await asyncio.to_thread(kpi_export, "jobs", "--state", "failed", "--json")
+        stats = await asyncio.to_thread(kpi_export, "stats", "--json")
+        retried = await asyncio.to_thread(kpi_export, "retry", failed[0]["id"], "--json")
+    assert [job["failedReason"] for job in failed] == ["usuarioId inválido en job.data"]
+    assert (stats["counts"]["completed"], stats["counts"]["failed"]) == (2, 1)
+    assert retried == {failed[0]["id"]: "retried"}
+    with sentinel_group.master().client() as master:  # on the master the sentinels name
+        assert master.hget(f"bull:{behind_sentinel.queue_name}:{good}", "returnvalue") is not None
+        assert master.hget(f"bull:{behind_sentinel.queue_name}:{bad}", "returnvalue") is not None
