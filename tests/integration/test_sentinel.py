@@ -150,7 +150,8 @@ async def test_the_operator_commands_find_the_master_through_the_sentinels(
     env = worker_env(behind_sentinel)
 
     def kpi_export(*args: str) -> Any:
-        result = subprocess.run([sys.executable, "-m", "kpi_export", *args], env=env, capture_output=True)
+        command = [sys.executable, "-m", "kpi_export", *args]
+        result = subprocess.run(command, env=env, capture_output=True, check=False)
         assert result.returncode == 0, (args, result.stderr)
         return json.loads(result.stdout) if "--json" in args else result.stdout.decode().split()
 
