@@ -145,7 +145,8 @@ class TcpFaultProxy:
 
 class RedisFaultProxy(TcpFaultProxy):
     """`async with RedisFaultProxy(6379) as proxy:` then connect to redis://127.0.0.1:{proxy.port}; commands
-    for which `refuse` is true get an error reply, those for which `cut` is true drop the connection."""
+    for which `refuse` is true get an error reply, those for which `cut` is true drop the connection, and
+    those for which `cut_after` is true reach Redis but their reply is lost with the connection."""
 
     def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
         super().__init__(upstream_port, upstream_host)
@@ -153,6 +154,7 @@ class RedisFaultProxy(TcpFaultProxy):
         self.refused = 0
         self.cut: Callable[[Command], bool] = lambda _command: False
         self.cuts = 0
+        self.cut_after: Callable[[Command], bool] = lambda _command: False
 
     @property
     def url(self) -> str:
@@ -174,6 +176,13 @@ class RedisFaultProxy(TcpFaultProxy):
                 if self.cut(command):
                     self.cuts += 1
                     raise ConnectionError("injected fault: connection dropped by the test proxy")
+                if self.cut_after(command):
+                    self.cuts += 1
+                    client.transport.abort()  # first, so that no byte of the reply reaches the client
+                    upstream.write(raw)
+                    await upstream.drain()
+                    await asyncio.sleep(0.05)  # Redis has run the command before its connection goes too
+                    raise ConnectionError("injected fault: reply lost with the connection")
                 if self.refuse(command):
                     self.refused += 1
                     client.write(b"-ERR injected fault: command refused by the test proxy\r\n")

@@ -153,6 +153,12 @@ def parse_addresses(text: str) -> list[tuple[str, int]]:
     """`host:port,host:port` (an IPv6 host in brackets: `[::1]:26379`). Raises ValueError."""
     found = []
     for item in (part.strip() for part in text.split(",")):
+        if (
+            "@" in item
+        ):  # credentials here would reach redis-py's error messages: they have settings of their own
+            raise ValueError(
+                "takes host:port only; passwords go in REDIS_PASSWORD and REDIS_SENTINEL_PASSWORD"
+            )
         host, _, port = item.rpartition(":")
         host = host.removeprefix("[").removesuffix("]")
         if not host or not port.isdigit() or not 1 <= int(port) <= 65535:

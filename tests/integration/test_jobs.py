@@ -205,3 +205,33 @@ async def test_on_a_backlog_each_completion_brings_the_next_job(migrated: Settin
     assert [outcome for outcome, _ in outcomes] == ["completed"] * 50
     assert len(await audit_rows(migrated)) == 50
     assert fetches.count <= 10, f"{fetches.count} moveToActive calls for a backlog of 50 jobs"
+
+
+async def test_a_completion_whose_reply_is_lost_is_found_done_and_the_job_completes_once(
+    migrated: Settings, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    completions = calls_script("moveToFinished")
+    lost: list[bool] = []
+
+    def first_completion(command: list[bytes]) -> bool:
+        if completions(command) and not lost:
+            lost.append(True)
+            return True
+        return False
+
+    async with RedisFaultProxy(port) as proxy:
+        proxy.cut_after = first_completion
+        through_proxy = migrated.model_copy(update={"redis_url": SecretStr(proxy.url)})
+        with caplog.at_level(logging.WARNING, logger="kpi_export"):
+            async with job_events(migrated) as events, opened_queue(migrated) as queue:
+                async with running_worker(through_proxy):
+                    job = await queue.add("kpi-export", {"usuarioId": 5, "ip": "10.0.0.5"})
+                    outcome, result = await events.finished(job.id)
+                stored = await queue.getJob(job.id)
+    rows = await audit_rows(migrated)
+    assert lost == [True]  # Redis ran the completion, the worker never heard back
+    assert (outcome, result) == ("completed", {"idExport": rows[0].idExport})
+    assert (len(rows), stored.attemptsMade, stored.returnvalue) == (1, 1, result)
+    # The worker tried again, found the job completed, and took that for success: nothing else to say.
+    assert [r.getMessage() for r in caplog.records] == []

@@ -137,3 +137,12 @@ def test_a_redis_topology_that_cannot_work_names_its_variable(
         monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match="^" + re.escape(message)):
         load_settings()
+
+
+def test_credentials_in_a_list_of_addresses_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_SENTINELS", "user:secret-pw@10.0.0.1:26379")
+    monkeypatch.setenv("REDIS_SENTINEL_MASTER", "kpi")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value).startswith("invalid REDIS_SENTINELS: takes host:port only")
+    assert "secret-pw" not in str(caught.value)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import time
 from collections.abc import Callable
 from importlib.metadata import version
 from typing import Any
@@ -51,8 +52,9 @@ WORKER_METHODS: dict[str, tuple[str, ...]] = {
     "emit": ("self", "event_name", "args"),  # c
     "on": ("self", "event_name", "function"),  # c
 }
-# Attributes read or written on a Worker.
+# Attributes read or written on a Worker (`id` begins each of its lock tokens).
 WORKER_ATTRIBUTES = (
+    "id",
     "opts",
     "backend",
     "clientName",
@@ -79,8 +81,14 @@ SCRIPTS_METHODS: dict[str, tuple[str, ...]] = {
     "updateProgress": ("self", "job_id", "progress"),
     "moveToCompleted": ("self", "job", "val", "removeOnComplete", "token", "fetchNext"),
     "finishedErrors": ("self", "opts"),
+    "retryJob": ("self", "job_id", "lifo", "token"),  # requeue_orphans
+    "toKey": ("self", "name"),
 }
-SCRIPTS_ATTRIBUTES = ("redisClient", "commands")
+SCRIPTS_ATTRIBUTES = ("redisClient", "commands", "keys")
+# Keys of `Scripts.keys` read directly.
+QUEUE_KEYS = ("active", "completed", "events", "meta")
+# How Worker.run makes the token of each fetch, which is the value of the job's lock key (`<job key>:lock`).
+TOKEN_FORMAT = "f'{self.id}:{token_postfix}'"
 # Lua scripts sent by the adapter itself (EVALSHA in a pipeline), and their number of keys.
 SCRIPT_KEYS = {"updateProgress": 3, "moveToFinished": 14}
 JOB_INIT = ("self", "queue", "name", "data", "opts", "job_id")
@@ -133,6 +141,7 @@ async def problems() -> list[str]:
         found += await _recorded_script_calls(worker, job)
         found += _messages(worker.backend.scripts)
         found += _emits()
+        found += await _locks(worker)
     finally:
         await client.aclose()
     return found
@@ -221,3 +230,30 @@ def _messages(scripts: Any) -> list[str]:
 def _emits() -> list[str]:
     source = inspect.getsource(bullmq.Worker)
     return [f"Worker no longer does {call}" for call in WORKER_EMITS if call not in source]
+
+
+async def _locks(worker: Any) -> list[str]:
+    """requeue_orphans reads a job's lock (its key, its token) and hands the job back with retryJob."""
+    scripts = worker.backend.scripts
+    found = [f"Scripts.keys has no {name!r}" for name in QUEUE_KEYS if name not in scripts.keys]
+    if TOKEN_FORMAT not in inspect.getsource(bullmq.Worker.run):
+        found.append(f"Worker.run no longer makes its lock tokens as {TOKEN_FORMAT}")
+    try:
+        extend = await recorded_calls(scripts, lambda dry: dry.extendLock("1", "token", 1000))
+        retry = await recorded_calls(scripts, lambda dry: dry.retryJob("1", True, "token"))
+        fetch = await recorded_calls(scripts, lambda dry: dry.moveToActive("token", {"lockDuration": 1000}))
+    except Exception as exc:
+        return [*found, f"Scripts.extendLock/retryJob/moveToActive failed against the recorder: {exc!r}"]
+    # A job's processedOn is the timestamp the worker sends with moveToActive: its own clock.
+    if not fetch or abs(int(fetch[0].args[1]) - time.time() * 1000) > 60_000:
+        found.append(f"moveToActive no longer sends the worker's clock as the job's processedOn: {fetch}")
+    if not extend or extend[0].keys[0] != f"{scripts.toKey('1')}:lock" or extend[0].args[0] != "token":
+        found.append(f"a job's lock is no longer `<job key>:lock` holding its token: {extend}")
+    if [call.name for call in retry] != ["retryJob"] or scripts.keys["active"] not in retry[0].keys:
+        found.append(f"Scripts.retryJob no longer takes a job from active with one script: {retry}")
+    for code in (ErrorCode.JobNotExist, ErrorCode.JobLockNotExist, ErrorCode.JobNotInState):
+        if not isinstance(scripts.finishedErrors({"code": code.value, "jobId": "1"}), TypeError):
+            found.append(
+                f"finishedErrors({code.name}) is no longer a TypeError (requeue_orphans catches those)"
+            )
+    return found

@@ -91,22 +91,38 @@ class CompletingBackend:
         self, job: Any, return_value: Any, remove_on_complete: Any, token: str, fetch_next: bool = False
     ) -> Any:
         """Mirrors bullmq 3.4 `RedisBackend.moveToCompleted` (its reply: the next job and finishedOn)."""
-        fetch = fetch_next or self._worker.may_prefetch()
-        progress = self._worker.pending_progress.pop(token, None)
-        deadline = time.monotonic() + self._worker.opts["lockDuration"] / 1000
+        worker = self._worker
+        progress = worker.pending_progress.pop(token, None)
+        deadline = time.monotonic() + worker.opts["lockDuration"] / 1000
+        fetch = fetch_next or worker.may_prefetch()
         for delay in itertools.chain(_RETRY_DELAYS, itertools.repeat(_RETRY_DELAYS[-1])):
             try:
                 outcome = await self._complete(job, progress, return_value, remove_on_complete, token, fetch)
                 break
             except Exception as exc:
-                worker = self._worker
+                if not worker.isConnectionError(exc) and (finished_on := await self._finished_on(job)):
+                    # A try whose reply was lost with its connection completed it (this loop's, or redis-py's
+                    # own retry). Had it fetched a job too, that job waits for its lock to expire; tries after
+                    # the first here fetch none.
+                    outcome = {"result": None, "finishedOn": finished_on}
+                    break
                 if not worker.isConnectionError(exc) or worker.forceClosing or time.monotonic() > deadline:
                     raise
                 worker.emit("error", exc)  # what Redis is doing is the RedisWatch's to say, once
                 await asyncio.sleep(delay)
+                fetch = fetch_next
         if fetch and outcome.get("result"):
-            self._worker.prefetched[token] = outcome["result"]
+            worker.prefetched[token] = outcome["result"]
         return outcome
+
+    async def _finished_on(self, job: Any) -> int | None:
+        """When the job was completed, if it is in the completed set; None otherwise (or Redis unreachable)."""
+        scripts = self._backend.scripts
+        try:
+            score = await scripts.redisClient.zscore(scripts.keys["completed"], job.id)
+        except Exception:
+            return None
+        return None if score is None else int(score)
 
     async def _complete(
         self, job: Any, progress: Any, return_value: Any, remove_on_complete: Any, token: str, fetch: bool
@@ -155,7 +171,10 @@ class CompletingBackend:
         # Scripts lost by a restarted Redis: bullmq's own call loads them again. (Should a failing job have
         # loaded moveToFinished again meanwhile, but not updateProgress, this progress follows the completion.)
         if isinstance(progressed, NoScriptError):
-            progressed = await self._publish_progress(job, progress)
+            try:
+                progressed = await self._publish_progress(job, progress)
+            except Exception as exc:  # the completion is done: what remains is only to report it
+                progressed = exc
         if isinstance(progressed, int) and progressed < 0:
             progressed = self._backend.scripts.finishedErrors(
                 {"code": progressed, "jobId": job.id, "command": "updateProgress"}

@@ -23,7 +23,7 @@ from redis.asyncio.connection import (
     parse_url,
 )
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection, SentinelManagedSSLConnection
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import BusyLoadingError, ConnectionError, ReadOnlyError, ResponseError, TimeoutError
 
@@ -134,8 +134,13 @@ def _sentinel_client(settings: Settings, options: dict[str, Any]) -> SentinelRed
         },
     )
     assert settings.redis_sentinel_master is not None
+    tls = credentials.pop("ssl", False)
     client: SentinelRedis = sentinel.master_for(
-        settings.redis_sentinel_master, redis_class=SentinelRedis, **options, **credentials
+        settings.redis_sentinel_master,
+        redis_class=SentinelRedis,
+        connection_class=_FailoverAwareSentinelSSLConnection if tls else _FailoverAwareSentinelConnection,
+        **options,
+        **credentials,
     )
     client.sentinel_manager = sentinel
     client.master_name = settings.redis_sentinel_master
@@ -170,14 +175,20 @@ class _ReadOnlyIsAFailover:
     """A write refused with READONLY means the server became a replica under the worker (a managed failover
     pointed the endpoint at a replica, or the old master was demoted): drop the connection, so that the next
     one reaches the master, and raise ConnectionError, which redis-py and bullmq retry. Never a job failure.
-    (redis-py's SentinelManagedConnection does the same behind Sentinel.)"""
+    (redis-py's SentinelManagedConnection does so for READONLY itself, but not for a Lua script's write
+    refused on Redis 6, which answers `ERR Error running script … -READONLY You can't write…`.)"""
 
     async def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return await super().read_response(*args, **kwargs)  # type: ignore[misc]
-        except ReadOnlyError:
+        except ResponseError as exc:
+            if not isinstance(exc, ReadOnlyError) and _READONLY_IN_SCRIPT not in str(exc):
+                raise
             await self.disconnect()  # type: ignore[attr-defined]
             raise ConnectionError("Redis answered READONLY: it is a replica now; reconnecting") from None
+
+
+_READONLY_IN_SCRIPT = "-READONLY You can't write against a read only replica"
 
 
 class FailoverAwareConnection(_ReadOnlyIsAFailover, Connection):
@@ -189,6 +200,14 @@ class _FailoverAwareSSLConnection(_ReadOnlyIsAFailover, SSLConnection):
 
 
 class _FailoverAwareUnixConnection(_ReadOnlyIsAFailover, UnixDomainSocketConnection):
+    pass
+
+
+class _FailoverAwareSentinelConnection(_ReadOnlyIsAFailover, SentinelManagedConnection):
+    pass
+
+
+class _FailoverAwareSentinelSSLConnection(_ReadOnlyIsAFailover, SentinelManagedSSLConnection):
     pass
 
 
@@ -205,6 +224,26 @@ async def redis_master(client: RedisClient) -> str | None:
         return None
     host, port = await client.sentinel_manager.discover_master(client.master_name)
     return _address(host, int(port))
+
+
+async def leave_old_master(client: RedisClient) -> None:
+    """After a failover: no command of `client` goes to the old master any more. Idle connections are closed;
+    behind Sentinel those in use that reach another server than the new master are cut (their command fails
+    and is tried again on the new master: the old one would take its writes and lose them); behind one
+    endpoint, those in use are closed once their command is answered. A Cluster client follows its slots."""
+    if isinstance(client, RedisCluster):
+        return
+    pool = client.connection_pool
+    await pool.disconnect(inuse_connections=False)
+    in_use = list(pool._in_use_connections)  # redis-py 8 has no public view of them
+    if isinstance(client, SentinelRedis):
+        host, port = await client.sentinel_manager.discover_master(client.master_name)
+        for connection in in_use:
+            if (getattr(connection, "host", None), getattr(connection, "port", None)) != (host, int(port)):
+                await connection.disconnect()
+    else:
+        for connection in in_use:
+            connection.mark_for_reconnect()  # type: ignore[no-untyped-call]
 
 
 async def redis_role(client: RedisClient) -> str | None:

@@ -10,10 +10,14 @@ import asyncio
 import logging
 import time
 
-from redis.asyncio import Redis
-
 from kpi_export.bullmq.compat import version_problem
-from kpi_export.bullmq.connection import DRAIN_DELAY, node_client_name, redis_client, worker_name
+from kpi_export.bullmq.connection import (
+    DRAIN_DELAY,
+    leave_old_master,
+    node_client_name,
+    redis_client,
+    worker_name,
+)
 from kpi_export.bullmq.events import WorkerEvents, attach
 from kpi_export.bullmq.job import JobHandler
 from kpi_export.bullmq.worker import RUN_RETRY_DELAY_MS, KpiWorker
@@ -78,11 +82,10 @@ class QueueConsumer:
         await self._worker.run()
 
     async def recover_after_failover(self) -> list[str]:
-        """Once another server is the master: drop every connection (those still open reach the old master,
-        which may take writes until it is demoted, and lose them), then put back to wait the jobs the new
-        master holds under this worker's locks that it no longer processes. Returns their ids."""
-        if isinstance(self._client, Redis):  # a Cluster client follows its slots by itself
-            await self._client.connection_pool.disconnect()
+        """Once another server is the master: leave the old one (it may take writes until it is demoted, and
+        lose them), then put back to wait the jobs the new master holds under this worker's locks that it no
+        longer processes. Returns their ids."""
+        await leave_old_master(self._client)
         return await self._worker.requeue_orphans()
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from bullmq import UnrecoverableError, Worker
@@ -50,10 +51,7 @@ class KpiWorker(Worker):  # type: ignore[misc]
         super().__init__(name, self._process, opts)
         self.prefetched: dict[str, list[Any]] = {}  # token -> the next job's raw data, fetched on completion
         self.pending_progress: dict[str, Any] = {}  # token -> the progress to publish with the completion
-        # Not orphans (see requeue_orphans): the tokens of fetches in flight (each fetch has a new token), and
-        # the jobs fetched and not started yet, with their token (a slot's token is reused for the job
-        # fetched with its completion).
-        self._fetching_tokens: set[str] = set()
+        # Jobs fetched and not started yet, with their token: not orphans (see requeue_orphans).
         self._handing_over: set[tuple[str, str]] = set()
         self.backend = CompletingBackend(getattr(self, "backend"), self)  # noqa: B009 - bullmq is untyped
         self._slots = asyncio.Condition()
@@ -82,14 +80,12 @@ class KpiWorker(Worker):  # type: ignore[misc]
             self._fetching += 1
         from_backlog = not self.drained  # else this fetch waits for the next job to be added
         job = None
-        self._fetching_tokens.add(token)
         try:
             job = await super().getNextJob(token)
             if job is not None:
                 self._handing_over.add((str(job.id), token))
             return job
         finally:
-            self._fetching_tokens.discard(token)
             async with self._slots:
                 self._fetching -= 1
                 if job is None or not from_backlog:
@@ -110,18 +106,17 @@ class KpiWorker(Worker):  # type: ignore[misc]
     async def processJob(self, job: Any, token: str) -> Any:
         """bullmq's, then the job fetched as this one completed: bullmq's run loop processes a job that a
         finished task returns as it does one a fetcher returns, in the same slot."""
-        self._handing_over.discard(
-            (str(job.id), token)
-        )  # bullmq's processJob tracks it in `jobs` from here on
+        self._handing_over.discard((str(job.id), token))  # bullmq's processJob tracks it in `jobs` now
         try:
             await super().processJob(job, token)
         finally:
             self.pending_progress.pop(token, None)  # not published: the job failed, or a forced stop
-        raw = self.prefetched.pop(token, None)
+            raw = self.prefetched.pop(token, None)
+            if raw is not None and raw[0]:
+                self._handing_over.add((str(raw[1]), token))
         if raw is None or not raw[0]:  # no job came with the completion: the fetchers take over
             return None
         job_data, job_id, limit_until, delay_until = raw
-        self._handing_over.add((str(job_id), token))
         # moveToFinished's reply may lack the limiter fields (None) that moveToActive's always has.
         following = await self.nextJobFromJobData(job_data, job_id, limit_until or 0, delay_until or 0, token)
         if following is None:
@@ -131,28 +126,43 @@ class KpiWorker(Worker):  # type: ignore[misc]
         return following
 
     async def requeue_orphans(self) -> list[str]:
-        """After a failover: the jobs active on the new master under one of this worker's locks (bullmq's tokens
-        are `<worker id>:<n>`) that this worker is neither processing nor fetching go back to the front of the
-        wait list (bullmq's retryJob: the lock is released, the attempt counted). Returns their ids."""
+        """After a failover: the jobs active on the new master under this worker's locks (bullmq's lock tokens
+        are `<worker id>:<n>`; several jobs may share one), taken before this call, that this worker is neither
+        processing nor about to process, go back to the front of the wait list (bullmq's retryJob: the lock is
+        released, the attempt counted). A job taken during this call, whose fetch reply may still be on its
+        way, is never one: it was taken after `started` (bullmq stamps processedOn with this worker's clock).
+        Returns their ids."""
+        started = int(time.time() * 1000)
         scripts = self.backend.scripts
         client = scripts.redisClient
         active = [str(job_id) for job_id in await client.lrange(scripts.keys["active"], 0, -1)]
         if not active:
             return []
-        locks = await client.mget([f"{scripts.toKey(job_id)}:lock" for job_id in active])
+        pipe = client.pipeline(transaction=False)
+        for job_id in active:
+            pipe.get(f"{scripts.toKey(job_id)}:lock")
+            pipe.hget(scripts.toKey(job_id), "processedOn")
+        replies = await pipe.execute()
         mine = f"{self.id}:"
-        busy = {(str(job.id), token) for job, token in self.jobs} | self._handing_over
         requeued = []
-        for job_id, token in zip(active, locks, strict=True):
-            if not token or not str(token).startswith(mine) or token in self._fetching_tokens:
+        for job_id, token, taken in zip(active, replies[::2], replies[1::2], strict=True):
+            if not token or not str(token).startswith(mine) or int(taken or started) >= started:
                 continue
-            if (job_id, token) not in busy:
-                try:
-                    await scripts.retryJob(job_id, True, token)  # lifo: to the front of the queue
-                except TypeError:  # finished or taken over meanwhile (bullmq raises its error codes so)
-                    continue
-                requeued.append(job_id)
+            if self._busy(job_id, str(token)):
+                continue
+            try:
+                await scripts.retryJob(job_id, True, token)  # lifo: to the front of the queue
+            except TypeError:  # finished or taken over meanwhile (bullmq raises its error codes so)
+                continue
+            requeued.append(job_id)
         return requeued
+
+    def _busy(self, job_id: str, token: str) -> bool:
+        """Whether this worker processes `job_id` under `token`, or is about to: asked again before each
+        requeue, since the answer changes while requeue_orphans awaits."""
+        return (job_id, token) in self._handing_over or any(
+            str(job.id) == job_id and held == token for job, held in self.jobs
+        )
 
     async def nextJobFromJobData(
         self,

@@ -22,6 +22,8 @@ from kpi_export.runtime.waiting import is_set_within, wait_until
 log = logging.getLogger(__name__)
 
 PING_INTERVAL = 2.0
+# What the worker does after a failover (leave the old master, requeue its orphaned jobs) may take this long.
+FAILOVER_RECOVERY_TIMEOUT = 20.0
 _REFUSALS = (AuthenticationError, AuthorizationError, NoPermissionError)
 
 
@@ -45,6 +47,7 @@ class RedisWatch:
         # Called once another server is the master (the sentinels named a new one, or REDIS_URL's server is a
         # master again after it was a replica).
         self.on_failover: Callable[[], Awaitable[None]] | None = None
+        self._failover_pending = False  # on_failover has yet to succeed: the next check calls it again
         self._lost_at: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._poked = asyncio.Event()
@@ -92,17 +95,26 @@ class RedisWatch:
             if self.reached:
                 self.on_reconnect()
         self.up = self.reached = True
+        await self._after_failover()
+        return True
+
+    async def _after_failover(self) -> None:
+        """Notice a failover, and call on_failover until it has succeeded once for it."""
         try:
-            failed_over = await asyncio.wait_for(self._follow_failover(), timeout=self.interval * 3)
+            if await asyncio.wait_for(self._follow_failover(), timeout=self.interval * 3):
+                self._failover_pending = True
         except Exception as exc:  # the sentinels or ROLE did not answer: the next check asks again
             log.debug("Redis role not read: %s", describe(exc))
-            failed_over = False
-        if failed_over and self.on_failover is not None:
+        if self._failover_pending and self.on_failover is not None:
             try:
-                await self.on_failover()
-            except Exception as exc:
-                log.warning("After the failover: %s", describe(exc), extra={"event": "redis.failover_error"})
-        return True
+                await asyncio.wait_for(self.on_failover(), timeout=FAILOVER_RECOVERY_TIMEOUT)
+                self._failover_pending = False
+            except Exception as exc:  # tried again at the next check
+                log.warning(
+                    "After the failover: %s; trying again",
+                    describe(exc),
+                    extra={"event": "redis.failover_error"},
+                )
 
     async def _follow_failover(self) -> bool:
         """Logs a change of master; True when another server is the master now."""
