@@ -13,13 +13,20 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 import redis
+from pydantic import SecretStr
 
+from kpi_export.config import Settings
+from kpi_export.store import opened_engine
+from kpi_export.store.schema import upgrade
 from tests.services import IN_CI
+
+T = TypeVar("T")
 
 MASTER_NAME = "kpi"
 # A sentinel or a cluster node calls a server down after this long without an answer.
@@ -252,3 +259,28 @@ def topology_folder() -> Iterator[Path]:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def started(kind: Callable[[Path], T]) -> Iterator[T]:
+    """For a fixture: `yield from started(SentinelGroup)`, a topology in a folder of its own, closed and its
+    folder removed afterwards."""
+    for folder in topology_folder():
+        topology = kind(folder)
+        try:
+            yield topology
+        finally:
+            topology.close()  # type: ignore[attr-defined]
+
+
+async def failover_settings(database_url: str, queue_name: str, **redis: Any) -> Settings:
+    """The settings of a failover test (concurrency 20, a stop within 10 s), its audit table migrated."""
+    settings = Settings(
+        database_url=SecretStr(database_url),
+        queue_name=queue_name,
+        worker_concurrency=20,
+        shutdown_timeout=10,
+        **redis,
+    )
+    async with opened_engine(settings.database) as engine:
+        await upgrade(engine)
+    return settings

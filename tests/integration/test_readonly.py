@@ -12,14 +12,11 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from kpi_export.config import Settings
-from kpi_export.store import opened_engine
-from kpi_export.store.schema import upgrade
 from tests.faults import TcpFaultProxy
 from tests.flow import add_jobs, assert_exactly_once, counts, wait_all_finished
 from tests.services import worker_env
 from tests.support import WorkerProcess, wait_until
-from tests.topology import RedisProcess, free_ports, topology_folder, wait_for
+from tests.topology import RedisProcess, failover_settings, free_ports, topology_folder, wait_for
 
 pytestmark = pytest.mark.failover
 
@@ -55,15 +52,8 @@ async def test_a_master_demoted_under_the_worker_then_the_endpoint_moved_fails_n
         with second.client() as replica:
             wait_for(lambda: replica.info("replication")["master_link_status"] == "up", 10, "replication")
         async with TcpFaultProxy(first.port) as endpoint:
-            settings = Settings(
-                redis_url=SecretStr(f"redis://127.0.0.1:{endpoint.port}"),
-                database_url=SecretStr(postgresql_url),
-                queue_name=queue_name,
-                worker_concurrency=20,
-                shutdown_timeout=10,
-            )
-            async with opened_engine(settings.database) as engine:
-                await upgrade(engine)
+            endpoint_url = SecretStr(f"redis://127.0.0.1:{endpoint.port}")
+            settings = await failover_settings(postgresql_url, queue_name, redis_url=endpoint_url)
             total = failover_jobs
             worker = WorkerProcess(worker_env(settings))
             try:

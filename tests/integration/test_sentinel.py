@@ -13,18 +13,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 from sqlalchemy import func, select
 
 from kpi_export.bullmq import redis_client
 from kpi_export.config import Settings
 from kpi_export.contract import idempotency_key
 from kpi_export.store import audit_table, opened_engine
-from kpi_export.store.schema import upgrade
 from tests.flow import add_jobs, assert_exactly_once, counts, job_id, stored_jobs, wait_all_finished
 from tests.services import worker_env
 from tests.support import WorkerProcess, running_worker, wait_until
-from tests.topology import MASTER_NAME, SentinelGroup, topology_folder
+from tests.topology import MASTER_NAME, SentinelGroup, failover_settings, started
 
 START = "Worker escuchando cola"
 
@@ -33,27 +31,17 @@ pytestmark = pytest.mark.failover
 
 @pytest.fixture
 def sentinel_group() -> Iterator[SentinelGroup]:
-    for folder in topology_folder():
-        group = SentinelGroup(folder)
-        try:
-            yield group
-        finally:
-            group.close()
+    yield from started(SentinelGroup)
 
 
 @pytest.fixture
 async def behind_sentinel(sentinel_group: SentinelGroup, postgresql_url: str, queue_name: str) -> Settings:
-    settings = Settings(
+    return await failover_settings(
+        postgresql_url,
+        queue_name,
         redis_sentinels=sentinel_group.sentinel_addresses,
         redis_sentinel_master=MASTER_NAME,
-        database_url=SecretStr(postgresql_url),
-        queue_name=queue_name,
-        worker_concurrency=20,
-        shutdown_timeout=10,
     )
-    async with opened_engine(settings.database) as engine:
-        await upgrade(engine)
-    return settings
 
 
 async def _completed_share(settings: Settings, share: int) -> bool:

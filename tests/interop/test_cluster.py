@@ -12,18 +12,15 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from pydantic import SecretStr
 
 from kpi_export.config import Settings
 from kpi_export.demo.embedded_redis import free_port
-from kpi_export.store import opened_engine
-from kpi_export.store.schema import upgrade
 from tests.flow import counts
 from tests.interop.node import JOB_NAME, produce
 from tests.probes import metric
 from tests.services import worker_env
 from tests.support import WorkerProcess, audit_rows, wait_until
-from tests.topology import RedisClusterNodes, topology_folder
+from tests.topology import RedisClusterNodes, failover_settings, started
 
 pytestmark = pytest.mark.failover
 PREFIX = "{kpi}"
@@ -31,27 +28,14 @@ PREFIX = "{kpi}"
 
 @pytest.fixture
 def cluster() -> Iterator[RedisClusterNodes]:
-    for folder in topology_folder():
-        nodes = RedisClusterNodes(folder)
-        try:
-            yield nodes
-        finally:
-            nodes.close()
+    yield from started(RedisClusterNodes)
 
 
 @pytest.fixture
 async def on_cluster(cluster: RedisClusterNodes, postgresql_url: str, queue_name: str) -> Settings:
-    settings = Settings(
-        redis_cluster_nodes=cluster.addresses,
-        queue_prefix=PREFIX,
-        database_url=SecretStr(postgresql_url),
-        queue_name=queue_name,
-        worker_concurrency=20,
-        shutdown_timeout=10,
+    return await failover_settings(
+        postgresql_url, queue_name, redis_cluster_nodes=cluster.addresses, queue_prefix=PREFIX
     )
-    async with opened_engine(settings.database) as engine:
-        await upgrade(engine)
-    return settings
 
 
 def bulk(first: int, count: int) -> list[dict[str, object]]:
