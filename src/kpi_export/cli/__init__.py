@@ -1,11 +1,35 @@
 """The `kpi-export` command: the click group (app.py), its commands by what they act on, and how they show
-what they found (render.py)."""
+what they found (render.py). They are imported when the command runs (`main`) or is first asked for."""
 
-from kpi_export.cli import db_commands, queue_commands, worker_commands  # noqa: F401 - they add the commands
-from kpi_export.cli.app import EXIT_CONFIG, cli
+from __future__ import annotations
+
+import signal
+import sys
+from types import FrameType, ModuleType
+from typing import Any
 
 __all__ = ["EXIT_CONFIG", "cli", "main"]
 
 
 def main() -> None:
-    cli()
+    """The console script. A SIGTERM that arrives while the command starts, before the worker installs its
+    own handlers, ends it cleanly (status 0), as one that arrives later does."""
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _stop_while_starting)
+    _commands().cli()
+
+
+def _stop_while_starting(_signum: int, _frame: FrameType | None) -> None:
+    sys.exit(0)
+
+
+def _commands() -> ModuleType:
+    from kpi_export.cli import app, db_commands, queue_commands, worker_commands  # noqa: F401 - they add the commands
+
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("cli", "EXIT_CONFIG"):
+        return getattr(_commands(), name)
+    raise AttributeError(f"module 'kpi_export.cli' has no attribute {name!r}")
