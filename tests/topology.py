@@ -15,7 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import pytest
 import redis
@@ -26,7 +26,12 @@ from kpi_export.store import opened_engine
 from kpi_export.store.schema import upgrade
 from tests.services import IN_CI
 
-T = TypeVar("T")
+
+class Topology(Protocol):
+    def close(self) -> None: ...
+
+
+T = TypeVar("T", bound=Topology)
 
 MASTER_NAME = "kpi"
 # A sentinel or a cluster node calls a server down after this long without an answer.
@@ -269,7 +274,7 @@ def started(kind: Callable[[Path], T]) -> Iterator[T]:
         try:
             yield topology
         finally:
-            topology.close()  # type: ignore[attr-defined]
+            topology.close()
 
 
 async def failover_settings(database_url: str, queue_name: str, **redis: Any) -> Settings:

@@ -76,6 +76,13 @@ class Settings(BaseSettings):
             raise ValueError("must be a non-empty prefix without control characters")
         return value
 
+    @field_validator("redis_sentinel_master")
+    @classmethod
+    def _sentinel_master(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or not value.isprintable()):
+            raise ValueError("must be the master's name as the sentinels know it, without control characters")
+        return value
+
     @field_validator("redis_sentinels", "redis_cluster_nodes")
     @classmethod
     def _addresses(cls, value: str | None) -> str | None:

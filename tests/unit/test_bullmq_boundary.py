@@ -11,7 +11,7 @@ from bullmq import Job, UnrecoverableError
 from redis.asyncio import Redis
 
 from kpi_export.bullmq import Completion, QueuedJob
-from kpi_export.bullmq.worker import KpiWorker
+from kpi_export.bullmq.worker import KpiWorker, taken_before
 from kpi_export.contract import USUARIO_ID_ERROR, parse_job_data
 
 
@@ -43,3 +43,13 @@ async def test_the_result_is_returned_and_the_progress_kept_for_the_completion(c
     worker, job = worker_and_job(client, {"usuarioId": 42})
     assert await worker.processor(job, "token-1") == {"idExport": 7}
     assert worker.pending_progress == {"token-1": {"idExport": 7, "step": "written"}}
+
+
+@pytest.mark.parametrize(
+    ("processed_on", "before"),
+    [("1000", True), ("2000", False), (None, False), ("", False), ("not-a-number", False), ("1e3", False)],
+)
+def test_a_job_is_an_orphan_candidate_only_with_a_readable_processed_on_before_the_failover(
+    processed_on: object, before: bool
+) -> None:
+    assert taken_before(processed_on, 2000) is before

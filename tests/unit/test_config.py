@@ -128,6 +128,10 @@ def test_redis_topologies_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
             "invalid REDIS_CLUSTER_NODES: set it or REDIS_SENTINELS, not both",
         ),
         ({"QUEUE_PREFIX": " "}, "invalid QUEUE_PREFIX: must be a non-empty prefix"),
+        (
+            {"REDIS_SENTINELS": "10.0.0.1:26379", "REDIS_SENTINEL_MASTER": " "},
+            "invalid REDIS_SENTINEL_MASTER: must be the master's name",
+        ),
     ],
 )
 def test_a_redis_topology_that_cannot_work_names_its_variable(

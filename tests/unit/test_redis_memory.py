@@ -41,3 +41,5 @@ def test_memory_is_read_from_one_server_or_from_the_fullest_cluster_node() -> No
         "127.0.0.1:7001": {"used_memory": 8, "maxmemory": 10},
     }
     assert memory_of(nodes) == (8, 10)
+    unlimited = {"a": {"used_memory": 3, "maxmemory": 0}, "b": {"used_memory": 7, "maxmemory": 0}}
+    assert memory_of(unlimited) == (7, 0)

@@ -101,7 +101,7 @@ QUEUE_METHODS: dict[str, tuple[str, ...]] = {
     "toKey": ("self", "type"),
     "close": ("self",),
 }
-QUEUE_ATTRIBUTES = ("name", "client", "backend", "qualifiedName")
+QUEUE_ATTRIBUTES = ("name", "prefix", "client", "backend", "qualifiedName")
 # bullmq's events the adapter listens to, as its Worker emits them.
 WORKER_EMITS = ('emit("completed", job, result)', 'emit("failed", job, err)', 'emit("stalled", jobId)')
 

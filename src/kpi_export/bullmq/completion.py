@@ -91,29 +91,40 @@ class CompletingBackend:
         self, job: Any, return_value: Any, remove_on_complete: Any, token: str, fetch_next: bool = False
     ) -> Any:
         """Mirrors bullmq 3.4 `RedisBackend.moveToCompleted` (its reply: the next job and finishedOn)."""
-        worker = self._worker
-        progress = worker.pending_progress.pop(token, None)
-        deadline = time.monotonic() + worker.opts["lockDuration"] / 1000
-        fetch = fetch_next or worker.may_prefetch()
-        for delay in itertools.chain(_RETRY_DELAYS, itertools.repeat(_RETRY_DELAYS[-1])):
-            try:
-                outcome = await self._complete(job, progress, return_value, remove_on_complete, token, fetch)
-                break
-            except Exception as exc:
-                if not worker.isConnectionError(exc) and (finished_on := await self._finished_on(job)):
-                    # A try whose reply was lost with its connection completed it (this loop's, or redis-py's
-                    # own retry). Had it fetched a job too, that job waits for its lock to expire; tries after
-                    # the first here fetch none.
-                    outcome = {"result": None, "finishedOn": finished_on}
-                    break
-                if not worker.isConnectionError(exc) or worker.forceClosing or time.monotonic() > deadline:
-                    raise
-                worker.emit("error", exc)  # what Redis is doing is the RedisWatch's to say, once
-                await asyncio.sleep(delay)
-                fetch = fetch_next
+        progress = self._worker.pending_progress.pop(token, None)
+        fetch = fetch_next or self._worker.may_prefetch()
+        try:
+            outcome = await self._complete(job, progress, return_value, remove_on_complete, token, fetch)
+        except Exception as exc:
+            outcome = await self._after_failure(exc, job, progress, return_value, remove_on_complete, token)
+            fetch = False  # a try after the first fetches no job
         if fetch and outcome.get("result"):
-            worker.prefetched[token] = outcome["result"]
+            self._worker.prefetched[token] = outcome["result"]
         return outcome
+
+    async def _after_failure(
+        self, exc: Exception, job: Any, progress: Any, return_value: Any, remove_on_complete: Any, token: str
+    ) -> Any:
+        """The completion after a first try that failed: done if Redis has it already, else tried again while
+        Redis is unreachable and the job's lock lasts."""
+        worker = self._worker
+        deadline = time.monotonic() + worker.opts["lockDuration"] / 1000
+        for delay in itertools.chain(_RETRY_DELAYS, itertools.repeat(_RETRY_DELAYS[-1])):
+            unreachable = worker.isConnectionError(exc)
+            if not unreachable and (finished_on := await self._finished_on(job)):
+                # A try whose reply was lost with its connection completed it (redis-py retries a command on
+                # a lost connection too), or another worker did: the job is done either way. Had that try
+                # fetched a job too, that job waits for its lock to expire.
+                return {"result": None, "finishedOn": finished_on}
+            if not unreachable or worker.forceClosing or time.monotonic() > deadline:
+                raise exc
+            worker.emit("error", exc)  # what Redis is doing is the RedisWatch's to say, once
+            await asyncio.sleep(delay)
+            try:
+                return await self._complete(job, progress, return_value, remove_on_complete, token, False)
+            except Exception as again:
+                exc = again
+        raise AssertionError("unreachable: the delays never end")
 
     async def _finished_on(self, job: Any) -> int | None:
         """When the job was completed, if it is in the completed set; None otherwise (or Redis unreachable)."""

@@ -235,7 +235,8 @@ async def leave_old_master(client: RedisClient) -> None:
         return
     pool = client.connection_pool
     await pool.disconnect(inuse_connections=False)
-    in_use = list(pool._in_use_connections)  # redis-py 8 has no public view of them
+    # redis-py 8 has no public view of the connections in use: without it, they reconnect on READONLY only.
+    in_use = list(getattr(pool, "_in_use_connections", ()))
     if isinstance(client, SentinelRedis):
         host, port = await client.sentinel_manager.discover_master(client.master_name)
         for connection in in_use:
@@ -243,7 +244,7 @@ async def leave_old_master(client: RedisClient) -> None:
                 await connection.disconnect()
     else:
         for connection in in_use:
-            connection.mark_for_reconnect()  # type: ignore[no-untyped-call]
+            connection.mark_for_reconnect()
 
 
 async def redis_role(client: RedisClient) -> str | None:

