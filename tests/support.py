@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -145,8 +146,18 @@ async def running_worker(settings: Settings) -> AsyncIterator[StopSignals]:
         assert outcome == 0
 
 
+# The UTC time that begins each text log line (logs.utc_time).
+LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) ", re.MULTILINE)
+
+
+def untimed(text: str) -> str:
+    """Text log lines without the time that begins each, to compare their words."""
+    return LOG_TIME.sub("", text)
+
+
 class WorkerProcess:
-    """`kpi-export worker` (or `command`) as a child process; its output is collected line by line."""
+    """`kpi-export worker` (or `command`) as a child process; its output is collected line by line, each
+    without the time that begins it (`timed_lines` keeps them as printed)."""
 
     def __init__(self, env: dict[str, str], *args: str, command: list[str] | None = None) -> None:
         self.process = subprocess.Popen(
@@ -157,6 +168,7 @@ class WorkerProcess:
             text=True,
         )
         self.lines: list[str] = []
+        self.timed_lines: list[str] = []
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -165,7 +177,8 @@ class WorkerProcess:
         assert self.process.stdout is not None
         for line in self.process.stdout:
             with self._changed:
-                self.lines.append(line.rstrip("\n"))
+                self.timed_lines.append(line.rstrip("\n"))
+                self.lines.append(untimed(self.timed_lines[-1]))
                 self._changed.notify_all()
         with self._changed:
             self._changed.notify_all()

@@ -6,13 +6,18 @@ import re
 from typing import Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import Field, PositiveInt, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kpi_export.errors import ConfigError
 from kpi_export.store.url import DatabaseTarget, parse_database_url
 
 DEFAULT_DATABASE_URL = "file:./kpi_export.db"
+# Jobs one process runs at once. Each is a task and a database slot; far above this an idle worker spends its
+# CPU polling (100,000: 96 % of a core and 380 MB) and stops answering signals. WORKER_PROCESSES scales on.
+MAX_WORKER_CONCURRENCY = 1000
+_HOUR = 3600.0
+_TEN_YEARS = 10 * 365 * 24 * 3600
 # A hash tag: the part of a key between the first { and the next } decides its Redis Cluster slot.
 _HASH_TAG = re.compile(r"\{[^}]+\}")
 
@@ -20,7 +25,8 @@ _HASH_TAG = re.compile(r"\{[^}]+\}")
 class Settings(BaseSettings):
     """Every setting, named as its environment variable in upper case."""
 
-    model_config = SettingsConfigDict(env_ignore_empty=True, extra="ignore", frozen=True)
+    # Finite numbers only: an `inf` timeout would pass here and fail later, where a supervisor restarts forever.
+    model_config = SettingsConfigDict(env_ignore_empty=True, extra="ignore", frozen=True, allow_inf_nan=False)
 
     redis_host: str = "127.0.0.1"
     redis_port: int = Field(6379, ge=1, le=65535)
@@ -36,31 +42,31 @@ class Settings(BaseSettings):
     # bullmq's key prefix, as the Node producers set it; on a Cluster it must hold a hash tag ({kpi}).
     queue_prefix: str = "bull"
     queue_name: str = "kpi-export-queue"
-    worker_concurrency: PositiveInt = 1
+    worker_concurrency: int = Field(1, ge=1, le=MAX_WORKER_CONCURRENCY)
     # More than 1: `kpi-export worker` supervises that many worker processes (supervisor.py).
     worker_processes: int = Field(1, ge=1, le=64)
     database_url: SecretStr = SecretStr(DEFAULT_DATABASE_URL)
-    shutdown_timeout: float = Field(25.0, ge=0)
-    db_retry_window: float = Field(30.0, ge=0)
+    shutdown_timeout: float = Field(25.0, ge=0, le=_HOUR)
+    db_retry_window: float = Field(30.0, ge=0, le=_HOUR)
     # One attempt at the audit write (or a connection) that takes longer is abandoned and retried: a database
     # behind a network that drops packets would otherwise hold the job, and its lock, for many minutes.
-    db_write_timeout: float = Field(15.0, gt=0)
+    db_write_timeout: float = Field(15.0, gt=0, le=_HOUR)
     # A job whose worker died goes back to wait after this long (bullmq's lockDuration and stalledInterval).
-    lock_duration: float = Field(30.0, ge=1)
+    lock_duration: float = Field(30.0, ge=1, le=_HOUR)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     # /livez, /readyz and /metrics; off unless set.
     health_port: int | None = Field(None, ge=1, le=65535)
     health_host: str = "0.0.0.0"
     # Seconds between two reads of the queue's job counts for /metrics.
-    queue_metrics_interval: float = Field(15.0, gt=0)
+    queue_metrics_interval: float = Field(15.0, gt=0, le=_HOUR)
     # Retention of finished jobs in Redis (bullmq's removeOnComplete/removeOnFail, when a job has none of
     # its own): up to AGE seconds, and at most COUNT jobs when COUNT is set. Failed jobs are kept long enough
     # to be acted on. No count by default: a count trims results that Node readers still poll for.
-    keep_completed_age: int = Field(24 * 3600, ge=1)
-    keep_completed_count: int | None = Field(None, ge=0)
-    keep_failed_age: int = Field(30 * 24 * 3600, ge=1)
-    keep_failed_count: int | None = Field(None, ge=0)
+    keep_completed_age: int = Field(24 * 3600, ge=1, le=_TEN_YEARS)
+    keep_completed_count: int | None = Field(None, ge=0, le=1_000_000_000)
+    keep_failed_age: int = Field(30 * 24 * 3600, ge=1, le=_TEN_YEARS)
+    keep_failed_count: int | None = Field(None, ge=0, le=1_000_000_000)
 
     @field_validator("queue_name")
     @classmethod

@@ -4,6 +4,7 @@
      ├── ConfigError          bad settings: the program stops at start with exit status 2
      ├── StartupError         the worker cannot run (exit status 1): credentials refused, …
      │    └── SchemaNotReady  the audit table is missing or behind: run `kpi-export db upgrade`
+     ├── DatabaseMissing      a command that only reads found no SQLite file (it creates none)
      ├── InvalidJobData       permanent: the job fails and is never retried (the bullmq adapter tells bullmq)
      └── AuditWriteError      the database refused the row; the producer's attempts/backoff apply
           └── TransientDatabaseError   connection lost, failover, deadlock: retried inside the job first
@@ -33,6 +34,10 @@ class StartupError(KpiExportError):
 
 class SchemaNotReady(StartupError):
     """The database lacks the audit table, or its migrations are not at head."""
+
+
+class DatabaseMissing(KpiExportError):
+    """The SQLite file DATABASE_URL names does not exist, and the command only reads."""
 
 
 class InvalidJobData(KpiExportError):

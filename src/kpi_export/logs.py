@@ -18,7 +18,7 @@ FIELDS = ("event", "job_id", "queue", "idExport", "duration_ms", "outcome", "att
 
 
 class TextFormatter(logging.Formatter):
-    """INFO lines exactly as the Node original printed them; other levels say their level first."""
+    """A UTC time, then INFO lines' text as the Node original printed it; other levels say their level first."""
 
     def __init__(self, redact: Redactor) -> None:
         super().__init__()
@@ -28,11 +28,17 @@ class TextFormatter(logging.Formatter):
         message = escape_controls(record.getMessage())
         if record.levelno != logging.INFO:
             message = f"{record.levelname}: {message}"
+        message = f"{utc_time(record.created)} {message}"
         if record.exc_info:
             # The traceback keeps its lines, indented, so that none can pass for a log line of its own.
             trace = escape_controls(self.formatException(record.exc_info), keep_newlines=True)
             message += "\n" + "\n".join(f"  {line}" for line in trace.splitlines())
         return self.redact(message)
+
+
+def utc_time(epoch: float) -> str:
+    """2026-03-31T10:00:00.123Z"""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"
 
 
 class JsonLineFormatter(JsonFormatter):

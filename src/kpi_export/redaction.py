@@ -29,6 +29,12 @@ def escape_controls(text: str, *, keep_newlines: bool = False) -> str:
     return _UNSAFE.sub(escape, text)
 
 
+def escape_controls_in_json(text: str) -> str:
+    """JSON text with the characters json.dumps leaves raw (C1 controls, DEL, separators, bidi overrides, lone
+    surrogates) as \\u escapes; its own newlines (indentation) stay, as json.dumps escapes those in strings."""
+    return _UNSAFE.sub(lambda match: "\n" if match.group() == "\n" else f"\\u{ord(match.group()):04x}", text)
+
+
 def hide_url_credentials(text: str) -> str:
     return _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
 

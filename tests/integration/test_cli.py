@@ -63,7 +63,7 @@ async def test_job_shows_state_progress_result_and_failure_as_json(migrated: Set
         await events.finished(good_id)
         await events.finished(bad_id)
 
-    good = json.loads((await invoke(migrated, "job", good_id)).stdout)
+    good = json.loads((await invoke(migrated, "job", good_id, "--json")).stdout)
     row = (await audit_rows(migrated))[0]
     assert good["state"] == "completed"
     assert good["returnvalue"] == good["progress"] == {"idExport": row.idExport}
@@ -74,11 +74,11 @@ async def test_job_shows_state_progress_result_and_failure_as_json(migrated: Set
         == idempotency_key(f"bull:{migrated.queue_name}", good_id, good["timestamp"])
     )
 
-    failed = json.loads((await invoke(migrated, "job", bad_id)).stdout)
+    failed = json.loads((await invoke(migrated, "job", bad_id, "--json")).stdout)
     assert (failed["state"], failed["failedReason"]) == ("failed", "usuarioId inválido en job.data")
     assert (failed["attemptsMade"], failed["attempts"]) == (1, 3)
     assert failed["data"] == {"usuarioId": -5}
 
     missing = await invoke(migrated, "job", "no-such-job")
     assert missing.exit_code == 1
-    assert "no job 'no-such-job'" in missing.stderr
+    assert f"no job no-such-job in queue {migrated.queue_name}" in missing.stderr

@@ -28,7 +28,15 @@ async def json_of(settings: Settings, *args: str) -> object:
     return json.loads(result.stdout)
 
 
+def create_empty_sqlite_file(settings: Settings) -> None:
+    """What a database server has before `db upgrade`: a database without the table (the read-only commands
+    create no SQLite file)."""
+    if settings.database.dialect == "sqlite":
+        sqlite3.connect(str(settings.database.url.database)).close()
+
+
 async def test_check_exits_0_when_ready_and_1_naming_what_is_not(settings: Settings) -> None:
+    create_empty_sqlite_file(settings)
     missing = await invoke(settings, "check", "--json")
     assert missing.exit_code == 1
     body = json.loads(missing.stdout)
@@ -49,6 +57,7 @@ async def test_check_exits_0_when_ready_and_1_naming_what_is_not(settings: Setti
 
 @sqlite_only
 async def test_db_current_and_upgrade_as_json(settings: Settings) -> None:
+    create_empty_sqlite_file(settings)
     behind = await invoke(settings, "db", "current", "--json")
     assert behind.exit_code == 1
     assert json.loads(behind.stdout)["up_to_date"] is False

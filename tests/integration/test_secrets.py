@@ -112,7 +112,7 @@ async def test_no_password_in_logs_failed_reasons_or_cli_output(
         assert await asyncio.to_thread(worker.wait, 15) == 0
         outputs.append(worker.output)
         for job_id in ids:
-            outputs.append(await kpi_export_in_process(env, "job", job_id))
+            outputs.append(await kpi_export_in_process(env, "job", job_id, "--json"))
         outputs.append(await kpi_export_in_process(env, "db", "current"))
         outputs.append(await kpi_export_in_process(env, "enqueue", "--usuario-id", "4"))
         bad_database = settings.database_url.get_secret_value().replace(database_password, wrong)

@@ -80,7 +80,7 @@ def test_sqlite_urls(raw: str, path: str) -> None:
         ("sqlite://", "must name a SQLite file"),
         ("file::memory:", "must name a SQLite file"),
         ("postgresql://u:topsecret@h/db?sslcert=x.pem", "does not understand: sslcert"),
-        ("postgresql://u:topsecret@h/db?connection_limit=many", "connection_limit must be a number"),
+        ("postgresql://u:topsecret@h/db?connection_limit=many", "connection_limit must be a whole number"),
         ("mysql://u:topsecret@h/db?sslcert=x.pem", "does not understand: sslcert"),
         ("mysql://u:topsecret@h/db?sslaccept=maybe", "sslaccept must be strict or accept_invalid_certs"),
     ],

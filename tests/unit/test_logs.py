@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import calendar
 import io
 import json
 import logging
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from kpi_export.logs import Throttle, setup_logging
 from kpi_export.redaction import escape_controls
+from tests.support import LOG_TIME, untimed
 
 
 @pytest.fixture
@@ -20,13 +23,23 @@ def output() -> Iterator[io.StringIO]:
     logging.getLogger().handlers.clear()
 
 
+def test_text_lines_begin_with_the_utc_time(output: io.StringIO) -> None:
+    setup_logging("INFO", "text", stream=output)
+    before = time.time()
+    logging.getLogger("t").info("Job 1 completed")
+    found = LOG_TIME.match(output.getvalue())
+    assert found is not None, output.getvalue()
+    logged = calendar.timegm(time.strptime(found.group(1)[:19], "%Y-%m-%dT%H:%M:%S"))
+    assert before - 1 <= logged <= time.time()
+
+
 def test_info_lines_are_printed_as_the_original_printed_them(output: io.StringIO) -> None:
     setup_logging("INFO", "text", stream=output)
     logging.getLogger("kpi_export.runtime.lifecycle").info(
         'Worker escuchando cola "%s" (concurrency=%d)', "q", 3
     )
     logging.getLogger("kpi_export.runtime.lifecycle").warning("careful")
-    assert output.getvalue().splitlines() == [
+    assert untimed(output.getvalue()).splitlines() == [
         'Worker escuchando cola "q" (concurrency=3)',
         "WARNING: careful",
     ]
@@ -35,14 +48,14 @@ def test_info_lines_are_printed_as_the_original_printed_them(output: io.StringIO
 def test_job_data_cannot_forge_a_log_line(output: io.StringIO) -> None:
     setup_logging("INFO", "text", stream=output)
     logging.getLogger("t").info("Job %s completed", "7\nERROR: forged\x1b[31m\u2028")
-    assert output.getvalue() == "Job 7\\x0aERROR: forged\\x1b[31m\\u2028 completed\n"
+    assert untimed(output.getvalue()) == "Job 7\\x0aERROR: forged\\x1b[31m\\u2028 completed\n"
 
 
 def test_bytes_from_redis_that_were_not_utf8_are_printed_escaped(output: io.StringIO) -> None:
     setup_logging("INFO", "text", stream=output)
     job_id = b"evil\xff".decode("utf-8", "surrogateescape")
     logging.getLogger("t").info("Job %s completed", job_id)
-    assert output.getvalue() == "Job evil\\udcff completed\n"
+    assert untimed(output.getvalue()) == "Job evil\\udcff completed\n"
 
 
 def test_secrets_and_url_credentials_are_redacted_in_text_and_json(output: io.StringIO) -> None:
@@ -85,7 +98,7 @@ def test_json_lines_carry_the_structured_fields(output: io.StringIO) -> None:
 def test_a_short_secret_does_not_mangle_the_logs(output: io.StringIO) -> None:
     setup_logging("INFO", "text", secrets=["kpi"], stream=output)
     logging.getLogger("t").info('Worker escuchando cola "kpi-export-queue" (concurrency=1)')
-    assert output.getvalue() == 'Worker escuchando cola "kpi-export-queue" (concurrency=1)\n'
+    assert untimed(output.getvalue()) == 'Worker escuchando cola "kpi-export-queue" (concurrency=1)\n'
 
 
 def test_a_traceback_cannot_forge_a_line_either(output: io.StringIO) -> None:
@@ -94,7 +107,7 @@ def test_a_traceback_cannot_forge_a_line_either(output: io.StringIO) -> None:
         raise ValueError("bad\x1b[2J\nINFO: forged line")
     except ValueError:
         logging.getLogger("t").exception("boom")
-    lines = output.getvalue().splitlines()
+    lines = untimed(output.getvalue()).splitlines()
     assert lines[0] == "ERROR: boom"
     assert all(line.startswith("  ") for line in lines[1:])
     assert "  INFO: forged line" in lines and "\\x1b[2J" in output.getvalue()

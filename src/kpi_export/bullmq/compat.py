@@ -74,6 +74,7 @@ BACKEND_METHODS: dict[str, tuple[str, ...]] = {
     "updateProgress": ("self", "job_id", "progress"),
     "addJobs": ("self", "jobs"),
     "getJobData": ("self", "job_id"),
+    "getRanges": ("self", "types", "start", "end", "asc"),  # queue_reads: ids, then each job on its own
     "retryJobs": ("self", "state", "count", "timestamp"),
 }
 # Scripts methods run against a recorder (completion.py) or called.
@@ -92,7 +93,8 @@ TOKEN_FORMAT = "f'{self.id}:{token_postfix}'"
 # Lua scripts sent by the adapter itself (EVALSHA in a pipeline), and their number of keys.
 SCRIPT_KEYS = {"updateProgress": 3, "moveToFinished": 14}
 JOB_INIT = ("self", "queue", "name", "data", "opts", "job_id")
-JOB_ATTRIBUTES = ("token", "timestamp", "attemptsMade", "deferredFailure", "processedOn", "progress")
+JOB_ATTRIBUTES = ("token", "timestamp", "attemptsMade", "deferredFailure", "processedOn", "progress", "delay")
+JOB_FROM_JSON = ("queue", "rawData", "jobId")
 QUEUE_METHODS: dict[str, tuple[str, ...]] = {
     "getJob": ("self", "job_id"),
     "getJobState": ("self", "job_id"),
@@ -135,6 +137,7 @@ async def problems() -> list[str]:
         found += _methods(bullmq.Queue, QUEUE_METHODS)
         found += _attributes(queue, QUEUE_ATTRIBUTES)
         found += _parameters(bullmq.Job.__init__, JOB_INIT, "Job.__init__")
+        found += _parameters(bullmq.Job.fromJSON, JOB_FROM_JSON, "Job.fromJSON")
         job = bullmq.Job(worker, "compat-check", {}, {}, "1")
         found += _attributes(job, JOB_ATTRIBUTES)
         found += _script_files()

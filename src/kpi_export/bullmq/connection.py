@@ -94,9 +94,10 @@ def redis_client(
         return RedisCluster(startup_nodes=nodes, **options, **_credentials(settings))
     if settings.redis_url is not None:
         url = settings.redis_url.get_secret_value()
-        pool = ConnectionPool.from_url(
-            url, connection_class=_FAILOVER_AWARE[_connection_class(url)], **options
-        )
+        connection_class = _connection_class(url)
+        if connection_class is UnixDomainSocketConnection:  # a local socket has no TCP keepalive to set
+            del options["socket_keepalive"]
+        pool = ConnectionPool.from_url(url, connection_class=_FAILOVER_AWARE[connection_class], **options)
     else:
         password = settings.redis_password.get_secret_value() if settings.redis_password else None
         pool = ConnectionPool(

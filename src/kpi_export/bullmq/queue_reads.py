@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bullmq import Queue
+from bullmq import Job, Queue
 from redis.exceptions import RedisError
 
 from kpi_export.bullmq.connection import node_client_name, opened_queue
@@ -15,22 +15,31 @@ from kpi_export.bullmq.unreadable import unreadable_job_reason
 from kpi_export.config import Settings
 from kpi_export.contract import idempotency_key
 
+# Keys of the queue itself (`<prefix>:<queue>:<name>`), which a job id must not be taken for: `job id` would
+# read the id counter, the events stream or the meta hash as a job.
+QUEUE_OWN_KEYS = frozenset(
+    {"id", "events", "meta", "wait", "paused", "active", "prioritized", "delayed", "completed", "failed",
+     "stalled", "stalled-check", "limiter", "marker", "pc", "de", "repeat", "metrics", "waiting-children"}
+)  # fmt: skip
+
 
 async def job_snapshot(settings: Settings, job_id: str) -> dict[str, Any] | None:
     """One job as an operator wants to see it, or None when the queue has no such job."""
+    if job_id in QUEUE_OWN_KEYS:
+        return None
     async with opened_queue(settings) as queue:
+        raw = await queue.backend.getJobData(job_id)
+        if not raw:
+            return None
         try:
-            job = await queue.getJob(job_id)
+            job = Job.fromJSON(queue, raw, job_id)
         except Exception as exc:  # a hash bullmq cannot decode: show it as stored
-            raw = await queue.backend.getJobData(job_id)
             return {
                 "id": job_id,
                 "state": await queue.getJobState(job_id),
                 "unreadable": unreadable_job_reason(raw, exc),
                 "hash": raw,
             }
-        if job is None:
-            return None
         state = await job.getState()
         return {
             "id": job.id,
@@ -39,7 +48,7 @@ async def job_snapshot(settings: Settings, job_id: str) -> dict[str, Any] | None
             "data": job.data,
             "progress": job.progress,
             "returnvalue": job.returnvalue,
-            "failedReason": job.failedReason,
+            "failedReason": job.failedReason or None,
             "attemptsMade": job.attemptsMade,
             "attempts": attempts_allowed(job),
             "timestamp": job.timestamp,
@@ -104,24 +113,52 @@ async def _workers(queue: Queue) -> list[dict[str, Any]] | None:
 
 
 async def list_jobs(settings: Settings, state: str, limit: int) -> list[dict[str, Any]]:
-    """The newest `limit` jobs in `state` (oldest first for the states that wait)."""
+    """The newest `limit` jobs in `state` (oldest first for the states that wait). A job bullmq cannot read
+    is listed with the reason (`unreadable`), not allowed to fail the whole list."""
     async with opened_queue(settings, max_connections=2) as queue:
         oldest_first = state in ("waiting", "prioritized", "delayed", "paused")
-        jobs = await queue.getJobs([state], 0, limit - 1, oldest_first)
-    return [
-        {
-            "id": job.id,
-            "name": job.name,
-            "added": job.timestamp,
-            "attemptsMade": job.attemptsMade,
-            "attempts": attempts_allowed(job),
-            "failedReason": job.failedReason or None,
-            "returnvalue": job.returnvalue,
-            "finishedOn": job.finishedOn or None,
-            "data": job.data,
+        job_ids = await queue.backend.getRanges([state], 0, limit - 1, oldest_first)
+        found = []
+        for job_id in job_ids[:limit]:
+            raw = await queue.backend.getJobData(job_id)
+            if raw:  # else removed meanwhile
+                found.append(_listed(queue, job_id, raw))
+    return found
+
+
+def _listed(queue: Queue, job_id: str, raw: dict[str, Any]) -> dict[str, Any]:
+    try:
+        job = Job.fromJSON(queue, raw, job_id)
+    except Exception as exc:
+        return {
+            "id": job_id,
+            "name": raw.get("name"),
+            "added": _int_or_none(raw.get("timestamp")),
+            "attemptsMade": _int_or_none(raw.get("atm")) or 0,
+            "attempts": None,
+            "failedReason": raw.get("failedReason") or None,
+            "unreadable": unreadable_job_reason(raw, exc),
         }
-        for job in jobs[:limit]
-    ]
+    return {
+        "id": job.id,
+        "name": job.name,
+        "added": job.timestamp,
+        "attemptsMade": job.attemptsMade,
+        "attempts": attempts_allowed(job),
+        "failedReason": job.failedReason or None,
+        "returnvalue": job.returnvalue,
+        "processedOn": job.processedOn or None,
+        "finishedOn": job.finishedOn or None,
+        "runsAt": job.timestamp + job.delay if job.delay else None,
+        "data": job.data,
+    }
+
+
+def _int_or_none(text: object) -> int | None:
+    try:
+        return int(str(text))
+    except ValueError:
+        return None
 
 
 async def retry_jobs(settings: Settings, job_ids: list[str]) -> dict[str, str]:
@@ -129,9 +166,14 @@ async def retry_jobs(settings: Settings, job_ids: list[str]) -> dict[str, str]:
     outcome: dict[str, str] = {}
     async with opened_queue(settings, max_connections=2) as queue:
         for job_id in job_ids:
-            job = await queue.getJob(job_id)
-            if job is None:
+            raw = None if job_id in QUEUE_OWN_KEYS else await queue.backend.getJobData(job_id)
+            if not raw:
                 outcome[job_id] = "not found"
+                continue
+            try:
+                job = Job.fromJSON(queue, raw, job_id)
+            except Exception as exc:
+                outcome[job_id] = f"not retried: {unreadable_job_reason(raw, exc)}"
                 continue
             state = await job.getState()
             if state != "failed":

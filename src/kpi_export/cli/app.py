@@ -1,36 +1,65 @@
-"""The `kpi-export` command group and what its commands share: settings, the event loop, the --json flag."""
+"""The `kpi-export` command group and what its commands share: settings, the event loop, the --json flag, and
+the error boundary (a failure is one line and exit status 1)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from kpi_export.config import Settings, load_settings
-from kpi_export.errors import ConfigError
-from kpi_export.logs import setup_logging
+if TYPE_CHECKING:
+    from kpi_export.config import Settings
 
 T = TypeVar("T")
 EXIT_CONFIG = 2
+EXIT_FAILED = 1
+_SETTINGS = "kpi_export.settings"
+_DEBUG = "kpi_export.debug"
 
 JSON_OPTION = click.option(
     "--json", "as_json", is_flag=True, help="Print JSON for a script instead of a table."
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Commands(click.Group):
+    """A command that fails prints one line (what failed, what to do) and exits 1; with --debug, or
+    LOG_LEVEL=DEBUG, the traceback follows instead."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            if ctx.meta.get(_DEBUG) or os.environ.get("LOG_LEVEL", "").upper() == "DEBUG":
+                raise
+            from kpi_export.cli.failures import explain
+
+            click.echo(f"kpi-export: {explain(exc, ctx.meta.get(_SETTINGS))}", err=True)
+            ctx.exit(EXIT_FAILED)
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="When a command fails, show the traceback.")
 @click.version_option(package_name="kpi-export-worker")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
     """Audit worker for KPI export jobs on a BullMQ queue. Configured by environment variables (see README)."""
+    ctx.meta[_DEBUG] = debug
 
 
 def settings_or_exit(*, stream: Any = None) -> Settings:
     """Settings from the environment, logging set up; bad configuration exits 2 with one line."""
+    from kpi_export.config import load_settings
+    from kpi_export.errors import ConfigError
+    from kpi_export.logs import setup_logging
+
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -38,6 +67,9 @@ def settings_or_exit(*, stream: Any = None) -> Settings:
         sys.exit(EXIT_CONFIG)
     setup_logging(settings.log_level, settings.log_format, settings.secrets(), stream=stream or sys.stderr)
     logging.captureWarnings(True)
+    context = click.get_current_context(silent=True)
+    if context is not None:
+        context.meta[_SETTINGS] = settings  # the error boundary names where Redis and the database are
     return settings
 
 

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
-from collections.abc import Awaitable, Callable
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import IO, TYPE_CHECKING, TypeVar
 
 import click
-from rich.markup import escape
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kpi_export.cli.app import JSON_OPTION, cli, run, settings_or_exit
 from kpi_export.cli.render import echo_json, progress_bar, shortened, show, table
-from kpi_export.config import Settings
-from kpi_export.store.reader import AuditFilter
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from kpi_export.config import Settings
+    from kpi_export.store.reader import AuditFilter
 
 T = TypeVar("T")
 
@@ -51,7 +56,7 @@ def current(as_json: bool) -> None:
     from kpi_export.store.schema import current_revision, head_revision
 
     settings = settings_or_exit()
-    now, head = run(with_engine(settings, current_revision)), head_revision()
+    now, head = run(with_engine(settings, current_revision, create=False)), head_revision()
     if as_json:
         echo_json(
             {"database": settings.database.display, "current": now, "head": head, "up_to_date": now == head}
@@ -68,8 +73,12 @@ def audit() -> None:
     """Read the audit table kpi_auditoria_export: who exported what, from where, when."""
 
 
+# usuarioId is a 32-bit INTEGER column, as Prisma's Int.
+USUARIO_ID = click.IntRange(-(2**31), 2**31 - 1)
+
+
 @audit.command("list")
-@click.option("--usuario-id", type=int, help="Only this user's exports.")
+@click.option("--usuario-id", type=USUARIO_ID, help="Only this user's exports.")
 @click.option("--since", help="From this date or ISO date-time, inclusive (UTC unless an offset is given).")
 @click.option("--until", help="Up to this date (inclusive) or ISO date-time (exclusive).")
 @click.option("--format", "fmt", help="Only this export format, e.g. xlsx.")
@@ -79,8 +88,12 @@ def audit() -> None:
     help="At most this many rows, newest first. [default: 50 on screen; every row with --csv]",
 )
 @click.option(
-    "--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Write rows to FILE."
+    "--csv",
+    "csv_path",
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    help="Write rows to FILE ('-': standard output), whole or not at all.",
 )
+@click.option("--force", is_flag=True, help="With --csv: replace FILE when it exists.")
 @JSON_OPTION
 def audit_list(
     usuario_id: int | None,
@@ -89,11 +102,19 @@ def audit_list(
     fmt: str | None,
     limit: int | None,
     csv_path: Path | None,
+    force: bool,
     as_json: bool,
 ) -> None:
     """List audit rows, newest first; --csv writes them to a file (all of them unless --limit)."""
-    from kpi_export.store.reader import list_rows
+    from kpi_export.store.reader import AuditFilter, list_rows
 
+    if csv_path is not None and str(csv_path) != "-":
+        if not csv_path.parent.is_dir():
+            raise click.BadParameter(
+                f"no folder {csv_path.parent} to write {csv_path.name} in", param_hint="--csv"
+            )
+        if os.path.lexists(csv_path) and not force:
+            raise click.BadParameter(f"{csv_path} exists; add --force to replace it", param_hint="--csv")
     audit_filter = AuditFilter(
         usuario_id=usuario_id,
         since=when_option(since, "--since"),
@@ -102,25 +123,30 @@ def audit_list(
     )
     settings = settings_or_exit()
     if csv_path is not None:
-        written = run(write_csv(settings, audit_filter, limit, csv_path))
-        if as_json:
+        to_stdout = str(csv_path) == "-"
+        written = run(write_csv(settings, audit_filter, limit, None if to_stdout else csv_path))
+        if as_json and not to_stdout:
             echo_json({"file": str(csv_path), "rows": written})
         else:
-            click.echo(f"{written} row(s) written to {csv_path}")
+            click.echo(
+                f"{written} row(s) written to {'standard output' if to_stdout else csv_path}", err=to_stdout
+            )
         return
-    rows = run(with_engine(settings, lambda engine: list_rows(engine, audit_filter, limit or 50)))
+    rows = run(
+        with_engine(settings, lambda engine: list_rows(engine, audit_filter, limit or 50), create=False)
+    )
     if as_json:
         echo_json(rows)
         return
     shown_table = table("idExport", "createdAt (UTC)", "usuarioId", "ip", "format", "filters")
     for row in rows:
         shown_table.add_row(
-            str(row["idExport"]),
+            row["idExport"],
             row["createdAt"].replace("T", " ")[:19],
-            str(row["usuarioId"]),
-            escape(row["ip"] or ""),
-            escape(row["format"]),
-            escape(shortened(json.dumps(row["filters"], ensure_ascii=False))),
+            row["usuarioId"],
+            row["ip"],
+            row["format"],
+            shortened(json.dumps(row["filters"], ensure_ascii=False)),
         )
     show(shown_table)
     click.echo(f"{len(rows)} row(s)" + (" (--limit reached)" if len(rows) == (limit or 50) else ""))
@@ -134,7 +160,7 @@ def audit_show(id_export: int, as_json: bool) -> None:
     from kpi_export.store.reader import get_row
 
     settings = settings_or_exit()
-    row = run(with_engine(settings, lambda engine: get_row(engine, id_export)))
+    row = run(with_engine(settings, lambda engine: get_row(engine, id_export), create=False))
     if row is None:
         click.echo(f"kpi-export: no audit row with idExport {id_export}", err=True)
         sys.exit(1)
@@ -143,27 +169,37 @@ def audit_show(id_export: int, as_json: bool) -> None:
         return
     shown_table = table("field", "value", title=f"Audit row {id_export}")
     for name, value in row.items():
-        shown = json.dumps(value, ensure_ascii=False, indent=2) if name == "filters" else str(value)
-        shown_table.add_row(name, escape(shown))
+        if name == "filters":
+            for line_number, line in enumerate(json.dumps(value, ensure_ascii=False, indent=2).splitlines()):
+                shown_table.add_row(name if line_number == 0 else "", line)
+        else:
+            shown_table.add_row(name, value)
     show(shown_table)
 
 
-async def with_engine(settings: Settings, use: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+async def with_engine(
+    settings: Settings, use: Callable[[AsyncEngine], Awaitable[T]], *, create: bool = True
+) -> T:
+    """`create=False` for the commands that only read: they never leave a new SQLite file behind."""
     from kpi_export.store import opened_engine
 
-    async with opened_engine(settings.database, pool_size=1) as engine:
+    async with opened_engine(settings.database, pool_size=1, create=create) as engine:
         return await use(engine)
 
 
-async def write_csv(settings: Settings, audit_filter: AuditFilter, limit: int | None, path: Path) -> int:
+async def write_csv(
+    settings: Settings, audit_filter: AuditFilter, limit: int | None, path: Path | None
+) -> int:
+    """The rows into `path` (None: standard output); a file is written beside it and renamed over it at the
+    end, so that a failure midway leaves no partial file and a symlink at `path` is replaced, not followed."""
     from kpi_export.store.reader import COLUMNS, count_rows, stream_rows
 
     async def go(engine: AsyncEngine) -> int:
         total = await count_rows(engine, audit_filter)
         total = min(total, limit) if limit else total
         written = 0
-        with path.open("w", newline="", encoding="utf-8") as file, progress_bar() as progress:
-            task = progress.add_task(f"Writing {path.name}", total=total)
+        with _csv_output(path) as file, progress_bar() as progress:
+            task = progress.add_task(f"Writing {path.name if path else 'CSV'}", total=total)
             writer = csv.writer(file)
             writer.writerow(COLUMNS)
             async for row in stream_rows(engine, audit_filter, limit):
@@ -175,7 +211,29 @@ async def write_csv(settings: Settings, audit_filter: AuditFilter, limit: int | 
             progress.update(task, completed=written)
         return written
 
-    return await with_engine(settings, go)
+    return await with_engine(settings, go, create=False)
+
+
+@contextmanager
+def _csv_output(path: Path | None) -> Iterator[IO[str]]:
+    if path is None:
+        yield sys.stdout
+        return
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(descriptor, "w", newline="", encoding="utf-8") as file:
+            yield file
+        os.chmod(temporary, 0o644 & ~_umask())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def when_option(text: str | None, option: str, *, upper_bound: bool = False) -> datetime | None:

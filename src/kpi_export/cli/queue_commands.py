@@ -5,22 +5,26 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
-from rich.markup import escape
 
 from kpi_export.cli.app import JSON_OPTION, cli, json_arg, run, settings_or_exit
-from kpi_export.cli.render import duration, echo_json, progress_bar, show, table, when_ms
+from kpi_export.cli.render import duration, echo_json, progress_bar, show, shown, styled, table, when_ms
 
 
 @cli.command()
-@click.option("--usuario-id", help="usuarioId; sent as a number when it is one, else as the text given.")
+@click.option(
+    "--usuario-id", help="usuarioId; sent as a number when it is one (42.0 as 42), else as the text given."
+)
 @click.option("--ip", help="Client address, e.g. 203.0.113.7 or an X-Forwarded-For list.")
 @click.option("--filters", "filters_json", help='Filters as JSON, e.g. \'{"area": "ventas"}\'.')
 @click.option("--format", "fmt", help="Export format, e.g. xlsx (default on the worker: csv).")
 @click.option("--data", "data_json", help="The whole job.data as JSON, instead of the options above.")
-@click.option("--from-file", type=click.File("r"), help="One job.data JSON object per line ('-': stdin).")
+@click.option(
+    "--from-file", type=click.File("r"), help="One job.data JSON object per line ('-': stdin), instead."
+)
 @click.option("--count", default=1, show_default=True, type=click.IntRange(1), help="Add this many copies.")
 @click.option("--attempts", type=click.IntRange(1), help="BullMQ attempts (retries on a database error).")
 @click.option("--name", default="kpi-export", show_default=True, help="BullMQ job name.")
@@ -38,41 +42,77 @@ def enqueue(
     """Add export jobs to QUEUE_NAME, as the Node application does; prints their ids."""
     from kpi_export.bullmq import add_jobs
 
+    fields = {"usuarioId": usuario_id, "ip": ip, "filters": filters_json, "format": fmt}
+    payloads = _payloads(fields, data_json, from_file)
     settings = settings_or_exit()
-    if from_file is not None:
-        payloads = [json_arg(line, "--from-file") for line in from_file if line.strip()]
-    elif data_json is not None:
-        payloads = [json_arg(data_json, "--data")]
-    else:
-        data: dict[str, Any] = {}
-        if usuario_id is not None:
-            data["usuarioId"] = int(usuario_id) if re.fullmatch(r"-?[0-9]+", usuario_id) else usuario_id
-        if ip is not None:
-            data["ip"] = ip
-        if filters_json is not None:
-            data["filters"] = json_arg(filters_json, "--filters")
-        if fmt is not None:
-            data["format"] = fmt
-        payloads = [data]
     opts: dict[str, Any] = {"attempts": attempts} if attempts else {}
     ids = run(add_jobs(settings, name, payloads * count, opts))
     for job_id in ids:
-        click.echo(job_id)
+        click.echo(shown(job_id))
+
+
+def _payloads(fields: dict[str, str | None], data_json: str | None, from_file: Any) -> list[Any]:
+    """The job.data to add, from exactly one of: the field options, --data, --from-file."""
+    given = [
+        option for option, value in (("--data", data_json), ("--from-file", from_file)) if value is not None
+    ]
+    if any(value is not None for value in fields.values()):
+        given.append("--usuario-id/--ip/--filters/--format")
+    if len(given) != 1:
+        raise click.UsageError(
+            f"give one of {' or '.join(given)}, not both"
+            if given
+            else "nothing to add: give --usuario-id (with --ip, --filters, --format), --data or --from-file"
+        )
+    if from_file is not None:
+        return [
+            json_arg(line, f"--from-file (line {number})")
+            for number, line in enumerate(from_file, start=1)
+            if line.strip()
+        ]
+    if data_json is not None:
+        return [json_arg(data_json, "--data")]
+    data = {name: value for name, value in fields.items() if value is not None}
+    if "usuarioId" in data:
+        data["usuarioId"] = _number_or_text(data["usuarioId"])
+    if "filters" in data:
+        data["filters"] = json_arg(data["filters"], "--filters")
+    return [data]
+
+
+def _number_or_text(text: str) -> Any:
+    """A number as the Node application's JSON would carry it (42.0 is 42 there), else the text given."""
+    if not _JSON_NUMBER.fullmatch(text):
+        return text
+    value = json.loads(text)
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 @cli.command("job")
 @click.argument("job_id")
-def job_command(job_id: str) -> None:
-    """Show one job as JSON: state, progress, result, failure reason, attempts."""
+@JSON_OPTION
+def job_command(job_id: str, as_json: bool) -> None:
+    """Show one job: state, progress, result, failure reason, attempts, times (UTC; --json: bullmq's epoch
+    milliseconds)."""
     from kpi_export.bullmq import job_snapshot
 
     settings = settings_or_exit()
     snapshot = run(job_snapshot(settings, job_id))
     if snapshot is None:
-        click.echo(f"kpi-export: no job {job_id!r} in queue {settings.queue_name!r}", err=True)
+        click.echo(f"kpi-export: no job {shown(job_id)} in queue {settings.queue_name}", err=True)
         sys.exit(1)
-    text = json.dumps(snapshot, ensure_ascii=False, indent=2)
-    click.echo(text.encode("utf-8", "backslashreplace").decode("utf-8"))  # bytes that were not UTF-8: \udcff
+    if as_json:
+        echo_json(snapshot)
+        return
+    shown_table = table("field", "value", title=f"Job {job_id} in {settings.queue_name}")
+    for field, value in snapshot.items():
+        if field in _TIMES:
+            shown_table.add_row(f"{field} (UTC)", when_ms(value))
+        elif isinstance(value, str) or value is None:
+            shown_table.add_row(field, value)
+        else:
+            shown_table.add_row(field, json.dumps(value, ensure_ascii=False))
+    show(shown_table)
 
 
 @cli.command()
@@ -94,7 +134,7 @@ def stats(as_json: bool) -> None:
     if workers is None:
         click.echo("workers connected: unknown (this Redis does not allow CLIENT LIST)")
     else:
-        names = ", ".join(str(worker["name"]) for worker in workers)
+        names = ", ".join(shown(worker["name"]) for worker in workers)
         click.echo(f"workers connected: {len(workers)}" + (f" ({names})" if names else ""))
     age = found["oldest_waiting_age_s"]
     click.echo(f"oldest waiting job: {'none waiting' if age is None else duration(age) + ' ago'}")
@@ -120,18 +160,29 @@ def jobs(state: str, limit: int, as_json: bool) -> None:
     if as_json:
         echo_json(found)
         return
-    last = "result" if state == "completed" else "reason"
+    last, value_of = _LAST_COLUMN.get(state, ("name", lambda job: job["name"]))
     shown_table = table("id", "added (UTC)", "attempts", last, title=f"{state} jobs in {settings.queue_name}")
     for job in found:
-        shown = json.dumps(job["returnvalue"]) if state == "completed" else job["failedReason"] or ""
+        attempts = f"{job['attemptsMade']}/{job['attempts']}" if job["attempts"] else str(job["attemptsMade"])
         shown_table.add_row(
-            escape(str(job["id"])),
+            job["id"],
             when_ms(job["added"]),
-            f"{job['attemptsMade']}/{job['attempts']}",
-            escape(shown),
+            attempts,
+            f"unreadable: {job['unreadable']}" if "unreadable" in job else value_of(job),
         )
     show(shown_table)
     click.echo(f"{len(found)} job(s)" + (f" (--limit {limit})" if len(found) == limit else ""))
+
+
+# The last column of `jobs`, by state: what a person looks for in jobs of that state (else their name).
+_LAST_COLUMN: dict[str, tuple[str, Callable[[dict[str, Any]], Any]]] = {
+    "failed": ("reason", lambda job: job["failedReason"]),
+    "completed": ("result", lambda job: json.dumps(job["returnvalue"], ensure_ascii=False)),
+    "active": ("started (UTC)", lambda job: when_ms(job["processedOn"])),
+    "delayed": ("runs at (UTC)", lambda job: when_ms(job["runsAt"])),
+}
+_TIMES = ("timestamp", "processedOn", "finishedOn")
+_JSON_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 
 
 @cli.command()
@@ -166,9 +217,7 @@ def retry(job_ids: tuple[str, ...], all_failed: bool, as_json: bool) -> None:
     else:
         shown_table = table("id", "result")
         for job_id, result in outcome.items():
-            shown_table.add_row(
-                escape(job_id), result if result == "retried" else f"[red]{escape(result)}[/red]"
-            )
+            shown_table.add_row(job_id, result if result == "retried" else styled(result, "red"))
         show(shown_table)
     if any(result != "retried" for result in outcome.values()):
         sys.exit(1)

@@ -1,4 +1,6 @@
-"""How the commands show what they found: rich tables and progress bars, JSON, durations and times."""
+"""How the commands show what they found: rich tables and progress bars, JSON, durations and times. Every
+value from Redis or the database reaches the terminal through `shown` (tables) or `echo_json`: no escape
+sequence, forged line or bidi override from a job id or a filter gets through."""
 
 from __future__ import annotations
 
@@ -10,14 +12,39 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
+
+from kpi_export.redaction import escape_controls, escape_controls_in_json
+
+MISSING = "—"
+# The folding last column keeps this many characters even on a narrow terminal; the others give way.
+MIN_LAST_COLUMN = 24
 
 
-def table(*columns: str, title: str | None = None) -> Table:
-    """The last column takes what width is left and folds; the others keep to one line."""
-    found = Table(title=title, title_justify="left")
+class SafeTable(Table):
+    """A rich Table whose cells are literal text: markup is not read, control characters are escaped, a
+    missing value is a dash. A cell given as a `Text` (a styled one) was built with `shown` already."""
+
+    def add_row(self, *cells: Any, **kwargs: Any) -> None:
+        super().add_row(*(cell if isinstance(cell, Text) else Text(shown(cell)) for cell in cells), **kwargs)
+
+
+def shown(value: Any) -> str:
+    """A value as one line of plain text for a person: None is a dash, controls are escaped."""
+    return MISSING if value is None else escape_controls(str(value))
+
+
+def styled(value: Any, style: str) -> Text:
+    return Text(shown(value), style=style)
+
+
+def table(*columns: str, title: str | None = None) -> SafeTable:
+    """The last column takes what width is left and folds; the others keep to one line, cut with … when the
+    terminal is too narrow."""
+    found = SafeTable(title=title and shown(title), title_justify="left")
     for column in columns[:-1]:
-        found.add_column(column, no_wrap=True)
-    found.add_column(columns[-1], overflow="fold")
+        found.add_column(column, no_wrap=True, overflow="ellipsis")
+    found.add_column(columns[-1], overflow="fold", min_width=MIN_LAST_COLUMN)
     return found
 
 
@@ -26,18 +53,21 @@ def show(renderable: Any) -> None:
 
 
 def progress_bar() -> Progress:
-    """A progress bar on stderr (stdout stays for the result)."""
+    """A progress bar on a terminal's stderr (stdout stays for the result), gone when the work ends."""
+    console = Console(stderr=True)
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=Console(stderr=True),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,  # a script's log gets the result line, not a bar's last frame
     )
 
 
 def echo_json(value: Any) -> None:
-    click.echo(json.dumps(value, ensure_ascii=False, indent=2, default=str))
+    click.echo(escape_controls_in_json(json.dumps(value, ensure_ascii=False, indent=2, default=str)))
 
 
 def duration(seconds: float) -> str:
@@ -50,9 +80,13 @@ def duration(seconds: float) -> str:
 
 
 def when_ms(timestamp_ms: int | None) -> str:
+    """bullmq's epoch milliseconds as a UTC time; a dash when unset or out of range."""
     if not timestamp_ms:
-        return ""
-    return datetime.fromtimestamp(timestamp_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        return MISSING
+    try:
+        return datetime.fromtimestamp(int(timestamp_ms) / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    except (ValueError, OverflowError, OSError):
+        return MISSING
 
 
 def shortened(text: str, width: int = 48) -> str:

@@ -6,10 +6,9 @@ import sys
 from pathlib import Path
 
 import click
-from rich.markup import escape
 
 from kpi_export.cli.app import JSON_OPTION, cli, run, settings_or_exit
-from kpi_export.cli.render import echo_json, show, table
+from kpi_export.cli.render import echo_json, show, styled, table
 from kpi_export.logs import setup_logging
 
 
@@ -60,7 +59,8 @@ def check(as_json: bool) -> None:
     """Readiness, for probes that run a command: exit 0 when Redis and the database answer and the audit table
     is migrated, else 1 (the checks /readyz makes)."""
     from kpi_export.bullmq import redis_client
-    from kpi_export.runtime.readiness import Readiness, check_readiness
+    from kpi_export.errors import DatabaseMissing
+    from kpi_export.runtime.readiness import Readiness, check_readiness, check_readiness_without_database
     from kpi_export.store import opened_engine
 
     settings = settings_or_exit()
@@ -68,8 +68,10 @@ def check(as_json: bool) -> None:
     async def go() -> Readiness:
         client = redis_client(settings, max_connections=1)
         try:
-            async with opened_engine(settings.database, pooled=False) as engine:
+            async with opened_engine(settings.database, pooled=False, create=False) as engine:
                 return await check_readiness(client, engine)
+        except DatabaseMissing as exc:
+            return await check_readiness_without_database(client, str(exc))
         finally:
             await client.aclose()
 
@@ -79,7 +81,7 @@ def check(as_json: bool) -> None:
     else:
         found = table("check", "state")
         for name, state in readiness.checks.items():
-            found.add_row(name, state if state == "ok" else f"[red]{escape(state)}[/red]")
+            found.add_row(name, state if state == "ok" else styled(state, "red"))
         show(found)
         if readiness.redis_master is not None:
             click.echo(f"redis master: {readiness.redis_master} (named by the sentinels)")

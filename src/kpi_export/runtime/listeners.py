@@ -65,8 +65,11 @@ class JobEventLog:
         )
 
     def progress_failed(self, job: QueuedJob, progress: Any, error: BaseException) -> None:
-        self.metrics.progress_failed()
-        log.warning(
+        self.metrics.progress_failed()  # counted for each job; logged once a minute (a Redis out of memory)
+        self.throttle.log(
+            log,
+            "progress-failed",
+            logging.WARNING,
             "Job %s: progress not published (%s); the job completes with its result",
             job.id,
             describe(error),

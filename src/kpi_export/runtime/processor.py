@@ -51,8 +51,11 @@ async def process_job(job: QueuedJob, *, deps: JobDeps) -> Completion:
 
 async def _process(job: QueuedJob, deps: JobDeps) -> Completion:
     entry = parse_job_data(job.data)  # InvalidJobData fails the job for good
-    for warning in entry.warnings:
-        log.warning(
+    for warning in entry.warnings:  # a fleet of server-side exports has no ip: a line a minute says so
+        deps.throttle.log(
+            log,
+            f"job-warning:{warning}",
+            logging.WARNING,
             "Job %s: %s",
             job.id,
             warning,

@@ -52,6 +52,14 @@ async def check_readiness(
     return Readiness({"redis": redis_state, "database": database, "audit_table": table}, master)
 
 
+async def check_readiness_without_database(
+    redis: RedisClient, why: str, timeout: float = CHECK_TIMEOUT
+) -> Readiness:
+    """Redis checked; the database not reachable for `why` (a SQLite file that a check must not create)."""
+    redis_state, master = await _redis(redis, timeout)
+    return Readiness({"redis": redis_state, "database": why, "audit_table": "not checked"}, master)
+
+
 async def _redis(client: RedisClient, timeout: float) -> tuple[str, str | None]:
     """The state of Redis, and behind Sentinel the master it answered from."""
     try:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from kpi_export.errors import DatabaseMissing
 from kpi_export.store.url import DatabaseTarget
 
 
@@ -40,9 +42,16 @@ def create_engine(target: DatabaseTarget, *, pool_size: int = 5, pooled: bool = 
 
 @contextlib.asynccontextmanager
 async def opened_engine(
-    target: DatabaseTarget, *, pool_size: int = 5, pooled: bool = True
+    target: DatabaseTarget, *, pool_size: int = 5, pooled: bool = True, create: bool = True
 ) -> AsyncIterator[AsyncEngine]:
-    """`async with opened_engine(settings.database) as engine:` an engine, disposed of at the end."""
+    """`async with opened_engine(settings.database) as engine:` an engine, disposed of at the end.
+
+    `create=False` (the commands that only read): a SQLite file that does not exist is DatabaseMissing, not
+    a new empty database left behind by a typo in DATABASE_URL."""
+    if not create and target.dialect == "sqlite" and not Path(target.url.database or "").exists():
+        raise DatabaseMissing(
+            f"no SQLite database at {target.url.database} (DATABASE_URL): `kpi-export db upgrade` creates it"
+        )
     engine = create_engine(target, pool_size=pool_size, pooled=pooled)
     try:
         yield engine

@@ -37,7 +37,9 @@ def parse_when(text: str, *, upper_bound: bool = False) -> datetime:
         pass
     else:
         start = datetime.combine(day, time())
-        return start + timedelta(days=1) if upper_bound else start
+        if upper_bound:
+            return datetime.max if day == date.max else start + timedelta(days=1)
+        return start
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -45,7 +47,10 @@ def parse_when(text: str, *, upper_bound: bool = False) -> datetime:
             f"{text!r} is not a date (2026-03-31) or an ISO date-time (2026-03-31T10:00Z)"
         ) from None
     if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
+        try:
+            moment = moment.astimezone(UTC).replace(tzinfo=None)
+        except OverflowError:
+            raise ValueError(f"{text!r} is out of range in UTC") from None
     return moment
 
 

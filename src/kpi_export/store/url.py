@@ -11,6 +11,7 @@ import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -35,8 +36,9 @@ class DatabaseTarget:
 
     @property
     def display(self) -> str:
-        """The URL with its password hidden, for logs."""
-        return self.url.render_as_string(hide_password=True)
+        """The URL with its password hidden, for logs; with its schema, as Prisma writes it."""
+        shown = self.url.render_as_string(hide_password=True)
+        return f"{shown}?schema={quote(self.schema, safe='')}" if self.schema else shown
 
 
 def parse_database_url(raw: str) -> DatabaseTarget:
@@ -46,7 +48,7 @@ def parse_database_url(raw: str) -> DatabaseTarget:
         return _sqlite(raw.removeprefix("file:").split("?", 1)[0])
     try:
         url = make_url(raw)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number, a bracket left open
         raise ValueError("is not a database URL (expected postgresql://, mysql:// or file:)") from None
     scheme = url.drivername
     if scheme in _SQLITE_SCHEMES:
@@ -86,11 +88,11 @@ def _postgres(url: URL) -> DatabaseTarget:
     if timeout := _pop_text(query, "connect_timeout"):
         connect_args["timeout"] = _number(timeout, "connect_timeout")
     if limit := _pop_text(query, "connection_limit"):
-        pool_size = int(_number(limit, "connection_limit"))
+        pool_size = _count(limit, "connection_limit")
     if _pop_text(query, "pgbouncer") == "true":
         connect_args["statement_cache_size"] = 0  # a transaction-mode pooler forbids prepared statements
     if size := _pop_text(query, "statement_cache_size"):
-        connect_args["statement_cache_size"] = int(_number(size, "statement_cache_size"))
+        connect_args["statement_cache_size"] = _count(size, "statement_cache_size", low=0)
     _pop_text(query, "sslaccept")  # Prisma's certificate policy; sslmode decides here
     _reject_unknown(query)
     connect_args.setdefault("timeout", 10.0)  # asyncpg's default, 60 s, is long for a worker waiting on it
@@ -107,7 +109,7 @@ def _mysql(url: URL) -> DatabaseTarget:
     if timeout := _pop_text(query, "connect_timeout"):
         connect_args["connect_timeout"] = _number(timeout, "connect_timeout")
     if limit := _pop_text(query, "connection_limit"):
-        pool_size = int(_number(limit, "connection_limit"))
+        pool_size = _count(limit, "connection_limit")
     if socket := _pop_text(query, "socket"):  # a Unix socket path, as in Prisma
         connect_args["unix_socket"] = socket
     if accept := _pop_text(query, "sslaccept"):
@@ -136,13 +138,20 @@ def _pop_text(query: dict[str, Any], name: str) -> str | None:
 
 
 def _number(text: str, name: str) -> float:
+    """Seconds: positive, finite, at most an hour."""
     try:
         value = float(text)
     except ValueError:
         raise ValueError(f"parameter {name} must be a number") from None
-    if value <= 0:
-        raise ValueError(f"parameter {name} must be positive")
+    if not 0 < value <= 3600:  # NaN fails this too
+        raise ValueError(f"parameter {name} must be a number of seconds above 0, at most 3600")
     return value
+
+
+def _count(text: str, name: str, *, low: int = 1, high: int = 10_000) -> int:
+    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
+        raise ValueError(f"parameter {name} must be a whole number from {low} to {high:,}")
+    return int(text)
 
 
 def _reject_unknown(query: dict[str, Any]) -> None:

@@ -1,0 +1,137 @@
+"""The operator commands fail with one line that says what failed and what to do, and exit 1 (2 for a bad
+option); `--debug` shows the traceback. Against a Redis that is down and databases that do not exist."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+from click.testing import Result
+from pydantic import SecretStr
+
+from kpi_export.config import Settings
+from kpi_export.demo.embedded_redis import free_port
+from tests.services import POSTGRES_URL
+from tests.support import invoke
+
+
+def one_line_failure(result: Result, *words: str) -> str:
+    """The single stderr line of a failed command, checked for `words`; nothing on stdout, no traceback."""
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kpi-export: "), result.stderr
+    assert result.stdout == "" and "Traceback" not in result.output
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def redis_down(settings: Settings) -> Settings:
+    return settings.model_copy(update={"redis_url": SecretStr(f"redis://:hunter22@127.0.0.1:{free_port()}")})
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["stats"],
+        ["job", "1"],
+        ["jobs", "--state", "failed"],
+        ["enqueue", "--usuario-id", "1"],
+        ["retry", "1"],
+        ["retry", "--all-failed"],
+    ],
+)
+async def test_redis_down_is_one_line_naming_it(redis_down: Settings, args: list[str]) -> None:
+    line = one_line_failure(await invoke(redis_down, *args), "Redis is not reachable at redis://127.0.0.1:")
+    assert "start it, or point REDIS_URL" in line and "hunter22" not in line
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_debug_shows_the_traceback(redis_down: Settings) -> None:
+    with pytest.raises(Exception, match="Connect call failed|Connection refused|Error .* connecting"):
+        await invoke(redis_down, "--debug", "stats")
+
+
+@pytest.fixture
+def missing_database(settings: Settings) -> Settings:
+    """A PostgreSQL URL naming a database that does not exist on a server that runs."""
+    url = POSTGRES_URL.rsplit("/", 1)[0] + f"/missing_{uuid.uuid4().hex[:8]}"
+    return settings.model_copy(update={"database_url": SecretStr(url)})
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(
+    "args", [["db", "current"], ["db", "upgrade"], ["audit", "list"], ["audit", "show", "1"]]
+)
+async def test_a_database_that_does_not_exist_is_one_line_naming_it(
+    missing_database: Settings, args: list[str]
+) -> None:
+    one_line_failure(await invoke(missing_database, *args), "does not exist", "DATABASE_URL")
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_missing_table_says_to_run_db_upgrade(settings: Settings) -> None:
+    one_line_failure(await invoke(settings, "audit", "list"), "run `kpi-export db upgrade`")
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(
+    "command", [["db", "current"], ["audit", "list"], ["audit", "show", "1"], ["check", "--json"]]
+)
+async def test_read_only_commands_create_no_database_file(
+    settings: Settings, tmp_path: Path, command: list[str]
+) -> None:
+    typo = tmp_path / "typo.db"
+    result = await invoke(settings.model_copy(update={"database_url": SecretStr(f"file:{typo}")}), *command)
+    assert result.exit_code == 1, result.output
+    assert not typo.exists()
+    if command[0] == "check":
+        assert json.loads(result.stdout)["checks"]["database"].startswith(f"no SQLite database at {typo}")
+    else:
+        one_line_failure(result, f"no SQLite database at {typo}", "`kpi-export db upgrade` creates it")
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["audit", "list", "--csv", "/nonexistent-dir/x.csv"],
+            "no folder /nonexistent-dir to write x.csv in",
+        ),
+        (["audit", "list", "--usuario-id", "99999999999999999999"], "is not in the range"),
+        (["audit", "list", "--since", "10000-01-01"], "is not a date"),
+        (["enqueue"], "nothing to add: give --usuario-id"),
+        (["enqueue", "--data", "{}", "--usuario-id", "1"], "give one of --data or --usuario-id"),
+        (["enqueue", "--data", "{}", "--from-file", "-"], "give one of --data or --from-file, not both"),
+        (["enqueue", "--from-file", "-"], "--from-file (line 2): not JSON"),
+    ],
+)
+async def test_a_bad_option_is_one_usage_line(migrated: Settings, args: list[str], message: str) -> None:
+    result = await invoke(migrated, *args, stdin='{"usuarioId": 1}\n{not json\n')
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql", "mariadb"], indirect=True)
+async def test_until_the_last_day_there_is(migrated: Settings) -> None:
+    result = await invoke(migrated, "audit", "list", "--until", "9999-12-31", "--since", "0001-01-01")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1] == "0 row(s)"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("job_id", ["id", "events", "meta", "wait", "stalled-check"])
+async def test_the_queues_own_keys_are_no_jobs(migrated: Settings, job_id: str) -> None:
+    await invoke(migrated, "enqueue", "--usuario-id", "1")  # the queue's id counter, events and meta exist
+    shown = await invoke(migrated, "job", job_id)
+    assert (
+        shown.exit_code == 1
+        and shown.stderr == f"kpi-export: no job {job_id} in queue {migrated.queue_name}\n"
+    )
+    retried = await invoke(migrated, "retry", job_id, "--json")
+    assert retried.exit_code == 1 and f'"{job_id}": "not found"' in retried.stdout
