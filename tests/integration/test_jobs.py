@@ -106,8 +106,10 @@ async def test_failed_progress_updates_are_a_warning_a_minute_and_the_jobs_compl
     warnings = [r.getMessage() for r in caplog.records if "progress not published" in r.getMessage()]
     # One line, not one per job (a Redis refusing writes when out of memory): for whichever job came first.
     assert [warning.split(": ", 1)[1] for warning in warnings] == [
-        "progress not published (ResponseError: injected fault: command refused by the test proxy); the job "
-        "completes with its result"
+        (
+            "progress not published (ResponseError: injected fault: command refused by the test proxy); the job "
+            "completes with its result"
+        )
     ]
     assert warnings[0].split(":")[0] in {f"Job {job.id}" for job in jobs}
 
