@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 NODE_DIR := tests/interop
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 
-.PHONY: run test lint unit bench profile lock test-latest clean
+.PHONY: install run test lint unit bench profile lock test-latest clean
 
 # The locked packages, then the project itself (editable, no dependency of its own resolved again).
 define install_locked
@@ -31,6 +31,9 @@ $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 	else \
 		echo "make: Node.js or npm is missing: the interop suite ($(NODE_DIR)) will be skipped"; \
 	fi
+
+# The virtualenv .venv alone (README's "Try it by hand"); run and test make it too.
+install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/kpi-export demo

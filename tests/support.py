@@ -220,10 +220,16 @@ class WorkerProcess:
             self.process.stdout.close()
 
 
-async def invoke(settings: Settings, *args: str, stdin: str | None = None) -> Result:
-    """The CLI in a thread of its own (it runs its own event loop)."""
+async def invoke(
+    settings: Settings, *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> Result:
+    """The CLI in a thread of its own (it runs its own event loop); `env` adds to the settings' variables."""
     runner = CliRunner()
-    env = worker_env(settings)
     return await asyncio.to_thread(
-        runner.invoke, cli, list(args), input=stdin, env=env, catch_exceptions=False
+        runner.invoke,
+        cli,
+        list(args),
+        input=stdin,
+        env=worker_env(settings) | (env or {}),
+        catch_exceptions=False,
     )

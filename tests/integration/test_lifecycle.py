@@ -52,6 +52,11 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
         ("DATABASE_URL", "postgresql://app:hunter2@db/kpis?sslcert=client.pem"),
         ("SHUTDOWN_TIMEOUT", "soon"),
         ("WORKER_PROCESSES", "0"),
+        ("WORKER_CONCURRENCY", "1000000"),  # would burn a core idle and not answer SIGTERM
+        ("LOCK_DURATION", "inf"),  # would crash later, exit 1, restarted for ever
+        ("DB_WRITE_TIMEOUT", "nan"),
+        ("DATABASE_URL", "postgresql://app:hunter2@db/kpis?connection_limit=inf"),
+        ("DATABASE_URL", "postgresql://app:hunter2@[::1"),
     ],
 )
 def test_bad_configuration_stops_at_start_with_one_line_and_status_2(

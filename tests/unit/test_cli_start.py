@@ -43,3 +43,23 @@ def test_the_package_and_the_command_import_nothing_heavy_before_they_run() -> N
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
     assert kpi_export.Settings.__name__ == "Settings"  # the public names still resolve, when asked for
+
+
+def test_help_imports_no_driver_settings_or_queue_library() -> None:
+    """`kpi-export --help` (or any command's) starts in tens of milliseconds: the libraries a command uses
+    are imported when it runs."""
+    probe = (
+        "import sys\n"
+        "from kpi_export.cli import main\n"
+        "for argv in (['--help'], ['audit', 'list', '--help'], ['enqueue', '--help']):\n"
+        "    sys.argv = ['kpi-export', *argv]\n"
+        "    try:\n"
+        "        main()\n"
+        "    except SystemExit as stop:\n"
+        "        assert stop.code == 0, stop.code\n"
+        "heavy = {'sqlalchemy', 'bullmq', 'pydantic', 'pydantic_settings', 'redis', 'asyncpg', 'alembic'}\n"
+        "print(sorted(heavy & set(sys.modules)), file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stderr.strip() == "[]"
+    assert "Usage: kpi-export [OPTIONS] COMMAND" in result.stdout and "--csv" in result.stdout

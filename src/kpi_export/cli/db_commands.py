@@ -16,7 +16,7 @@ from typing import IO, TYPE_CHECKING, TypeVar
 import click
 
 from kpi_export.cli.app import JSON_OPTION, cli, run, settings_or_exit
-from kpi_export.cli.render import echo_json, progress_bar, shortened, show, table
+from kpi_export.cli.render import echo_json, progress_bar, shortened, show, show_rows, table
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -138,17 +138,20 @@ def audit_list(
     if as_json:
         echo_json(rows)
         return
-    shown_table = table("idExport", "createdAt (UTC)", "usuarioId", "ip", "format", "filters")
-    for row in rows:
-        shown_table.add_row(
-            row["idExport"],
-            row["createdAt"].replace("T", " ")[:19],
-            row["usuarioId"],
-            row["ip"],
-            row["format"],
-            shortened(json.dumps(row["filters"], ensure_ascii=False)),
-        )
-    show(shown_table)
+    show_rows(
+        ("idExport", "createdAt (UTC)", "usuarioId", "ip", "format", "filters"),
+        [
+            (
+                row["idExport"],
+                row["createdAt"].replace("T", " ")[:19],
+                row["usuarioId"],
+                row["ip"],
+                row["format"],
+                shortened(json.dumps(row["filters"], ensure_ascii=False)),
+            )
+            for row in rows
+        ],
+    )
     click.echo(f"{len(rows)} row(s)" + (" (--limit reached)" if len(rows) == (limit or 50) else ""))
 
 

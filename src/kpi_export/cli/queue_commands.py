@@ -11,7 +11,17 @@ from typing import Any
 import click
 
 from kpi_export.cli.app import JSON_OPTION, cli, json_arg, run, settings_or_exit
-from kpi_export.cli.render import duration, echo_json, progress_bar, show, shown, styled, table, when_ms
+from kpi_export.cli.render import (
+    duration,
+    echo_json,
+    progress_bar,
+    show,
+    show_rows,
+    shown,
+    styled,
+    table,
+    when_ms,
+)
 
 
 @cli.command()
@@ -161,16 +171,19 @@ def jobs(state: str, limit: int, as_json: bool) -> None:
         echo_json(found)
         return
     last, value_of = _LAST_COLUMN.get(state, ("name", lambda job: job["name"]))
-    shown_table = table("id", "added (UTC)", "attempts", last, title=f"{state} jobs in {settings.queue_name}")
-    for job in found:
-        attempts = f"{job['attemptsMade']}/{job['attempts']}" if job["attempts"] else str(job["attemptsMade"])
-        shown_table.add_row(
-            job["id"],
-            when_ms(job["added"]),
-            attempts,
-            f"unreadable: {job['unreadable']}" if "unreadable" in job else value_of(job),
-        )
-    show(shown_table)
+    show_rows(
+        ("id", "added (UTC)", "attempts", last),
+        [
+            (
+                job["id"],
+                when_ms(job["added"]),
+                f"{job['attemptsMade']}/{job['attempts']}" if job["attempts"] else job["attemptsMade"],
+                f"unreadable: {job['unreadable']}" if "unreadable" in job else value_of(job),
+            )
+            for job in found
+        ],
+        title=f"{state} jobs in {settings.queue_name}",
+    )
     click.echo(f"{len(found)} job(s)" + (f" (--limit {limit})" if len(found) == limit else ""))
 
 

@@ -5,6 +5,7 @@ sequence, forged line or bidi override from a job id or a filter gets through.""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,13 +40,37 @@ def styled(value: Any, style: str) -> Text:
 
 
 def table(*columns: str, title: str | None = None) -> SafeTable:
-    """The last column takes what width is left and folds; the others keep to one line, cut with … when the
-    terminal is too narrow."""
+    """The last column takes what width is left and folds; the others keep to one line."""
     found = SafeTable(title=title and shown(title), title_justify="left")
     for column in columns[:-1]:
-        found.add_column(column, no_wrap=True, overflow="ellipsis")
-    found.add_column(columns[-1], overflow="fold", min_width=MIN_LAST_COLUMN)
+        found.add_column(column, no_wrap=True)
+    found.add_column(columns[-1], overflow="fold")
     return found
+
+
+def show_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, title: str | None = None) -> None:
+    """A table when the terminal leaves its last column MIN_LAST_COLUMN characters; on a narrower one, a block
+    per row (the other values on a line, the last one below), rather than the last column in shreds."""
+    console = Console()
+    widths = [max([len(column), *(len(shown(row[n])) for row in rows)]) for n, column in enumerate(columns)]
+    last = min(widths.pop(), MIN_LAST_COLUMN)  # short values need no more room than they take
+    if console.width >= sum(widths) + 3 * len(columns) + 1 + last:
+        found = table(*columns, title=title)
+        for row in rows:
+            found.add_row(*row)
+        console.print(found)
+        return
+    if title:
+        console.print(Text(shown(title)))
+    for row in rows:
+        console.print(
+            Text(
+                "  ".join(
+                    f"{name} {shown(value)}" for name, value in zip(columns[:-1], row[:-1], strict=True)
+                )
+            )
+        )
+        console.print(Text(f"    {columns[-1]}: {shown(row[-1])}"))
 
 
 def show(renderable: Any) -> None:

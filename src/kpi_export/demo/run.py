@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from kpi_export.bullmq import add_jobs, job_counts, list_jobs, opened_queue
+from kpi_export.cli.render import table
 from kpi_export.config import Settings
 from kpi_export.demo.embedded_redis import EmbeddedRedis
 from kpi_export.demo.samples import sample_jobs
@@ -72,7 +73,7 @@ def run_demo(total: int, workdir: Path) -> int:
                     status = worker.wait()
         rows, sample, reasons = asyncio.run(_summarise(settings, total))
     console.print(_summary(total, counts, rows, reasons, status))
-    console.print(_rows_table(sample))
+    console.print(rows_table(sample))
     console.print(f"Worker log: {log_path}")
     ok = status == 0 and counts["completed"] == rows and counts["completed"] + counts["failed"] == total
     if not ok:
@@ -149,11 +150,9 @@ def _summary(total: int, counts: Counter[str], rows: int, reasons: Counter[str],
     return table
 
 
-def _rows_table(rows: list[dict[str, Any]]) -> Table:
-    table = Table(title="Latest audit rows")
-    for column in ("idExport", "usuarioId", "format", "createdAt (UTC)", "ip"):
-        table.add_column(column, no_wrap=True)
+def rows_table(rows: list[dict[str, Any]]) -> Table:
+    found = table("idExport", "usuarioId", "format", "createdAt (UTC)", "ip", title="Latest audit rows")
     for row in rows:
         created = row["createdAt"].replace("T", " ").removesuffix("Z")
-        table.add_row(str(row["idExport"]), str(row["usuarioId"]), row["format"], created, str(row["ip"]))
-    return table
+        found.add_row(row["idExport"], row["usuarioId"], row["format"], created, row["ip"])  # no ip: a dash
+    return found

@@ -1,0 +1,41 @@
+"""How the commands show values to a person: escaped, a dash for what is missing."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from kpi_export.cli.render import MISSING, shown, table, when_ms
+from kpi_export.demo.run import rows_table
+
+
+def printed(renderable: object) -> str:
+    output = io.StringIO()
+    Console(file=output, width=120).print(renderable)
+    return output.getvalue()
+
+
+def test_a_cell_is_literal_text_with_controls_escaped() -> None:
+    found = table("id", "reason")
+    found.add_row("[red]x[/red]\x1b[2J", "line\nforged\u202e\x9b")
+    text = printed(found)
+    assert "[red]x[/red]\\x1b[2J" in text and "line\\x0aforged\\u202e\\x9b" in text
+
+
+def test_missing_values_are_dashes() -> None:
+    assert shown(None) == MISSING and when_ms(None) == MISSING and when_ms(0) == MISSING
+    assert when_ms(10**20) == MISSING  # out of range: a dash, not a traceback
+    assert when_ms(1767225600000) == "2026-01-01 00:00:00"
+
+
+def test_the_demo_shows_a_row_without_ip_as_a_dash() -> None:
+    row = {
+        "idExport": 1,
+        "usuarioId": 7,
+        "format": "csv",
+        "createdAt": "2026-01-01T00:00:00.000Z",
+        "ip": None,
+    }
+    text = printed(rows_table([row]))
+    assert "None" not in text and MISSING in text
