@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
@@ -12,8 +13,9 @@ from redis.asyncio import Redis
 
 from kpi_export.bullmq import opened_queue
 from kpi_export.config import Settings
+from kpi_export.demo.embedded_redis import EmbeddedRedis
 from tests.faults import RedisFaultProxy, ScriptCalls, calls_script
-from tests.support import audit_rows, job_events, running_worker, wait_until
+from tests.support import audit_rows, invoke, job_events, running_worker, wait_until
 
 FILTERS = {"desde": "2026-01-01", "hasta": "2026-03-31", "area": "ventas", "kpis": ["margen", "ventas"]}
 
@@ -253,3 +255,18 @@ async def test_a_completion_whose_reply_is_lost_is_found_done_and_the_job_comple
     assert (len(rows), stored.attemptsMade, stored.returnvalue) == (1, 1, result)
     # The worker tried again, found the job completed, and took that for success: nothing else to say.
     assert [r.getMessage() for r in caplog.records] == []
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_redis_over_a_unix_socket(migrated: Settings, tmp_path: Path) -> None:
+    """REDIS_URL=unix://… (no TCP keepalive to set on such a socket): the worker and the commands connect."""
+    socket = tmp_path / "redis.sock"
+    with EmbeddedRedis(tmp_path / "redis", config={"unixsocket": str(socket), "unixsocketperm": "700"}):
+        local = migrated.model_copy(update={"redis_url": SecretStr(f"unix://{socket}")})
+        async with job_events(local) as events, opened_queue(local) as queue, running_worker(local):
+            job = await queue.add("kpi-export", {"usuarioId": 3, "ip": "10.0.0.3"})
+            outcome = await events.finished(job.id)
+        stats = await invoke(local, "stats", "--json")
+    rows = await audit_rows(migrated)
+    assert outcome == ("completed", {"idExport": rows[0].idExport})
+    assert stats.exit_code == 0 and json.loads(stats.stdout)["counts"]["completed"] == 1, stats.output
