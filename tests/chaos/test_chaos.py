@@ -59,6 +59,12 @@ class Fleet:
         self.start()
 
     def stop_all(self) -> list[int]:
+        """SIGTERM to every running worker, once each has started: a replacement started just before would
+        otherwise be signalled while Python itself starts, before any handler can exist, and die of the
+        signal (-15; a clean stop to systemd and Kubernetes, but not the exit status these tests check)."""
+        for worker in self.running:
+            if worker.process.poll() is None:
+                worker.wait_for_line(START, 60)
         for worker in self.running:
             worker.process.send_signal(signal.SIGTERM)
         return [worker.wait(30) for worker in self.running]

@@ -15,7 +15,8 @@ _NO_TABLE = ("does not exist", "doesn't exist", "no such table")
 def explain(error: BaseException, settings: Settings | None) -> str:
     """The line for `error`, redacted with the settings' secrets."""
     line = _explain(error, settings)
-    return Redactor(settings.secrets() if settings else ()).__call__(escape_controls(line))
+    redact = Redactor(settings.secrets() if settings else ())
+    return redact(escape_controls(line))
 
 
 def _explain(error: BaseException, settings: Settings | None) -> str:
