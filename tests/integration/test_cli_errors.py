@@ -8,12 +8,13 @@ import uuid
 from pathlib import Path
 
 import pytest
+import redis.asyncio
 from click.testing import Result
 from pydantic import SecretStr
 
 from kpi_export.config import Settings
 from kpi_export.demo.embedded_redis import free_port
-from tests.services import POSTGRES_URL
+from tests.services import POSTGRES_URL, require_service
 from tests.support import invoke
 
 
@@ -59,6 +60,7 @@ async def test_debug_shows_the_traceback(redis_down: Settings) -> None:
 @pytest.fixture
 def missing_database(settings: Settings) -> Settings:
     """A PostgreSQL URL naming a database that does not exist on a server that runs."""
+    require_service("PostgreSQL", POSTGRES_URL)
     url = POSTGRES_URL.rsplit("/", 1)[0] + f"/missing_{uuid.uuid4().hex[:8]}"
     return settings.model_copy(update={"database_url": SecretStr(url)})
 
@@ -105,6 +107,9 @@ async def test_read_only_commands_create_no_database_file(
         ),
         (["audit", "list", "--usuario-id", "99999999999999999999"], "is not in the range"),
         (["audit", "list", "--since", "10000-01-01"], "is not a date"),
+        (["audit", "show", "99999999999999999999"], "is not in the range"),
+        (["audit", "list", "--csv", "exports/"], "'exports/' names no file"),
+        (["audit", "list", "--csv", ""], "'' names no file"),
         (["enqueue"], "nothing to add: give --usuario-id"),
         (["enqueue", "--data", "{}", "--usuario-id", "1"], "give one of --data or --usuario-id"),
         (["enqueue", "--data", "{}", "--from-file", "-"], "give one of --data or --from-file, not both"),
@@ -125,9 +130,14 @@ async def test_until_the_last_day_there_is(migrated: Settings) -> None:
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-@pytest.mark.parametrize("job_id", ["id", "events", "meta", "wait", "stalled-check"])
-async def test_the_queues_own_keys_are_no_jobs(migrated: Settings, job_id: str) -> None:
+@pytest.mark.parametrize("job_id", ["id", "events", "meta", "wait", "stalled-check", "1:lock"])
+async def test_the_queues_own_keys_are_no_jobs(migrated: Settings, redis_url: str, job_id: str) -> None:
     await invoke(migrated, "enqueue", "--usuario-id", "1")  # the queue's id counter, events and meta exist
+    raw = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        await raw.set(f"bull:{migrated.queue_name}:1:lock", "a-token", ex=60)  # as while job 1 runs
+    finally:
+        await raw.aclose()
     shown = await invoke(migrated, "job", job_id)
     assert (
         shown.exit_code == 1

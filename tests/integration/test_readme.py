@@ -29,6 +29,10 @@ def test_try_it_by_hand_runs_as_written(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "requirements", clone / "requirements")
     (clone / ".venv").symlink_to(ROOT / ".venv")
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "LANG": "C.UTF-8"}
+    # `make install` must find .venv up to date: it would otherwise reinstall the project into the shared
+    # .venv from this copy, which has no src/ (make test, or make install, first).
+    up_to_date = subprocess.run(["make", "-q", "install"], cwd=clone, env=env, check=False)
+    assert up_to_date.returncode == 0, "run `make install` first: .venv is older than pyproject.toml"
     try:
         ran = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", try_it_by_hand()],

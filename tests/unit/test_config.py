@@ -107,6 +107,26 @@ def test_url_credentials_count_as_secrets(monkeypatch: pytest.MonkeyPatch) -> No
         ("REDIS_PORT", "70000", "less than or equal to 65535"),
         ("REDIS_URL", "http://user:secretpw@cache:6379", "must start with redis://"),
         ("REDIS_URL", "redis://cache:notaport", "invalid port"),
+        ("REDIS_URL", "redis://:secretpw@cache:0", "invalid port"),
+        ("REDIS_URL", "redis://:secretpw@cache:6379/ab", "database that is not a number"),
+        (
+            "REDIS_URL",
+            "redis://:secretpw@cache?socket_timeout=nan",
+            "socket_timeout must be a number of seconds",
+        ),
+        (
+            "REDIS_URL",
+            "redis://:secretpw@cache?socket_timeout=inf",
+            "socket_timeout must be a number of seconds",
+        ),
+        ("REDIS_URL", "redis://:secretpw@cache?health_check_interval=inf", "health_check_interval must be"),
+        ("REDIS_URL", "redis://:secretpw@cache?max_connections=0", "max_connections must be a whole number"),
+        ("REDIS_URL", "redis://:secretpw@cache?bogus=1", "does not understand: 'bogus'"),
+        (
+            "REDIS_URL",
+            "unix:///run/redis.sock?socket_keepalive=maybe",
+            "socket_keepalive must be true or false",
+        ),
         ("DATABASE_URL", "mongodb://u:secretpw@h/db", "unsupported scheme"),
         ("SHUTDOWN_TIMEOUT", "-1", "greater than or equal to 0"),
         ("QUEUE_NAME", "a:b", "without ':'"),
@@ -123,6 +143,14 @@ def test_a_bad_value_names_its_variable(
     assert str(caught.value).startswith(f"invalid {variable}: ")
     assert message in str(caught.value)
     assert "secretpw" not in str(caught.value)
+
+
+def test_a_redis_url_with_the_parameters_redis_py_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "rediss://u:pw@cache:6380/2?ssl_cert_reqs=none&socket_timeout=5&max_connections=50&protocol=2"
+    monkeypatch.setenv("REDIS_URL", url)
+    assert load_settings().redis_url is not None
+    monkeypatch.setenv("REDIS_URL", "unix:///run/redis/redis.sock?db=3&health_check_interval=30")
+    assert load_settings().redis_url is not None
 
 
 def test_settings_can_be_given_directly() -> None:

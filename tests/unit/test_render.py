@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import io
 
+import pytest
 from rich.console import Console
 
-from kpi_export.cli.render import MISSING, shown, table, when_ms
+from kpi_export.cli.render import MISSING, show_rows, shown, table, when_ms
 from kpi_export.demo.run import rows_table
 
 
@@ -21,6 +22,11 @@ def test_a_cell_is_literal_text_with_controls_escaped() -> None:
     found.add_row("[red]x[/red]\x1b[2J", "line\nforged\u202e\x9b")
     text = printed(found)
     assert "[red]x[/red]\\x1b[2J" in text and "line\\x0aforged\\u202e\\x9b" in text
+
+
+def test_an_empty_list_is_an_empty_table(capsys: pytest.CaptureFixture[str]) -> None:
+    show_rows(("id", "reason"), [])
+    assert "reason" in capsys.readouterr().out
 
 
 def test_missing_values_are_dashes() -> None:
@@ -39,3 +45,10 @@ def test_the_demo_shows_a_row_without_ip_as_a_dash() -> None:
     }
     text = printed(rows_table([row]))
     assert "None" not in text and MISSING in text
+
+
+def test_a_title_is_literal_text_too() -> None:
+    text = printed(table("field", "value", title="Job [link=https://evil.example]7[/link] [/]\x1b[2J"))
+    # The title is folded to the table's width: compare it without its line breaks and spaces.
+    title = "".join(line.strip() for line in text.splitlines()).replace(" ", "")
+    assert "Job[link=https://evil.example]7[/link][/]\\x1b[2J" in title

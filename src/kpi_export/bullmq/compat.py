@@ -74,7 +74,6 @@ BACKEND_METHODS: dict[str, tuple[str, ...]] = {
     "updateProgress": ("self", "job_id", "progress"),
     "addJobs": ("self", "jobs"),
     "getJobData": ("self", "job_id"),
-    "getRanges": ("self", "types", "start", "end", "asc"),  # queue_reads: ids, then each job on its own
     "retryJobs": ("self", "state", "count", "timestamp"),
 }
 # Scripts methods run against a recorder (completion.py) or called.
@@ -84,6 +83,7 @@ SCRIPTS_METHODS: dict[str, tuple[str, ...]] = {
     "finishedErrors": ("self", "opts"),
     "retryJob": ("self", "job_id", "lifo", "token"),  # requeue_orphans
     "toKey": ("self", "name"),
+    "getJobs": ("self", "types", "start", "end", "asc"),  # queue_reads: the raw hashes, decoded one by one
 }
 SCRIPTS_ATTRIBUTES = ("redisClient", "commands", "keys")
 # Keys of `Scripts.keys` read directly.
@@ -103,7 +103,7 @@ QUEUE_METHODS: dict[str, tuple[str, ...]] = {
     "toKey": ("self", "type"),
     "close": ("self",),
 }
-QUEUE_ATTRIBUTES = ("name", "prefix", "client", "backend", "qualifiedName")
+QUEUE_ATTRIBUTES = ("name", "prefix", "client", "backend", "qualifiedName", "keys")
 # bullmq's events the adapter listens to, as its Worker emits them.
 WORKER_EMITS = ('emit("completed", job, result)', 'emit("failed", job, err)', 'emit("stalled", jobId)')
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bullmq import Job, Queue
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from kpi_export.bullmq.connection import node_client_name, opened_queue
 from kpi_export.bullmq.job import attempts_allowed
@@ -15,31 +15,16 @@ from kpi_export.bullmq.unreadable import unreadable_job_reason
 from kpi_export.config import Settings
 from kpi_export.contract import idempotency_key
 
-# Keys of the queue itself (`<prefix>:<queue>:<name>`), which a job id must not be taken for: `job id` would
-# read the id counter, the events stream or the meta hash as a job.
-QUEUE_OWN_KEYS = frozenset(
-    {"id", "events", "meta", "wait", "paused", "active", "prioritized", "delayed", "completed", "failed",
-     "stalled", "stalled-check", "limiter", "marker", "pc", "de", "repeat", "metrics", "waiting-children"}
-)  # fmt: skip
-
 
 async def job_snapshot(settings: Settings, job_id: str) -> dict[str, Any] | None:
     """One job as an operator wants to see it, or None when the queue has no such job."""
-    if job_id in QUEUE_OWN_KEYS:
-        return None
     async with opened_queue(settings) as queue:
-        raw = await queue.backend.getJobData(job_id)
-        if not raw:
+        raw = await _job_hash(queue, job_id)
+        if raw is None:
             return None
-        try:
-            job = Job.fromJSON(queue, raw, job_id)
-        except Exception as exc:  # a hash bullmq cannot decode: show it as stored
-            return {
-                "id": job_id,
-                "state": await queue.getJobState(job_id),
-                "unreadable": unreadable_job_reason(raw, exc),
-                "hash": raw,
-            }
+        job = _decoded(queue, job_id, raw)
+        if isinstance(job, str):  # a hash bullmq cannot decode: show it as stored
+            return {"id": job_id, "state": await queue.getJobState(job_id), "unreadable": job, "hash": raw}
         state = await job.getState()
         return {
             "id": job.id,
@@ -56,6 +41,28 @@ async def job_snapshot(settings: Settings, job_id: str) -> dict[str, Any] | None
             "finishedOn": job.finishedOn or None,
             "idempotencyKey": idempotency_key(queue.qualifiedName, job.id, job.timestamp),
         }
+
+
+async def _job_hash(queue: Queue, job_id: str) -> dict[str, Any] | None:
+    """The job's hash, or None: no such job, or an id that names one of the queue's own keys (`id`, `meta`,
+    `events`, …) or another key that is no hash (`5:lock`)."""
+    if job_id in queue.keys:
+        return None
+    try:
+        raw = await queue.backend.getJobData(job_id)
+    except ResponseError as exc:
+        if str(exc).startswith("WRONGTYPE"):
+            return None
+        raise
+    return raw or None
+
+
+def _decoded(queue: Queue, job_id: str, raw: dict[str, Any]) -> Job | str:
+    """The job bullmq builds from its hash, or why it cannot (unreadable.py)."""
+    try:
+        return Job.fromJSON(queue, raw, job_id)
+    except Exception as exc:
+        return unreadable_job_reason(raw, exc)
 
 
 JOB_STATES = (
@@ -113,23 +120,21 @@ async def _workers(queue: Queue) -> list[dict[str, Any]] | None:
 
 
 async def list_jobs(settings: Settings, state: str, limit: int) -> list[dict[str, Any]]:
-    """The newest `limit` jobs in `state` (oldest first for the states that wait). A job bullmq cannot read
-    is listed with the reason (`unreadable`), not allowed to fail the whole list."""
+    """The newest `limit` jobs in `state` (oldest first for the states that wait), in one round trip. A job
+    bullmq cannot read is listed with the reason (`unreadable`), not allowed to fail the whole list."""
     async with opened_queue(settings, max_connections=2) as queue:
         oldest_first = state in ("waiting", "prioritized", "delayed", "paused")
-        job_ids = await queue.backend.getRanges([state], 0, limit - 1, oldest_first)
-        found = []
-        for job_id in job_ids[:limit]:
-            raw = await queue.backend.getJobData(job_id)
-            if raw:  # else removed meanwhile
-                found.append(_listed(queue, job_id, raw))
-    return found
+        found = await queue.backend.scripts.getJobs([state], 0, limit - 1, oldest_first)
+    return [
+        _listed(queue, job_id, dict(zip(fields[::2], fields[1::2], strict=True)))
+        for jobs_of_state in found
+        for job_id, fields in jobs_of_state
+    ][:limit]
 
 
 def _listed(queue: Queue, job_id: str, raw: dict[str, Any]) -> dict[str, Any]:
-    try:
-        job = Job.fromJSON(queue, raw, job_id)
-    except Exception as exc:
+    job = _decoded(queue, job_id, raw)
+    if isinstance(job, str):
         return {
             "id": job_id,
             "name": raw.get("name"),
@@ -137,7 +142,7 @@ def _listed(queue: Queue, job_id: str, raw: dict[str, Any]) -> dict[str, Any]:
             "attemptsMade": _int_or_none(raw.get("atm")) or 0,
             "attempts": None,
             "failedReason": raw.get("failedReason") or None,
-            "unreadable": unreadable_job_reason(raw, exc),
+            "unreadable": job,
         }
     return {
         "id": job.id,
@@ -166,14 +171,10 @@ async def retry_jobs(settings: Settings, job_ids: list[str]) -> dict[str, str]:
     outcome: dict[str, str] = {}
     async with opened_queue(settings, max_connections=2) as queue:
         for job_id in job_ids:
-            raw = None if job_id in QUEUE_OWN_KEYS else await queue.backend.getJobData(job_id)
-            if not raw:
-                outcome[job_id] = "not found"
-                continue
-            try:
-                job = Job.fromJSON(queue, raw, job_id)
-            except Exception as exc:
-                outcome[job_id] = f"not retried: {unreadable_job_reason(raw, exc)}"
+            raw = await _job_hash(queue, job_id)
+            job = "not found" if raw is None else _decoded(queue, job_id, raw)
+            if isinstance(job, str):
+                outcome[job_id] = job if raw is None else f"not retried: {job}"
                 continue
             state = await job.getState()
             if state != "failed":

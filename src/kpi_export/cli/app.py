@@ -27,8 +27,12 @@ JSON_OPTION = click.option(
 )
 
 
+# The services, not operator commands: an unexpected error there keeps its traceback for the service's log.
+SERVICES = ("worker", "demo")
+
+
 class Commands(click.Group):
-    """A command that fails prints one line (what failed, what to do) and exits 1; with --debug, or
+    """An operator command that fails prints one line (what failed, what to do) and exits 1; with --debug, or
     LOG_LEVEL=DEBUG, the traceback follows instead."""
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -36,13 +40,20 @@ class Commands(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except BrokenPipeError:  # `kpi-export audit list --csv - | head`: the reader has had enough
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python would report the pipe again at exit
+            ctx.exit(EXIT_FAILED)
         except Exception as exc:
-            if ctx.meta.get(_DEBUG) or os.environ.get("LOG_LEVEL", "").upper() == "DEBUG":
+            if ctx.invoked_subcommand in SERVICES or ctx.meta.get(_DEBUG) or _debug_level():
                 raise
             from kpi_export.cli.failures import explain
 
             click.echo(f"kpi-export: {explain(exc, ctx.meta.get(_SETTINGS))}", err=True)
             ctx.exit(EXIT_FAILED)
+
+
+def _debug_level() -> bool:
+    return os.environ.get("LOG_LEVEL", "").upper() == "DEBUG"
 
 
 @click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})

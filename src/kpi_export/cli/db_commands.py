@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
-import tempfile
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
 from kpi_export.cli.app import JSON_OPTION, cli, run, settings_or_exit
-from kpi_export.cli.render import echo_json, progress_bar, shortened, show, show_rows, table
+from kpi_export.cli.export_file import export_target, written_whole
+from kpi_export.cli.render import echo_json, progress_bar, shortened, show, show_rows, shown, table
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -73,8 +71,9 @@ def audit() -> None:
     """Read the audit table kpi_auditoria_export: who exported what, from where, when."""
 
 
-# usuarioId is a 32-bit INTEGER column, as Prisma's Int.
+# usuarioId and idExport are 32-bit INTEGER columns, as Prisma's Int.
 USUARIO_ID = click.IntRange(-(2**31), 2**31 - 1)
+ID_EXPORT = click.IntRange(1, 2**31 - 1)
 
 
 @audit.command("list")
@@ -90,7 +89,7 @@ USUARIO_ID = click.IntRange(-(2**31), 2**31 - 1)
 @click.option(
     "--csv",
     "csv_path",
-    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    metavar="FILE",
     help="Write rows to FILE ('-': standard output), whole or not at all.",
 )
 @click.option("--force", is_flag=True, help="With --csv: replace FILE when it exists.")
@@ -101,20 +100,14 @@ def audit_list(
     until: str | None,
     fmt: str | None,
     limit: int | None,
-    csv_path: Path | None,
+    csv_path: str | None,
     force: bool,
     as_json: bool,
 ) -> None:
     """List audit rows, newest first; --csv writes them to a file (all of them unless --limit)."""
     from kpi_export.store.reader import AuditFilter, list_rows
 
-    if csv_path is not None and str(csv_path) != "-":
-        if not csv_path.parent.is_dir():
-            raise click.BadParameter(
-                f"no folder {csv_path.parent} to write {csv_path.name} in", param_hint="--csv"
-            )
-        if os.path.lexists(csv_path) and not force:
-            raise click.BadParameter(f"{csv_path} exists; add --force to replace it", param_hint="--csv")
+    export = None if csv_path is None else export_target(csv_path, force=force)
     audit_filter = AuditFilter(
         usuario_id=usuario_id,
         since=when_option(since, "--since"),
@@ -123,14 +116,13 @@ def audit_list(
     )
     settings = settings_or_exit()
     if csv_path is not None:
-        to_stdout = str(csv_path) == "-"
-        written = run(write_csv(settings, audit_filter, limit, None if to_stdout else csv_path))
-        if as_json and not to_stdout:
-            echo_json({"file": str(csv_path), "rows": written})
+        written = run(write_csv(settings, audit_filter, limit, export, force=force))
+        if export is None:
+            click.echo(f"{written} row(s) written to standard output", err=True)
+        elif as_json:
+            echo_json({"file": str(export), "rows": written})
         else:
-            click.echo(
-                f"{written} row(s) written to {'standard output' if to_stdout else csv_path}", err=to_stdout
-            )
+            click.echo(f"{written} row(s) written to {shown(export)}")
         return
     rows = run(
         with_engine(settings, lambda engine: list_rows(engine, audit_filter, limit or 50), create=False)
@@ -156,7 +148,7 @@ def audit_list(
 
 
 @audit.command("show")
-@click.argument("id_export", type=int)
+@click.argument("id_export", type=ID_EXPORT)
 @JSON_OPTION
 def audit_show(id_export: int, as_json: bool) -> None:
     """Show one audit row, its filters in full."""
@@ -191,17 +183,16 @@ async def with_engine(
 
 
 async def write_csv(
-    settings: Settings, audit_filter: AuditFilter, limit: int | None, path: Path | None
+    settings: Settings, audit_filter: AuditFilter, limit: int | None, path: Path | None, *, force: bool
 ) -> int:
-    """The rows into `path` (None: standard output); a file is written beside it and renamed over it at the
-    end, so that a failure midway leaves no partial file and a symlink at `path` is replaced, not followed."""
+    """The rows into `path` (None: standard output), whole or not at all (export_file.py)."""
     from kpi_export.store.reader import COLUMNS, count_rows, stream_rows
 
     async def go(engine: AsyncEngine) -> int:
         total = await count_rows(engine, audit_filter)
         total = min(total, limit) if limit else total
         written = 0
-        with _csv_output(path) as file, progress_bar() as progress:
+        with written_whole(path, force=force) as file, progress_bar() as progress:
             task = progress.add_task(f"Writing {path.name if path else 'CSV'}", total=total)
             writer = csv.writer(file)
             writer.writerow(COLUMNS)
@@ -215,28 +206,6 @@ async def write_csv(
         return written
 
     return await with_engine(settings, go, create=False)
-
-
-@contextmanager
-def _csv_output(path: Path | None) -> Iterator[IO[str]]:
-    if path is None:
-        yield sys.stdout
-        return
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(descriptor, "w", newline="", encoding="utf-8") as file:
-            yield file
-        os.chmod(temporary, 0o644 & ~_umask())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
 
 
 def when_option(text: str | None, option: str, *, upper_bound: bool = False) -> datetime | None:

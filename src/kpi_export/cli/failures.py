@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import socket
+
 from kpi_export.config import Settings
 from kpi_export.errors import KpiExportError
 from kpi_export.redaction import Redactor, describe, escape_controls
@@ -40,7 +42,8 @@ def _explain(error: BaseException, settings: Settings | None) -> str:
         return _database(error, settings)
     if isinstance(error, OSError) and error.filename is not None:
         return f"{error.filename}: {error.strerror or describe(error)}"
-    if isinstance(error, OSError):  # a driver's connection refused before SQLAlchemy wraps it
+    if isinstance(error, ConnectionError | TimeoutError | socket.gaierror):
+        # Redis's errors are its own classes (above): a bare one comes from a database driver's connect.
         return f"the database is not reachable ({describe(error)}): {_database_hint(settings)}"
     return f"{describe(error)}; {DEBUG_HINT}"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from collections.abc import Callable
@@ -94,7 +95,12 @@ def _number_or_text(text: str) -> Any:
     """A number as the Node application's JSON would carry it (42.0 is 42 there), else the text given."""
     if not _JSON_NUMBER.fullmatch(text):
         return text
-    value = json.loads(text)
+    try:
+        value = json.loads(text)
+    except ValueError:  # more digits than Python reads as an int
+        return text
+    if isinstance(value, float) and not math.isfinite(value):  # 1e400: JSON has no such number
+        return text
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import click
+from rich.cells import cell_len
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -41,7 +42,7 @@ def styled(value: Any, style: str) -> Text:
 
 def table(*columns: str, title: str | None = None) -> SafeTable:
     """The last column takes what width is left and folds; the others keep to one line."""
-    found = SafeTable(title=title and shown(title), title_justify="left")
+    found = SafeTable(title=Text(shown(title)) if title else None, title_justify="left")
     for column in columns[:-1]:
         found.add_column(column, no_wrap=True)
     found.add_column(columns[-1], overflow="fold")
@@ -52,7 +53,10 @@ def show_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, title: s
     """A table when the terminal leaves its last column MIN_LAST_COLUMN characters; on a narrower one, a block
     per row (the other values on a line, the last one below), rather than the last column in shreds."""
     console = Console()
-    widths = [max([len(column), *(len(shown(row[n])) for row in rows)]) for n, column in enumerate(columns)]
+    widths = [
+        max([cell_len(column), *(cell_len(shown(row[n])) for row in rows)])
+        for n, column in enumerate(columns)
+    ]
     last = min(widths.pop(), MIN_LAST_COLUMN)  # short values need no more room than they take
     if console.width >= sum(widths) + 3 * len(columns) + 1 + last:
         found = table(*columns, title=title)
@@ -62,15 +66,10 @@ def show_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, title: s
         return
     if title:
         console.print(Text(shown(title)))
-    for row in rows:
-        console.print(
-            Text(
-                "  ".join(
-                    f"{name} {shown(value)}" for name, value in zip(columns[:-1], row[:-1], strict=True)
-                )
-            )
-        )
-        console.print(Text(f"    {columns[-1]}: {shown(row[-1])}"))
+    for row in rows:  # a line each, which the terminal folds where it must
+        values = zip(columns[:-1], row[:-1], strict=True)
+        console.print(Text("  ".join(f"{name} {shown(value)}" for name, value in values)), soft_wrap=True)
+        console.print(Text(f"    {columns[-1]}: {shown(row[-1])}"), soft_wrap=True)
 
 
 def show(renderable: Any) -> None:

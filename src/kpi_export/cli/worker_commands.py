@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from kpi_export.cli.app import JSON_OPTION, cli, run, settings_or_exit
-from kpi_export.cli.render import echo_json, show, styled, table
+from kpi_export.cli.render import echo_json, show, shown, styled, table
 from kpi_export.logs import setup_logging
 
 
@@ -84,6 +84,6 @@ def check(as_json: bool) -> None:
             found.add_row(name, state if state == "ok" else styled(state, "red"))
         show(found)
         if readiness.redis_master is not None:
-            click.echo(f"redis master: {readiness.redis_master} (named by the sentinels)")
+            click.echo(f"redis master: {shown(readiness.redis_master)} (named by the sentinels)")
         click.echo("ready" if readiness.ready else f"not ready: {', '.join(readiness.failing)}")
     sys.exit(0 if readiness.ready else 1)
