@@ -14,6 +14,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio
@@ -38,7 +39,7 @@ def assert_safe(text: str) -> None:
     assert not any(line.lstrip("│ ").startswith("Job 999 completed") for line in text.splitlines()), text
 
 
-async def add_rows(settings: Settings, *entries: dict[str, object]) -> list[int]:
+async def add_rows(settings: Settings, *entries: dict[str, Any]) -> list[int]:
     engine = create_engine(settings.database)
     try:
         store = AuditStore(engine)
@@ -259,7 +260,7 @@ def _size(path: Path) -> int:
 @sqlite_only
 async def test_a_reader_that_stops_early_is_no_failure(migrated: Settings) -> None:
     """`kpi-export audit list --csv - | head -2`: the pipe closes early; no error line, no traceback."""
-    await add_rows(migrated, *({"usuarioId": n} for n in range(1, 3001)))
+    await add_rows(migrated, *[{"usuarioId": n} for n in range(1, 3001)])
     pipeline = await asyncio.create_subprocess_shell(
         f"{sys.executable} -m kpi_export audit list --csv - | head -2",
         env=worker_env(migrated), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
