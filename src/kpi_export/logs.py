@@ -13,6 +13,16 @@ from pythonjsonlogger.json import JsonFormatter
 
 from kpi_export.redaction import Redactor, escape_controls
 
+# With tracing on (runtime/tracing.py): the current span's trace_id and span_id, for JSON lines.
+_trace_ids: Callable[[], dict[str, str]] | None = None
+
+
+def include_trace_ids(current_ids: Callable[[], dict[str, str]]) -> None:
+    """JSON lines written within a job's span carry its `trace_id` and `span_id`."""
+    global _trace_ids
+    _trace_ids = current_ids
+
+
 # Fields that JSON lines carry when a log call gives them as `extra`.
 FIELDS = ("event", "job_id", "queue", "idExport", "duration_ms", "outcome", "attempt", "attempts")
 
@@ -55,6 +65,8 @@ class JsonLineFormatter(JsonFormatter):
     ) -> None:
         super().add_fields(log_data, record, message_dict)
         log_data.setdefault("event", record.name)  # every line has one; a library's line, its logger's name
+        if _trace_ids is not None:
+            log_data.update(_trace_ids())
 
     def format(self, record: logging.LogRecord) -> str:
         return self.redact(super().format(record))  # json.dumps has escaped every control character

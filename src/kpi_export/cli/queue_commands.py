@@ -23,6 +23,7 @@ from kpi_export.cli.render import (
     table,
     when_ms,
 )
+from kpi_export.runtime.tracing_switch import tracing_wanted
 
 
 @cli.command()
@@ -57,7 +58,13 @@ def enqueue(
     payloads = _payloads(fields, data_json, from_file)
     settings = settings_or_exit()
     opts: dict[str, Any] = {"attempts": attempts} if attempts else {}
-    ids = run(add_jobs(settings, name, payloads * count, opts))
+    if tracing_wanted():  # the jobs carry the context of a PRODUCER span, as npm bullmq with bullmq-otel
+        from kpi_export.runtime.tracing import CONTEXT_OPTION, producer_span
+
+        with producer_span(settings.queue_name, name, len(payloads) * count) as context:
+            ids = run(add_jobs(settings, name, payloads * count, opts | {CONTEXT_OPTION: context}))
+    else:
+        ids = run(add_jobs(settings, name, payloads * count, opts))
     for job_id in ids:
         click.echo(shown(job_id))
 

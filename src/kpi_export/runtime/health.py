@@ -16,7 +16,7 @@ from aiohttp import web
 from kpi_export.bullmq import redis_client
 from kpi_export.config import Settings
 from kpi_export.errors import StartupError
-from kpi_export.runtime.metrics import CONTENT_TYPE, WorkerMetrics
+from kpi_export.runtime.metrics import WorkerMetrics
 from kpi_export.runtime.readiness import Readiness, check_readiness
 from kpi_export.store import create_engine
 
@@ -78,9 +78,10 @@ class HealthServer:
         readiness = await self._readiness()
         return web.json_response(readiness.body(), status=200 if readiness.ready else 503)
 
-    async def _metrics_text(self, _request: web.Request) -> web.Response:
-        response = web.Response(body=self._metrics.render())
-        response.headers["Content-Type"] = CONTENT_TYPE
+    async def _metrics_text(self, request: web.Request) -> web.Response:
+        body, content_type = self._metrics.render_for(request.headers.get("Accept"))
+        response = web.Response(body=body)
+        response.headers["Content-Type"] = content_type
         return response
 
 

@@ -13,10 +13,19 @@ from collections.abc import Callable
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from kpi_export.bullmq import FORCED_CLOSE_GRACE, QueueConsumer, create_queue, redis_client, redis_target
+from kpi_export.bullmq import (
+    FORCED_CLOSE_GRACE,
+    JobHandler,
+    QueueConsumer,
+    WorkerEvents,
+    create_queue,
+    redis_client,
+    redis_target,
+    worker_name,
+)
 from kpi_export.config import Settings
 from kpi_export.errors import SchemaNotReady, StartupError
-from kpi_export.logs import Throttle
+from kpi_export.logs import Throttle, include_trace_ids
 from kpi_export.redaction import describe
 from kpi_export.runtime.health import Closer, serve_health
 from kpi_export.runtime.listeners import JobEventLog
@@ -26,6 +35,7 @@ from kpi_export.runtime.queue_depth import refresh_queue_depth
 from kpi_export.runtime.redis_memory import MemoryWatch, check_eviction_policy
 from kpi_export.runtime.redis_watch import RedisWatch
 from kpi_export.runtime.signals import StopSignals
+from kpi_export.runtime.tracing_switch import tracing_wanted
 from kpi_export.runtime.waiting import wait_until
 from kpi_export.store import AuditStore, create_engine
 from kpi_export.store.faults import is_transient
@@ -86,11 +96,18 @@ async def run_worker(
             refresh = refresh_queue_depth(queue, metrics, settings.queue_metrics_interval)
             background.append(asyncio.create_task(refresh))
         deps = JobDeps(store, settings.db_retry_window, throttle, metrics)
-        consumer = QueueConsumer(
-            settings,
-            functools.partial(process_job, deps=deps),
-            JobEventLog(settings.queue_name, throttle, metrics, watch),
-        )
+        handler: JobHandler = functools.partial(process_job, deps=deps)
+        events: WorkerEvents = JobEventLog(settings.queue_name, throttle, metrics, watch)
+        if tracing_wanted():
+            from kpi_export.runtime.tracing import start_tracing
+
+            tracing = start_tracing(settings.queue_name, worker_name(), settings.database.dialect, throttle)
+            closers.append(tracing.close)
+            handler, events = tracing.handler(handler), tracing.events(events)
+            deps.audit_span = tracing.audit_write
+            metrics.exemplar = tracing.exemplar
+            include_trace_ids(tracing.current_ids)
+        consumer = QueueConsumer(settings, handler, events)
         watch.on_failover = functools.partial(_recover_after_failover, consumer)
         if started is not None:
             started()

@@ -5,6 +5,8 @@ The processor and the worker's event listeners feed them; the queue depth is rea
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import (
     CollectorRegistry,
@@ -16,6 +18,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.exposition import choose_encoder
 
 __all__ = ["CONTENT_TYPE", "OUTCOMES", "QUEUE_STATES", "WorkerMetrics"]
 
@@ -32,6 +35,8 @@ class WorkerMetrics:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series only double the output
         self.registry = CollectorRegistry()
         self.queue = queue
+        # With tracing on: the current trace id, kept as an exemplar of the job's processing time.
+        self.exemplar: Callable[[], dict[str, str] | None] | None = None
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         labels = ["queue"]
@@ -112,7 +117,7 @@ class WorkerMetrics:
 
     def job_ended(self, seconds: float) -> None:
         self._in_flight_q.dec()
-        self._duration_q.observe(seconds)
+        self._duration_q.observe(seconds, self.exemplar() if self.exemplar is not None else None)
 
     def job_finished(self, outcome: str) -> None:
         self._outcomes[outcome].inc()
@@ -140,3 +145,9 @@ class WorkerMetrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
+
+    def render_for(self, accept: str | None) -> tuple[bytes, str]:
+        """The exposition the scraper asks for: OpenMetrics (which carries the exemplars) when its Accept
+        header names it, else Prometheus text."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 from tenacity import (
@@ -33,6 +35,8 @@ class JobDeps:
     retry_window: float  # seconds a transient database fault is retried inside the job
     throttle: Throttle
     metrics: WorkerMetrics = field(default_factory=lambda: WorkerMetrics(""))
+    # A span around each audit write when tracing is on (tracing.py); else nothing.
+    audit_span: Callable[[], AbstractContextManager[None]] = nullcontext
 
     @property
     def queue(self) -> str:
@@ -62,7 +66,8 @@ async def _process(job: QueuedJob, deps: JobDeps) -> Completion:
             extra={"event": "job.warning", "job_id": job.id, "queue": deps.queue},
         )
     key = idempotency_key(job.queueQualifiedName, job.id, job.timestamp)
-    id_export = await write_audit_row(deps, job, entry, key)
+    with deps.audit_span():
+        id_export = await write_audit_row(deps, job, entry, key)
     result = {"idExport": id_export}
     return Completion(result=result, progress=result)
 
