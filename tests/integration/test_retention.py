@@ -132,7 +132,9 @@ async def test_redis_memory_is_on_metrics_and_a_redis_nearly_full_is_warned_abou
             await wait_until(memory_read, 15, "Redis memory on /metrics")
             assert await metric(port, "kpi_export_redis_maxmemory_bytes") == 0  # no limit: no warning
             used = int((await client.info("memory"))["used_memory"])
-            limit = int(used / 0.85)  # used memory is past 80 % of it
+            # Used memory is past 80 % of the limit by a margin: the clients that come and go (the metric
+            # reads, the worker's own) move used memory by a few per cent between this read and the worker's.
+            limit = int(used / 0.92)
             await client.config_set("maxmemory", limit)
 
             async def limit_read() -> bool:
