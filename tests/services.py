@@ -4,6 +4,7 @@ down (a skip on a laptop, with the reason; a failure under CI, CI=true)."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,6 +40,17 @@ def require_service(name: str, url: str) -> None:
     if IN_CI:
         pytest.fail(f"{name} is not reachable at {where}, and CI needs it (.ci/run starts it)")
     pytest.skip(f"{name} is not reachable at {where}")
+
+
+def require_tool(binary: str, package: str) -> str:
+    """The path of `binary` (from Debian's `package`, which .ci/run installs); a skip without it on a laptop,
+    a failure under CI."""
+    found = shutil.which(binary)
+    if found is not None:
+        return found
+    if IN_CI:
+        pytest.fail(f"{binary} is not installed (Debian's {package}), and CI needs it (.ci/run installs it)")
+    pytest.skip(f"{binary} is not installed (Debian's {package})")
 
 
 async def mariadb_execute(url: str, *statements: str, args: list[tuple[Any, ...]] | None = None) -> None:

@@ -200,6 +200,16 @@ class WorkerProcess:
                     raise AssertionError(f"no line with {text!r} in the worker's output:\n{self.output}")
                 self._changed.wait(remaining)
 
+    def wait_for_count(self, text: str, count: int, timeout: float = 20) -> None:
+        """Until `count` output lines contain `text` (a supervisor's processes each print their start)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while sum(text in line for line in self.lines) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (self.process.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(f"{text!r} not printed {count} times:\n{self.output}")
+                self._changed.wait(remaining)
+
     def cpu_seconds(self) -> float:
         """CPU time the process has used so far (user + system), from /proc."""
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     def _topology(self) -> Self:
         if self.redis_sentinels and self.redis_cluster_nodes:
             raise ValueError("REDIS_CLUSTER_NODES: set it or REDIS_SENTINELS, not both")
+        if self.health_port is not None and self.health_port + self.worker_processes - 1 > 65535:
+            raise ValueError(
+                "HEALTH_PORT: with WORKER_PROCESSES=N, process N serves HEALTH_PORT + N - 1 ≤ 65535"
+            )
         if self.redis_sentinels and not self.redis_sentinel_master:
             raise ValueError("REDIS_SENTINEL_MASTER: must name the master that REDIS_SENTINELS watch")
         if self.redis_cluster_nodes and not _HASH_TAG.match(self.queue_prefix):

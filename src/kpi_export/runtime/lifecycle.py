@@ -68,6 +68,7 @@ async def run_worker(
     throttle = Throttle()
     metrics = WorkerMetrics(settings.queue_name)
     lifecycle = Lifecycle()
+    metrics.watch_running(lambda: lifecycle.state() == "running")
     watch = RedisWatch(
         redis_client(settings, max_connections=1),
         redis_target(settings),

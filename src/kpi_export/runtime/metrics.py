@@ -102,6 +102,12 @@ class WorkerMetrics:
             labels,
             registry=self.registry,
         )
+        self._worker_running = Gauge(
+            "kpi_export_worker_running",
+            "1 while the worker's processing loop runs (/livez 200), 0 while it starts or once it has stopped.",
+            labels,
+            registry=self.registry,
+        )
         # Every series exists from the start, at zero (a rate() needs the first sample), and is bound once:
         # labels() on every job showed in the profile.
         self._outcomes = {outcome: self._jobs.labels(queue, outcome) for outcome in OUTCOMES}
@@ -111,6 +117,10 @@ class WorkerMetrics:
         self._db_write_q = self._db_write.labels(queue)
         self._progress_failures_q = self._progress_failures.labels(queue)
         self._redis_reconnects_q = self._redis_reconnects.labels(queue)
+
+    def watch_running(self, running: Callable[[], bool]) -> None:
+        """kpi_export_worker_running, read from `running` at each scrape."""
+        self._worker_running.labels(self.queue).set_function(lambda: float(running()))
 
     def job_started(self) -> None:
         self._in_flight_q.inc()

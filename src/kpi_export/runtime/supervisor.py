@@ -62,7 +62,9 @@ class Supervisor:
         delay = 1.0
         while True:
             started = time.monotonic()
-            child = await asyncio.create_subprocess_exec(*self.command, env=self.env, start_new_session=True)
+            child = await asyncio.create_subprocess_exec(
+                *self.command, env=slot_env(self.env, slot), start_new_session=True
+            )
             self._children[slot] = child
             log.info("Worker process %d started (pid %d)", slot, child.pid)
             status = await child.wait()
@@ -92,6 +94,14 @@ class Supervisor:
             if await is_set_within(self.stopping, delay):
                 return status
             delay = min(delay * 2, RESTART_DELAY_MAX)
+
+
+def slot_env(env: Mapping[str, str], slot: int) -> dict[str, str]:
+    """Process `slot` (1…N) serves /livez, /readyz and /metrics on HEALTH_PORT + slot - 1: one port each, for
+    the probes and for Prometheus to scrape every process."""
+    if not env.get("HEALTH_PORT", "").strip():
+        return dict(env)
+    return {**env, "HEALTH_PORT": str(int(env["HEALTH_PORT"]) + slot - 1)}
 
 
 def _describe(status: int) -> str:

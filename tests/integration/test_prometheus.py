@@ -1,0 +1,175 @@
+"""A real Prometheus (Debian's) scrapes a worker and a supervisor's two processes, with the project's rules:
+every query of the Grafana dashboard returns data, and a database that stops makes its alert pending."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import socket
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from kpi_export.bullmq import opened_queue
+from kpi_export.config import Settings
+from kpi_export.demo.embedded_redis import free_port
+from tests.deploy_files import DEPLOY
+from tests.pgcluster import PostgresCluster
+from tests.services import require_tool, worker_env
+from tests.support import WorkerProcess, wait_until
+
+RULES = DEPLOY / "prometheus" / "kpi-export-rules.yaml"
+DASHBOARD = DEPLOY / "grafana" / "kpi-export-worker.json"
+JOB = "kpi-export-worker"
+START = "Worker escuchando"
+
+
+def two_free_ports() -> int:
+    """A port p such that p and p + 1 are free (the supervisor's processes serve HEALTH_PORT + i - 1)."""
+    for _ in range(50):
+        port = free_port()
+        with contextlib.suppress(OSError), socket.socket() as probe:
+            probe.bind(("127.0.0.1", port + 1))
+            return port
+    raise AssertionError("no two consecutive free ports")
+
+
+@contextlib.contextmanager
+def prometheus(tmp_path: Path, targets: list[str]) -> Iterator[str]:
+    binary = require_tool("prometheus", "prometheus")
+    port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        json.dumps(  # YAML is a superset of JSON
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": [str(RULES)],
+                "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": targets}]}],
+            }
+        )
+    )
+    with (tmp_path / "prometheus.log").open("w") as log:
+        process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+async def query(session: aiohttp.ClientSession, url: str, expression: str) -> list[Any]:
+    async with session.get(f"{url}/api/v1/query", params={"query": expression}) as response:
+        body = await response.json()
+    assert body["status"] == "success", body
+    result: list[Any] = body["data"]["result"]
+    return result
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(panel, query) with Grafana's variables as a person who picked every job and instance has them."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    found = []
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            expression = target["expr"].replace("$__rate_interval", "30s")
+            expression = expression.replace('"$job"', '".*"').replace('"$instance"', '".*"')
+            found.append((panel["title"], expression))
+    return found
+
+
+@contextlib.asynccontextmanager
+async def workers(settings: Settings, single: int, supervised: int) -> AsyncIterator[list[WorkerProcess]]:
+    extra = {"QUEUE_METRICS_INTERVAL": "0.5", "HEALTH_HOST": "127.0.0.1", "DB_RETRY_WINDOW": "600"}
+    started = [
+        WorkerProcess(worker_env(settings, HEALTH_PORT=str(single), **extra)),
+        WorkerProcess(worker_env(settings, HEALTH_PORT=str(supervised), WORKER_PROCESSES="2", **extra)),
+    ]
+    try:
+        for worker in started:
+            await asyncio.to_thread(worker.wait_for_line, START, 60)
+        await asyncio.to_thread(started[1].wait_for_count, START, 2, 60)
+        yield started
+    finally:
+        for worker in started:  # SIGTERM: the supervisor stops its processes (SIGKILL would orphan them)
+            if worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGTERM)
+        for worker in started:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                worker.wait(30)
+            worker.kill()
+
+
+async def add_jobs(settings: Settings, count: int, first: int = 1) -> list[str]:
+    async with opened_queue(settings) as queue:
+        return [
+            str((await queue.add("kpi-export", {"usuarioId": n})).id) for n in range(first, first + count)
+        ]
+
+
+@pytest.mark.parametrize("database_url", ["private_postgresql"], indirect=True)
+async def test_prometheus_answers_every_dashboard_query_and_sees_the_database_go(
+    migrated: Settings, postgres_cluster: PostgresCluster, tmp_path: Path
+) -> None:
+    single, supervised = free_port(), two_free_ports()
+    targets = [f"127.0.0.1:{port}" for port in (single, supervised, supervised + 1)]
+    async with workers(migrated, single, supervised) as started, aiohttp.ClientSession() as session:
+        with prometheus(tmp_path, targets) as url:
+
+            async def all_up() -> bool:
+                try:
+                    found = await query(session, url, f'sum(up{{job="{JOB}"}})')
+                except (aiohttp.ClientConnectionError, aiohttp.ContentTypeError):  # Prometheus still starting
+                    return False
+                return bool(found) and float(found[0]["value"][1]) == 3
+
+            await wait_until(all_up, 60, "Prometheus scraping the three worker processes")
+            await add_jobs(migrated, 30)
+
+            async def completed_all() -> bool:
+                found = await query(session, url, 'sum(kpi_export_jobs_total{outcome="completed"})')
+                return bool(found) and float(found[0]["value"][1]) >= 30
+
+            await wait_until(completed_all, 60, "the 30 jobs counted by Prometheus")
+            for title, expression in dashboard_queries():
+
+                async def answered(expression: str = expression) -> bool:
+                    return bool(await query(session, url, expression))
+
+                await wait_until(answered, 30, f"data for the panel {title!r}: {expression}")
+
+            postgres_cluster.stop()
+            try:
+                await add_jobs(migrated, 10, first=100)
+
+                async def database_alert() -> bool:
+                    async with session.get(f"{url}/api/v1/alerts") as response:
+                        alerts = (await response.json())["data"]["alerts"]
+                    return any(
+                        alert["labels"]["alertname"] == "KpiExportDatabaseUnavailable"
+                        and alert["state"] in ("pending", "firing")
+                        for alert in alerts
+                    )
+
+                await wait_until(database_alert, 90, "KpiExportDatabaseUnavailable pending")
+            finally:
+                postgres_cluster.start()
+    assert all("Traceback" not in worker.output for worker in started)
