@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 NODE_DIR := tests/interop
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 
-.PHONY: install run test lint unit bench profile lock test-latest clean
+.PHONY: install run test lint unit screenshots bench profile lock test-latest clean
 
 # The locked packages, then the project itself (editable, no dependency of its own resolved again).
 define install_locked
@@ -48,6 +48,10 @@ lint: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
+
+# The README's bull-board pictures (docs/), taken by the test that reads bull-board in Chromium.
+screenshots: $(STAMP) $(NODE_STAMP)
+	BULL_BOARD_SCREENSHOTS=$(CURDIR)/docs $(BIN)/pytest tests/interop/test_bull_board.py
 
 # BENCH_ARGS: e.g. --quick while developing, or --jobs 20000 --repeat 5 (python -m bench --help).
 BENCH_STAMP := $(VENV)/.bench-installed
