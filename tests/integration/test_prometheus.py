@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -21,11 +22,11 @@ from kpi_export.config import Settings
 from kpi_export.demo.embedded_redis import free_port
 from tests.deploy_files import DEPLOY
 from tests.pgcluster import PostgresCluster
+from tests.promql import panel_queries, variable_queries
 from tests.services import require_tool, worker_env
 from tests.support import WorkerProcess, wait_until
 
 RULES = DEPLOY / "prometheus" / "kpi-export-rules.yaml"
-DASHBOARD = DEPLOY / "grafana" / "kpi-export-worker.json"
 JOB = "kpi-export-worker"
 START = "Worker escuchando"
 
@@ -84,16 +85,22 @@ async def query(session: aiohttp.ClientSession, url: str, expression: str) -> li
     return result
 
 
-def dashboard_queries() -> list[tuple[str, str]]:
-    """(panel, query) with Grafana's variables as a person who picked every job and instance has them."""
-    dashboard = json.loads(DASHBOARD.read_text())
-    found = []
-    for panel in dashboard["panels"]:
-        for target in panel["targets"]:
-            expression = target["expr"].replace("$__rate_interval", "30s")
-            expression = expression.replace('"$job"', '".*"').replace('"$instance"', '".*"')
-            found.append((panel["title"], expression))
-    return found
+async def label_values(session: aiohttp.ClientSession, url: str, variable_query: str) -> set[str]:
+    """What a dashboard variable's `label_values(selector, label)` lists, asked as Grafana asks it."""
+    found = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", variable_query.strip())
+    assert found, variable_query
+    selector, label = found.groups()
+    params = {"match[]": grafana_variables(selector)}
+    async with session.get(f"{url}/api/v1/label/{label}/values", params=params) as response:
+        body = await response.json()
+    assert body["status"] == "success", body
+    return set(body["data"])
+
+
+def grafana_variables(query: str) -> str:
+    """A dashboard query as Grafana sends it when every job and instance is picked."""
+    query = query.replace("$__rate_interval", "30s")
+    return query.replace('"$job"', '".*"').replace('"$instance"', '".*"')
 
 
 @contextlib.asynccontextmanager
@@ -149,7 +156,11 @@ async def test_prometheus_answers_every_dashboard_query_and_sees_the_database_go
                 return bool(found) and float(found[0]["value"][1]) >= 30
 
             await wait_until(completed_all, 60, "the 30 jobs counted by Prometheus")
-            for title, expression in dashboard_queries():
+            variables = variable_queries()
+            assert await label_values(session, url, variables["job"]) == {JOB}
+            assert await label_values(session, url, variables["instance"]) == set(targets)
+            for title, dashboard_query in panel_queries():
+                expression = grafana_variables(dashboard_query)
 
                 async def answered(expression: str = expression) -> bool:
                     return bool(await query(session, url, expression))

@@ -4,7 +4,6 @@ worker exports."""
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 
@@ -13,16 +12,13 @@ import yaml
 
 from kpi_export.runtime.metrics import WorkerMetrics
 from tests.deploy_files import DEPLOY
+from tests.promql import metric_names, panel_queries, variable_names, variable_queries
 from tests.services import require_tool
 
 RULES = DEPLOY / "prometheus" / "kpi-export-rules.yaml"
 RULE_TESTS = DEPLOY / "prometheus" / "kpi-export-rules.test.yaml"
 PROMETHEUS_RULE = DEPLOY / "kubernetes" / "prometheusrule.yaml"
-DASHBOARD = DEPLOY / "grafana" / "kpi-export-worker.json"
 README = DEPLOY.parent / "README.md"
-# A metric name in PromQL: a word followed by a selector, a range or a closing parenthesis, not a function.
-NAME = re.compile(r"\b([a-z_][a-z0-9_:]*)\s*(?=\{|\[|\)|$|\s*(?:==|>|<|/|\*|and\b|or\b))")
-PROMQL_WORDS = {"by", "without", "on", "ignoring", "and", "or", "unless", "le", "bool", "offset"}
 
 
 def rule_list() -> list[dict[str, object]]:
@@ -92,37 +88,53 @@ def exported_names() -> set[str]:
     return names
 
 
-def query_names(expression: str) -> set[str]:
-    without_strings = re.sub(r'"[^"]*"', '""', expression)
-    without_labels = re.sub(r"\{[^}]*\}", "{}", without_strings)
-    without_durations = re.sub(r"\[[^\]]*\]", "[]", without_labels)
-    without_groupings = re.sub(r"\b(by|without|on|ignoring)\s*\([^)]*\)", " ", without_durations)
-    return {name for name in NAME.findall(without_groupings) if name not in PROMQL_WORDS}
-
-
-def dashboard_queries() -> list[str]:
-    dashboard = json.loads(DASHBOARD.read_text())
-    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
-
-
 def test_every_query_uses_only_names_the_worker_exports_or_the_rules_record() -> None:
     exported = exported_names()
     recorded = {str(rule["record"]) for rule in rule_list() if "record" in rule}
-    queries = dashboard_queries() + [str(rule["expr"]) for rule in rule_list()]
-    used = set().union(*(query_names(query) for query in queries))
-    assert used, queries
-    assert used <= exported | recorded, used - exported - recorded
+    queries = [query for _, query in panel_queries()] + [str(rule["expr"]) for rule in rule_list()]
+    used = set().union(*(metric_names(query) for query in queries))
+    used |= set().union(*(variable_names(query) for query in variable_queries().values()))
     assert {"kpi_export_jobs_total", "kpi_export_job_duration_seconds_bucket"} <= used
+    assert used <= exported | recorded, used - exported - recorded
 
 
-@pytest.mark.parametrize("renamed", ["kpi_export_jobs_totals", "kpi_export_jobs_in_flight_now"])
-def test_a_renamed_metric_would_be_found(renamed: str) -> None:
-    assert renamed in query_names(f'sum(rate({renamed}{{job=~"$job"}}[5m]))')
-    assert renamed not in exported_names()
+def test_every_metric_of_the_worker_has_a_panel() -> None:
+    families = {family.name for family in WorkerMetrics("q").registry.collect()}
+    shown = set().union(*(metric_names(query) for _, query in panel_queries()))
+    for family in sorted(name for name in families if name.startswith("kpi_export_")):
+        assert any(name.startswith(family) for name in shown), f"{family} has no panel"
+
+
+@pytest.mark.parametrize(
+    ("expression", "names"),
+    [
+        ('sum(rate(a_total{job=~"$job"}[$__rate_interval]))', {"a_total"}),
+        ("a + b - c * d / e", {"a", "b", "c", "d", "e"}),
+        ("a >= 1 and b != 2 or c unless d", {"a", "b", "c", "d"}),
+        ("max(x, y) offset 5m", {"x", "y"}),
+        ("rate(a[5m]) / on (queue) group_left (state) b", {"a", "b"}),
+        ("histogram_quantile(0.99, sum by (le) (rate(h_bucket[1m]))) > 1e3", {"h_bucket"}),
+        ("sum without (instance) (a) > bool 0", {"a"}),
+        ('queue:x:rate5m{outcome="failed, or not"} > 0.05', {"queue:x:rate5m"}),
+        ("topk(5, up == 0)", {"up"}),
+    ],
+)
+def test_metric_names_are_found_wherever_they_stand(expression: str, names: set[str]) -> None:
+    assert metric_names(expression) == names
+
+
+@pytest.mark.parametrize(
+    ("query", "names"),
+    [
+        ("label_values(kpi_export_jobs_total, job)", {"kpi_export_jobs_total"}),
+        ('label_values(a_total{job=~"$job"}, instance)', {"a_total"}),
+        ("label_values(job)", set()),
+    ],
+)
+def test_a_variables_metric_is_found(query: str, names: set[str]) -> None:
+    assert variable_names(query) == names
 
 
 def test_the_dashboard_has_job_and_instance_variables() -> None:
-    dashboard = json.loads(DASHBOARD.read_text())
-    names = {variable["name"] for variable in dashboard["templating"]["list"]}
-    assert {"job", "instance"} <= names
-    assert all('instance=~"$instance"' in query for query in dashboard_queries())
+    assert {"job", "instance"} <= set(variable_queries())
+    assert all('instance=~"$instance"' in query for _, query in panel_queries())
