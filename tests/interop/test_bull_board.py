@@ -42,10 +42,14 @@ async def test_bull_board_shows_this_workers_jobs_and_the_worker_itself(
                         "steps": [{"click": "Progress"}, {"waitFor": "idExport"}],
                         "screenshot": str(pictures / "bull-board-job.png"),
                     },
-                    {"path": f"/queue/{queue_name}/{good.id}", "steps": [{"waitFor": "returnValue"}]},
+                    {
+                        "path": f"/queue/{queue_name}/{good.id}",
+                        "steps": [{"waitFor": "returnValue"}],
+                        "screenshot": str(pictures / "bull-board-result.png"),
+                    },
                     {"path": f"/queue/{queue_name}/{bad.id}", "steps": [{"waitFor": "inválido"}]},
                     {
-                        "path": f"/queue/{queue_name}",
+                        "path": f"/queue/{queue_name}?status=completed",
                         "steps": [
                             {"click": "Queue info"},
                             {"waitFor": "Connected workers"},
@@ -68,5 +72,5 @@ async def test_bull_board_shows_this_workers_jobs_and_the_worker_itself(
     assert f"returnValue:{{idExport:{row.idExport}}}" in result.replace(" ", "").replace("\n", "")
     assert "usuarioId inválido en job.data" in failed
     assert "Connected workers" in workers and name in workers
-    assert (pictures / "bull-board-job.png").stat().st_size > 10_000
-    assert (pictures / "bull-board-workers.png").stat().st_size > 10_000
+    for picture in ("bull-board-job.png", "bull-board-result.png", "bull-board-workers.png"):
+        assert (pictures / picture).stat().st_size > 10_000, picture
