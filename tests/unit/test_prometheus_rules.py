@@ -105,6 +105,12 @@ def test_every_metric_of_the_worker_has_a_panel() -> None:
         assert any(name.startswith(family) for name in shown), f"{family} has no panel"
 
 
+def test_every_metric_of_the_worker_is_in_the_readmes_table() -> None:
+    rows = [line for line in README.read_text().splitlines() if line.startswith("| `kpi_export_")]
+    for family in sorted(f.name for f in WorkerMetrics("q").registry.collect() if f.name.startswith("kpi_")):
+        assert any(f"`{family}" in row for row in rows), f"{family} is not in the README's metrics table"
+
+
 @pytest.mark.parametrize(
     ("expression", "names"),
     [
