@@ -3,20 +3,14 @@
 // receiver (http/protobuf). Input (stdin, JSON): { redisUrl, prefix?, queue, otlpUrl, serviceName, jobs: [{data, opts}] }
 // Output (stdout, JSON): { traceId, clickSpanId, added: [ids] }
 import { trace } from "@opentelemetry/api";
-import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-proto";
-import { resourceFromAttributes } from "@opentelemetry/resources";
-import { NodeTracerProvider, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-node";
 import { Queue } from "bullmq";
 import { BullMQOtel } from "bullmq-otel";
 import IORedis from "ioredis";
 import { readInput } from "./db.mjs";
+import { startTracing } from "./otel.mjs";
 
 const input = await readInput();
-const provider = new NodeTracerProvider({
-  resource: resourceFromAttributes({ "service.name": input.serviceName }),
-  spanProcessors: [new SimpleSpanProcessor(new OTLPTraceExporter({ url: input.otlpUrl }))],
-});
-provider.register();
+const provider = startTracing(input);
 const connection = new IORedis(input.redisUrl, { maxRetriesPerRequest: null });
 const queue = new Queue(input.queue, {
   connection,

@@ -2,20 +2,14 @@
 // It completes `count` jobs with {idExport: 0} (its spans are what matters here), then exits.
 // Input (stdin, JSON): { redisUrl, prefix?, queue, otlpUrl, serviceName, count, name }
 // Output (stdout, JSON): { completed: [ids] }
-import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-proto";
-import { resourceFromAttributes } from "@opentelemetry/resources";
-import { NodeTracerProvider, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-node";
 import { Worker } from "bullmq";
 import { BullMQOtel } from "bullmq-otel";
 import IORedis from "ioredis";
 import { readInput } from "./db.mjs";
+import { startTracing } from "./otel.mjs";
 
 const input = await readInput();
-const provider = new NodeTracerProvider({
-  resource: resourceFromAttributes({ "service.name": input.serviceName }),
-  spanProcessors: [new SimpleSpanProcessor(new OTLPTraceExporter({ url: input.otlpUrl }))],
-});
-provider.register();
+const provider = startTracing(input);
 const connection = new IORedis(input.redisUrl, { maxRetriesPerRequest: null });
 const completed = [];
 const done = new Promise((resolve) => {
