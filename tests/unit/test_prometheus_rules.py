@@ -4,7 +4,6 @@ worker exports."""
 
 from __future__ import annotations
 
-import re
 import subprocess
 
 import pytest
@@ -13,12 +12,12 @@ import yaml
 from kpi_export.runtime.metrics import WorkerMetrics
 from tests.deploy_files import DEPLOY
 from tests.promql import metric_names, panel_queries, variable_names, variable_queries
+from tests.readme import README, anchors
 from tests.services import require_tool
 
 RULES = DEPLOY / "prometheus" / "kpi-export-rules.yaml"
 RULE_TESTS = DEPLOY / "prometheus" / "kpi-export-rules.test.yaml"
 PROMETHEUS_RULE = DEPLOY / "kubernetes" / "prometheusrule.yaml"
-README = DEPLOY.parent / "README.md"
 
 
 def rule_list() -> list[dict[str, object]]:
@@ -69,18 +68,13 @@ def test_a_rule_reads_only_recordings_made_before_it_in_its_own_group() -> None:
                 made.add(str(rule["record"]))
 
 
-def slug(heading: str) -> str:
-    """GitHub's anchor for a heading."""
-    return re.sub(r"[^a-z0-9 _-]", "", heading.strip().lower()).replace(" ", "-")
-
-
 def test_every_alert_says_what_and_links_its_runbook_in_the_readme() -> None:
-    anchors = {slug(line.lstrip("#")) for line in README.read_text().splitlines() if line.startswith("#")}
+    sections = anchors()
     for rule in alerts():
         annotations = rule["annotations"]
         assert isinstance(annotations, dict) and annotations["summary"] and annotations["description"]
         link = str(annotations["runbook_url"])
-        assert link.startswith("README.md#") and link.removeprefix("README.md#") in anchors, link
+        assert link.startswith("README.md#") and link.removeprefix("README.md#") in sections, link
 
 
 def test_the_kubernetes_prometheusrule_holds_the_same_rules() -> None:
