@@ -42,8 +42,7 @@ def two_free_ports() -> int:
 
 
 @contextlib.contextmanager
-def prometheus(tmp_path: Path, targets: list[str]) -> Iterator[str]:
-    binary = require_tool("prometheus", "prometheus")
+def prometheus(binary: str, tmp_path: Path, targets: list[str]) -> Iterator[str]:
     port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(
@@ -136,10 +135,11 @@ async def add_jobs(settings: Settings, count: int, first: int = 1) -> list[str]:
 async def test_prometheus_answers_every_dashboard_query_and_sees_the_database_go(
     migrated: Settings, postgres_cluster: PostgresCluster, tmp_path: Path
 ) -> None:
+    binary = require_tool("prometheus", "prometheus")  # before any worker starts
     single, supervised = free_port(), two_free_ports()
     targets = [f"127.0.0.1:{port}" for port in (single, supervised, supervised + 1)]
     async with workers(migrated, single, supervised) as started, aiohttp.ClientSession() as session:
-        with prometheus(tmp_path, targets) as url:
+        with prometheus(binary, tmp_path, targets) as url:
 
             async def all_up() -> bool:
                 try:
