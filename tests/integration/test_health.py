@@ -54,6 +54,7 @@ async def test_livez_while_starting_running_and_through_a_redis_outage(
         async with running_worker(settings):
             # Redis is not there yet: the worker waits for it, and says it is starting.
             assert await wait_for_status(health, "/livez", 503) == {"status": "starting"}
+            assert await metric(health, "kpi_export_worker_running") == 0  # what /livez says, for Prometheus
             body = await wait_for_status(health, "/readyz", 503)
             assert body["status"] == "not ready"
             assert body["checks"]["redis"].startswith("ConnectionError")
@@ -61,6 +62,7 @@ async def test_livez_while_starting_running_and_through_a_redis_outage(
 
             server.start()
             assert await wait_for_status(health, "/livez", 200) == {"status": "running"}
+            assert await metric(health, "kpi_export_worker_running") == 1
             assert (await wait_for_status(health, "/readyz", 200))["checks"] == {
                 "redis": "ok",
                 "database": "ok",
