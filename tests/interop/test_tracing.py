@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from typing import Any
 
 import aiohttp
@@ -206,8 +207,11 @@ async def test_with_the_collector_down_jobs_complete_and_one_warning_says_so(mig
             ids = [await _add(migrated, {"usuarioId": n}, {}) for n in range(1, 41)]
             outcomes = [await events.finished(job_id, timeout=30) for job_id in ids]
             await asyncio.to_thread(worker.wait_for_line, "Spans not exported", 30)
+            worker.process.send_signal(signal.SIGTERM)  # the spans left cannot go out: the stop does not wait
+            status = await asyncio.to_thread(worker.wait, 20)
         finally:
             worker.kill()
+    assert status == 0 and "Not closed cleanly" not in worker.output, worker.output
     assert {outcome for outcome, _ in outcomes} == {"completed"}
     assert len(await audit_rows(migrated)) == 40
     assert sum("Spans not exported" in line for line in worker.lines) == 1, worker.output

@@ -10,6 +10,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -40,6 +41,9 @@ from kpi_export.runtime.waiting import wait_until
 from kpi_export.store import AuditStore, create_engine
 from kpi_export.store.faults import is_transient
 from kpi_export.store.schema import check_ready
+
+if TYPE_CHECKING:
+    from kpi_export.runtime.tracing import JobTracing
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +81,7 @@ async def run_worker(
     engine = create_engine(settings.database, pool_size=min(settings.worker_concurrency, 20))
     store = AuditStore(engine, timeout=settings.db_write_timeout)
     background: list[asyncio.Task[None]] = []
+    tracing: JobTracing | None = None
     closers: list[Closer] = []
     try:
         if settings.health_port is not None:
@@ -99,15 +104,9 @@ async def run_worker(
         deps = JobDeps(store, settings.db_retry_window, throttle, metrics)
         handler: JobHandler = functools.partial(process_job, deps=deps)
         events: WorkerEvents = JobEventLog(settings.queue_name, throttle, metrics, watch)
-        if tracing_wanted():
-            from kpi_export.runtime.tracing import start_tracing
-
-            tracing = start_tracing(settings.queue_name, worker_name(), settings.database.dialect, throttle)
-            closers.append(tracing.close)
+        tracing = _start_tracing(settings, throttle, deps, metrics)
+        if tracing is not None:
             handler, events = tracing.handler(handler), tracing.events(events)
-            deps.audit_span = tracing.audit_write
-            metrics.exemplar = tracing.exemplar
-            include_trace_ids(tracing.current_ids)
         consumer = QueueConsumer(settings, handler, events)
         watch.on_failover = functools.partial(_recover_after_failover, consumer)
         if started is not None:
@@ -121,7 +120,29 @@ async def run_worker(
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         await _release([*reversed(closers), watch.close, store.close, engine.dispose])
+        if tracing is not None:  # last, on a bound of its own: the connections close first
+            await tracing.close()
         stop.remove()
+
+
+def _start_tracing(
+    settings: Settings, throttle: Throttle, deps: JobDeps, metrics: WorkerMetrics
+) -> JobTracing | None:
+    """OpenTelemetry's job spans, its audit-write spans, exemplars and log ids; None when its variables do not
+    ask for it, or when the SDK refuses one of them (the worker runs on, untraced)."""
+    if not tracing_wanted():
+        return None
+    from kpi_export.runtime.tracing import start_tracing
+
+    try:
+        tracing = start_tracing(settings.queue_name, worker_name(), settings.database.dialect, throttle)
+    except ValueError as exc:  # an OTEL_BSP_* or sampler value the SDK refuses
+        log.warning("Tracing off: %s", describe(exc), extra={"event": "tracing.off"})
+        return None
+    deps.audit_span = tracing.audit_write
+    metrics.exemplar = tracing.exemplar
+    include_trace_ids(tracing.current_ids)
+    return tracing
 
 
 async def _release(closers: list[Closer]) -> None:

@@ -6,8 +6,9 @@ child of that context, with bullmq's attribute names and its `job completed` / `
 the audit write and the Redis round trip that completes the job.
 
 Configured only by OpenTelemetry's environment variables, and off unless an OTLP endpoint (or
-OTEL_TRACES_EXPORTER=otlp) is set (`tracing_wanted`): this module, and OpenTelemetry, are imported only then,
-and with tracing off a job costs what it cost before.
+OTEL_TRACES_EXPORTER=otlp) is set (`tracing_wanted`): this module and OpenTelemetry's trace SDK are imported
+only then (redis-py imports OpenTelemetry's metrics API by itself), and with tracing off a job costs what it
+cost before.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ JOB_RESULT = "bullmq.job.result"
 JOB_FAILED_REASON = "bullmq.job.failed.reason"
 CONTEXT_OPTION = "tm"  # npm bullmq's short key for opts.telemetry.metadata
 AUDIT_TABLE = "kpi_auditoria_export"
+CLOSE_TIMEOUT = 2.0  # seconds the spans still in the batch may take to go out at the end
 
 
 def start_tracing(queue: str, worker_name: str, dialect: str, throttle: Throttle) -> JobTracing:
@@ -90,7 +92,7 @@ def producer_span(queue: str, job_name: str, count: int) -> Iterator[str]:
             propagate.inject(carrier)
             yield json.dumps(carrier, separators=(",", ":"))
     finally:
-        provider.shutdown()
+        _shut_down(provider, CLOSE_TIMEOUT)  # the command's output does not wait for a collector that is down
 
 
 class JobTracing:
@@ -149,8 +151,8 @@ class JobTracing:
     def parent(self, job: QueuedJob) -> Context | None:
         """The producer's context from the job's `tm`; None (a new trace) when it has none or it is damaged
         (one warning a minute says so)."""
-        carrier = job.opts.get(CONTEXT_OPTION)
-        if carrier is None or job.opts.get("omc"):
+        carrier = job.opts.get(CONTEXT_OPTION)  # `omc` is the producer's matter: Node's worker ignores it
+        if carrier is None:
             return None
         fields = _carrier(carrier)
         context = propagate.extract(fields) if fields is not None else None
@@ -205,8 +207,12 @@ class JobTracing:
         return trace.use_span(span, end_on_exit=False)
 
     def exemplar(self) -> dict[str, str] | None:
-        """The current trace id, for the processing-time histogram (OpenMetrics exemplars)."""
-        return self.current_ids() or None
+        """The current trace id, for the processing-time histogram (OpenMetrics exemplars): only of a sampled
+        trace, which the tracing backend has."""
+        context = trace.get_current_span().get_span_context()
+        if not (context.is_valid and context.trace_flags.sampled):
+            return None
+        return {"trace_id": f"{context.trace_id:032x}"}
 
     def current_ids(self) -> dict[str, str]:
         """The trace and span ids of the current span, for a JSON log line; none outside a job."""
@@ -215,18 +221,17 @@ class JobTracing:
             return {}
         return {"trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}"}
 
-    async def close(self) -> None:
-        """Send the spans still in the batch. In a daemon thread: with the collector down the exporter retries
-        for up to OTEL_EXPORTER_OTLP_TIMEOUT, and the stop waits for it no longer than its own bound."""
-        loop = asyncio.get_running_loop()
-        done = asyncio.Event()
+    async def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Send the spans still in the batch, for `timeout` seconds at most: with the collector down the
+        exporter retries for much longer, and a stop must not wait for it (the process exits after)."""
+        await asyncio.to_thread(_shut_down, self.provider, timeout)
 
-        def shut_down() -> None:
-            self.provider.shutdown()
-            loop.call_soon_threadsafe(done.set)
 
-        threading.Thread(target=shut_down, name="otel-shutdown", daemon=True).start()
-        await done.wait()
+def _shut_down(provider: TracerProvider, timeout: float) -> None:
+    """provider.shutdown() in a daemon thread, waited for `timeout` seconds at most."""
+    worker = threading.Thread(target=provider.shutdown, name="otel-shutdown", daemon=True)
+    worker.start()
+    worker.join(timeout)
 
 
 def _carrier(value: Any) -> dict[str, str] | None:
