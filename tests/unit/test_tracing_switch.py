@@ -37,3 +37,12 @@ def test_with_tracing_off_the_tracing_sdk_is_not_even_imported() -> None:
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("tm", ["[" * 100_000, "not json", "[1, 2]", '"text"', 7, None, {"traceparent": 1}])
+def test_a_hostile_or_damaged_context_is_no_context(tm: object) -> None:
+    """A `tm` nested deeper than the parser goes, not JSON or not an object: a new trace, never a job failure."""
+    from kpi_export.runtime.tracing import _carrier
+
+    found = _carrier(tm)
+    assert found is None or found == {"traceparent": "1"}

@@ -238,7 +238,7 @@ def _carrier(value: Any) -> dict[str, str] | None:
     """npm bullmq's `tm`: the JSON text of what `propagation.inject` wrote."""
     try:
         fields = json.loads(value) if isinstance(value, str) else value
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth (hostile)
         return None
     return {str(key): str(text) for key, text in fields.items()} if isinstance(fields, dict) else None
 
