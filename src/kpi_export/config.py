@@ -9,7 +9,9 @@ from urllib.parse import parse_qsl, urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from kpi_export.contract.ip_privacy import IpMode
 from kpi_export.errors import ConfigError
+from kpi_export.integrity.digests import KEY_MIN_LENGTH, SealKey
 from kpi_export.store.url import DatabaseTarget, parse_database_url
 
 DEFAULT_DATABASE_URL = "file:./kpi_export.db"
@@ -67,6 +69,14 @@ class Settings(BaseSettings):
     keep_completed_count: int | None = Field(None, ge=0, le=1_000_000_000)
     keep_failed_age: int = Field(30 * 24 * 3600, ge=1, le=_TEN_YEARS)
     keep_failed_count: int | None = Field(None, ge=0, le=1_000_000_000)
+    # Tamper-evident seals of the audit table (kpi_export.integrity): off, and free, while the key is unset.
+    # The key is never stored in the database; keep it, and each logged head digest, out of its reach.
+    audit_seal_key: SecretStr | None = None
+    audit_seal_interval: float = Field(60.0, ge=1, le=24 * _HOUR)
+    # A row is sealed once this old: time for the exporting application to be done with it.
+    audit_seal_min_age: float = Field(60.0, ge=0, le=30 * 24 * _HOUR)
+    # How much of the client address a new row keeps: full, truncated (IPv4 /24, IPv6 /48) or none.
+    audit_ip_mode: IpMode = "full"
 
     @field_validator("queue_name")
     @classmethod
@@ -126,7 +136,16 @@ class Settings(BaseSettings):
         parse_database_url(value.get_secret_value())  # raises ValueError with a message free of secrets
         return value
 
-    @field_validator("log_level", "log_format", mode="before")
+    @field_validator("audit_seal_key")
+    @classmethod
+    def _seal_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().strip()) < KEY_MIN_LENGTH:
+            raise ValueError(
+                f"must be at least {KEY_MIN_LENGTH} characters of a random secret (openssl rand -hex 32)"
+            )
+        return value
+
+    @field_validator("log_level", "log_format", "audit_ip_mode", mode="before")
     @classmethod
     def _case_insensitive(cls, value: object) -> object:
         if isinstance(value, str):
@@ -136,6 +155,10 @@ class Settings(BaseSettings):
     @property
     def database(self) -> DatabaseTarget:
         return parse_database_url(self.database_url.get_secret_value())
+
+    @property
+    def seal_key(self) -> SealKey | None:
+        return SealKey(self.audit_seal_key.get_secret_value()) if self.audit_seal_key is not None else None
 
     @property
     def sentinels(self) -> list[tuple[str, int]]:
@@ -149,7 +172,7 @@ class Settings(BaseSettings):
         """Values that must never appear in output: passwords, and the URLs' credentials."""
         found = [
             secret.get_secret_value()
-            for secret in (self.redis_password, self.redis_sentinel_password)
+            for secret in (self.redis_password, self.redis_sentinel_password, self.audit_seal_key)
             if secret is not None
         ]
         for url in (self.redis_url, self.database_url):

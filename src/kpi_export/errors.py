@@ -5,6 +5,8 @@
      ├── StartupError         the worker cannot run (exit status 1): credentials refused, …
      │    └── SchemaNotReady  the audit table is missing or behind: run `kpi-export db upgrade`
      ├── DatabaseMissing      a command that only reads found no SQLite file (it creates none)
+ ├── SealingError         the seal chain cannot be extended or read: another key, a newer format
+ │    └── SealFormatTooNew
      ├── InvalidJobData       permanent: the job fails and is never retried (the bullmq adapter tells bullmq)
      └── AuditWriteError      the database refused the row; the producer's attempts/backoff apply
           └── TransientDatabaseError   connection lost, failover, deadlock: retried inside the job first
@@ -38,6 +40,14 @@ class SchemaNotReady(StartupError):
 
 class DatabaseMissing(KpiExportError):
     """The SQLite file DATABASE_URL names does not exist, and the command only reads."""
+
+
+class SealingError(KpiExportError):
+    """The seal chain cannot be extended or read by this worker with this key."""
+
+
+class SealFormatTooNew(SealingError):
+    """The seal table holds seals of a format newer than this worker's."""
 
 
 class InvalidJobData(KpiExportError):

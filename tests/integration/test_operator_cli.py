@@ -62,12 +62,12 @@ async def test_db_current_and_upgrade_as_json(settings: Settings) -> None:
     assert behind.exit_code == 1
     assert json.loads(behind.stdout)["up_to_date"] is False
     upgraded = await json_of(settings, "db", "upgrade")
-    assert upgraded == {"database": settings.database.display, "before": None, "after": "0002"}
+    assert upgraded == {"database": settings.database.display, "before": None, "after": "0003"}
     current = await json_of(settings, "db", "current")
     assert current == {
         "database": settings.database.display,
-        "current": "0002",
-        "head": "0002",
+        "current": "0003",
+        "head": "0003",
         "up_to_date": True,
     }
 

@@ -24,7 +24,13 @@ def _stop_while_starting(_signum: int, _frame: FrameType | None) -> None:
 
 
 def _commands() -> ModuleType:
-    from kpi_export.cli import app, db_commands, queue_commands, worker_commands  # noqa: F401 - they add the commands
+    from kpi_export.cli import (  # noqa: F401 - they add the commands
+        app,
+        db_commands,
+        integrity_commands,
+        queue_commands,
+        worker_commands,
+    )
 
     return app
 

@@ -68,7 +68,7 @@ def current(as_json: bool) -> None:
 
 @cli.group()
 def audit() -> None:
-    """Read the audit table kpi_auditoria_export: who exported what, from where, when."""
+    """The audit table kpi_auditoria_export (who exported what, from where, when): read, seal, verify."""
 
 
 # usuarioId and idExport are 32-bit INTEGER columns, as Prisma's Int.

@@ -53,8 +53,9 @@ def _database(error: BaseException, settings: Settings | None) -> str:
 
     found = describe(error)
     lowered = found.lower()
-    if "kpi_auditoria_export" in found and any(sign in lowered for sign in _NO_TABLE):
-        return f"the audit table kpi_auditoria_export does not exist ({found}): run `kpi-export db upgrade`"
+    for table, what in (("kpi_auditoria_export", "audit table"), ("kpi_auditoria_seal", "seal table")):
+        if table in found and any(sign in lowered for sign in _NO_TABLE):
+            return f"the {what} {table} does not exist ({found}): run `kpi-export db upgrade`"
     if isinstance(error, OperationalError | InterfaceError) or "does not exist" in lowered:
         return f"the database failed ({found}): {_database_hint(settings)}"
     if isinstance(error, ProgrammingError):

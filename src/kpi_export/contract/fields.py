@@ -63,13 +63,15 @@ def parse_ip(value: object, *, present: bool = True) -> tuple[str | None, str | 
         if not present or value is None:
             return None, "ip missing in job.data; stored as null"
         return None, f"ip in job.data is a {type(value).__name__}, not a string; stored as null"
-    address = _canonical_address(value)
+    address = canonical_address(value)
     if address is None:
         return None, "ip in job.data is not an IP address; stored as null"
     return address, None
 
 
-def _canonical_address(text: str) -> str | None:
+def canonical_address(text: str) -> str | None:
+    """The canonical text of the client address in `text` (an X-Forwarded-For list, a port, brackets), or
+    None when it holds none."""
     # X-Forwarded-For: the first entry is the client.
     candidate = text.partition(",")[0].strip(_SPACES)
     if len(candidate) > IP_MAX_LENGTH:

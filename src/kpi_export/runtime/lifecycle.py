@@ -35,6 +35,7 @@ from kpi_export.runtime.processor import JobDeps, process_job
 from kpi_export.runtime.queue_depth import refresh_queue_depth
 from kpi_export.runtime.redis_memory import MemoryWatch, check_eviction_policy
 from kpi_export.runtime.redis_watch import RedisWatch
+from kpi_export.runtime.sealing import run_sealing
 from kpi_export.runtime.signals import StopSignals
 from kpi_export.runtime.tracing_switch import tracing_wanted
 from kpi_export.runtime.waiting import wait_until
@@ -101,7 +102,8 @@ async def run_worker(
             closers.append(queue.close)
             refresh = refresh_queue_depth(queue, metrics, settings.queue_metrics_interval)
             background.append(asyncio.create_task(refresh))
-        deps = JobDeps(store, settings.db_retry_window, throttle, metrics)
+        background += _start_sealing(settings, metrics, throttle, closers)
+        deps = JobDeps(store, settings.db_retry_window, throttle, metrics, ip_mode=settings.audit_ip_mode)
         handler: JobHandler = functools.partial(process_job, deps=deps)
         events: WorkerEvents = JobEventLog(settings.queue_name, throttle, metrics, watch)
         tracing = _start_tracing(settings, throttle, deps, metrics)
@@ -123,6 +125,27 @@ async def run_worker(
         if tracing is not None:  # last, on a bound of its own: the connections close first
             await tracing.close()
         stop.remove()
+
+
+def _start_sealing(
+    settings: Settings, metrics: WorkerMetrics, throttle: Throttle, closers: list[Closer]
+) -> list[asyncio.Task[None]]:
+    """The sealer's task, on an engine of its own, when AUDIT_SEAL_KEY is set; else nothing at all."""
+    key = settings.seal_key
+    if key is None:
+        return []
+    engine = create_engine(settings.database, pool_size=1)
+    closers.append(engine.dispose)
+    sealing = run_sealing(
+        engine,
+        key,
+        interval=settings.audit_seal_interval,
+        min_age=settings.audit_seal_min_age,
+        actor=worker_name(),
+        metrics=metrics,
+        throttle=throttle,
+    )
+    return [asyncio.create_task(sealing, name="audit-sealing")]
 
 
 def _start_tracing(

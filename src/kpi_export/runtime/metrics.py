@@ -13,6 +13,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Info,
     PlatformCollector,
     ProcessCollector,
     disable_created_metrics,
@@ -117,6 +118,35 @@ class WorkerMetrics:
         self._db_write_q = self._db_write.labels(queue)
         self._progress_failures_q = self._progress_failures.labels(queue)
         self._redis_reconnects_q = self._redis_reconnects.labels(queue)
+
+    def watch_seals(self) -> None:
+        """The seal chain's series, which exist only while sealing is on (AUDIT_SEAL_KEY)."""
+        labels = [self.queue]
+        self._seal_head = Info(
+            "kpi_export_audit_seal_head",
+            "The audit seal chain's head: its seq and digest, a copy kept outside the database.",
+            ["queue"],
+            registry=self.registry,
+        ).labels(*labels)
+        self._sealed_id = Gauge(
+            "kpi_export_audit_sealed_id",
+            "The highest idExport that the audit seals cover.",
+            ["queue"],
+            registry=self.registry,
+        ).labels(*labels)
+        self._seal_failures = Counter(
+            "kpi_export_audit_seal_failures",
+            "Sealing rounds that failed (database unreachable, another key, a table kept busy).",
+            ["queue"],
+            registry=self.registry,
+        ).labels(*labels)
+
+    def seal_head(self, seq: int, digest: str, sealed_id: int) -> None:
+        self._seal_head.info({"seq": str(seq), "digest": digest})
+        self._sealed_id.set(sealed_id)
+
+    def seal_failed(self) -> None:
+        self._seal_failures.inc()
 
     def watch_running(self, running: Callable[[], bool]) -> None:
         """kpi_export_worker_running, read from `running` at each scrape."""

@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tenacity import (
     AsyncRetrying,
@@ -17,6 +17,7 @@ from tenacity import (
 
 from kpi_export.bullmq import Completion, QueuedJob
 from kpi_export.contract import AuditEntry, idempotency_key, parse_job_data
+from kpi_export.contract.ip_privacy import IpMode, reduce_ip
 from kpi_export.errors import AuditWriteError, TransientDatabaseError
 from kpi_export.logs import Throttle
 from kpi_export.redaction import describe
@@ -37,6 +38,7 @@ class JobDeps:
     metrics: WorkerMetrics = field(default_factory=lambda: WorkerMetrics(""))
     # A span around each audit write when tracing is on (tracing.py); else nothing.
     audit_span: Callable[[], AbstractContextManager[None]] = nullcontext
+    ip_mode: IpMode = "full"  # AUDIT_IP_MODE: how much of the client address the row keeps
 
     @property
     def queue(self) -> str:
@@ -65,6 +67,8 @@ async def _process(job: QueuedJob, deps: JobDeps) -> Completion:
             warning,
             extra={"event": "job.warning", "job_id": job.id, "queue": deps.queue},
         )
+    if deps.ip_mode != "full":
+        entry = replace(entry, ip=reduce_ip(entry.ip, deps.ip_mode))
     key = idempotency_key(job.queueQualifiedName, job.id, job.timestamp)
     with deps.audit_span():
         id_export = await write_audit_row(deps, job, entry, key)

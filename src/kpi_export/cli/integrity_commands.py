@@ -1,0 +1,248 @@
+"""The audit trail's integrity: `audit seal`, `audit verify` and `audit pseudonymise-ips`."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import re
+import socket
+import sys
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, cast
+
+import click
+
+from kpi_export.cli.app import EXIT_CONFIG, EXIT_FAILED, JSON_OPTION, run, settings_or_exit
+from kpi_export.cli.db_commands import ID_EXPORT, audit, when_option, with_engine
+from kpi_export.cli.render import echo_json, progress_bar, shown
+
+if TYPE_CHECKING:
+    from kpi_export.config import Settings
+    from kpi_export.contract.ip_privacy import IpMode
+    from kpi_export.integrity import ChainEntry, SealKey
+    from kpi_export.integrity.verifier import VerifyReport
+
+_AGE = re.compile(r"([0-9]{1,6})([dh])")
+
+
+def key_or_exit(settings: Settings) -> SealKey:
+    key = settings.seal_key
+    if key is None:
+        click.echo(
+            "kpi-export: AUDIT_SEAL_KEY is not set: the seals are made and checked with it (the key they were "
+            "sealed with)",
+            err=True,
+        )
+        sys.exit(EXIT_CONFIG)
+    return key
+
+
+def entry_json(entry: ChainEntry) -> dict[str, Any]:
+    return {
+        "seq": entry.seq,
+        "kind": entry.kind,
+        "fromId": entry.from_id,
+        "toId": entry.to_id,
+        "rows": entry.row_count,
+        "sealedAt": entry.sealed_at.isoformat(timespec="milliseconds") + "Z",
+        "actor": entry.actor,
+        "detail": json.loads(entry.detail or "{}"),
+        "digest": entry.digest,
+    }
+
+
+@audit.command("seal")
+@JSON_OPTION
+def audit_seal(as_json: bool) -> None:
+    """Seal now what the worker would: the rows older than AUDIT_SEAL_MIN_AGE that no seal covers yet.
+    Prints each new seal and the head digest, to be kept outside the database."""
+    from kpi_export.integrity.sealer import read_head, seal_pending
+
+    settings = settings_or_exit()
+    key = key_or_exit(settings)
+
+    async def go(engine: Any) -> tuple[list[ChainEntry], ChainEntry | None]:
+        sealed = await seal_pending(engine, key, min_age=settings.audit_seal_min_age, actor=_operator())
+        head, _ = await read_head(engine)
+        return sealed, head
+
+    sealed, head = run(with_engine(settings, go, create=False))
+    if as_json:
+        echo_json({"sealed": [entry_json(e) for e in sealed], "head": entry_json(head) if head else None})
+        return
+    for entry in sealed:
+        click.echo(f"seal {entry.seq}: idExport {entry.from_id}-{entry.to_id}, {entry.row_count} row(s)")
+    if not sealed:
+        click.echo("nothing to seal")
+    if head is not None:
+        click.echo(f"head: seal {head.seq}, digest {head.digest}")
+
+
+@audit.command("verify")
+@click.option(
+    "--since", help="Only the seals made since this date or ISO date-time (the chain is always checked)."
+)
+@click.option("--from-id", type=ID_EXPORT, help="Only the seals that reach this idExport or beyond.")
+@click.option("--expect-head", metavar="DIGEST", help="A head digest kept elsewhere: the chain must hold it.")
+@JSON_OPTION
+def audit_verify(since: str | None, from_id: int | None, expect_head: str | None, as_json: bool) -> None:
+    """Check the seals and re-read the sealed rows: each row changed, deleted or inserted inside a sealed
+    range, and each break in the chain, is reported. Exit status 1 on any finding."""
+    from kpi_export.integrity.verifier import verify
+
+    since_time = when_option(since, "--since")
+    settings = settings_or_exit()
+    key = key_or_exit(settings)
+
+    async def go(engine: Any) -> VerifyReport:
+        with progress_bar() as bar:
+            task = bar.add_task("Verifying", total=None)
+            return await verify(
+                engine,
+                key,
+                from_id=from_id,
+                since=since_time,
+                expect_head=expect_head,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+
+    try:
+        report = run(with_engine(settings, go, create=False))
+    except KeyboardInterrupt:
+        click.echo("kpi-export: verify interrupted: it changes nothing; run it again to the end", err=True)
+        sys.exit(130)
+    _show_report(report, as_json)
+    if not report.clean:
+        sys.exit(EXIT_FAILED)
+
+
+def _show_report(report: VerifyReport, as_json: bool) -> None:
+    if as_json:
+        echo_json(
+            {
+                "clean": report.clean,
+                "head": entry_json(report.head) if report.head else None,
+                "seals": report.entries,
+                "segmentsChecked": report.segments_checked,
+                "rowsChecked": report.rows_checked,
+                "rowsNotSealed": report.rows_not_sealed,
+                "expectedHeadSeq": report.expected_head_seq,
+                "pseudonymisations": [entry_json(e) for e in report.pseudonymisations],
+                "findings": [
+                    {"kind": f.kind, "seq": f.seq, "idExport": f.id_export, "message": f.message}
+                    for f in report.findings
+                ],
+                "findingCounts": dict(report.counts),
+            }
+        )
+        return
+    for entry in report.pseudonymisations:
+        detail = json.loads(entry.detail or "{}")
+        click.echo(
+            f"pseudonymisation recorded in seal {entry.seq}: idExport {entry.from_id}-{entry.to_id}, "
+            f"{detail.get('rowsChanged', '?')} row(s) ip {detail.get('ip', '?')}, older than "
+            f"{detail.get('olderThan', '?')}, by {shown(entry.actor)} at "
+            f"{entry.sealed_at.isoformat(timespec='seconds')}Z"
+        )
+    for finding in report.findings:
+        click.echo(f"FOUND: {shown(finding.message)}")
+    listed = len(report.findings)
+    total = sum(report.counts.values())
+    if total > listed:
+        click.echo(f"… and {total - listed} more finding(s) not listed")
+    head = f"head: seal {report.head.seq}, digest {report.head.digest}" if report.head else "no seal yet"
+    click.echo(
+        f"{report.entries} seal(s), {report.rows_checked} sealed row(s) re-read, {report.rows_not_sealed} row(s) "
+        f"not sealed yet; {head}"
+    )
+    if report.expected_head_seq is not None and report.head is not None:
+        click.echo(
+            f"the expected head is seal {report.expected_head_seq} of the chain "
+            f"({report.head.seq - report.expected_head_seq} seal(s) made since)"
+        )
+    if report.clean:
+        click.echo("verified: no finding")
+    else:
+        counts = ", ".join(f"{count} {kind}" for kind, count in sorted(report.counts.items()))
+        click.echo(f"NOT VERIFIED: {total} finding(s) ({counts})")
+
+
+@audit.command("pseudonymise-ips")
+@click.option(
+    "--older-than",
+    required=True,
+    metavar="AGE|DATE",
+    help="Rows created before this: an age (90d, 36h) or a date / ISO date-time.",
+)
+@click.option(
+    "--to",
+    "mode",
+    type=click.Choice(["truncated", "none"]),
+    default="truncated",
+    show_default=True,
+    help="Truncate the address (IPv4 /24, IPv6 /48), or remove it.",
+)
+@click.option("--actor", help="Who does it, as the chain records it. [default: user@host]")
+@JSON_OPTION
+def audit_pseudonymise_ips(older_than: str, mode: str, actor: str | None, as_json: bool) -> None:
+    """Truncate (or remove) the IPs of old rows. On a sealed table each change is recorded in the chain, so
+    that verify tells it from tampering; a sealed range that fails its check is left alone and reported."""
+    from kpi_export.integrity.pseudonymise import pseudonymise_ips
+
+    cutoff = _cutoff(older_than)
+    settings = settings_or_exit()
+    key = settings.seal_key
+    report = run(
+        with_engine(
+            settings,
+            lambda engine: pseudonymise_ips(
+                engine,
+                key,
+                older_than=cutoff,
+                mode=cast("IpMode", mode),
+                actor=actor or _operator(),
+            ),
+            create=False,
+        )
+    )
+    if as_json:
+        echo_json(
+            {
+                "rowsChanged": report.rows_changed,
+                "recorded": [entry_json(e) for e in report.recorded],
+                "refused": [{"fromId": s.from_id, "toId": s.to_id, "findings": n} for s, n in report.refused],
+            }
+        )
+    else:
+        for entry in report.recorded:
+            click.echo(
+                f"seal {entry.seq}: pseudonymisation of idExport {entry.from_id}-{entry.to_id} recorded"
+            )
+        for segment, findings in report.refused:
+            click.echo(
+                f"REFUSED: idExport {segment.from_id}-{segment.to_id} fails its seal ({findings} finding(s)): "
+                "left as it is; `kpi-export audit verify` names them"
+            )
+        click.echo(f"{report.rows_changed} row(s) changed (ip {mode}, older than {cutoff.isoformat()}Z)")
+    if report.refused:
+        sys.exit(EXIT_FAILED)
+
+
+def _cutoff(text: str) -> datetime:
+    from kpi_export.store.writer import utc_now
+
+    age = _AGE.fullmatch(text.strip())
+    if age is not None:
+        number, unit = int(age.group(1)), age.group(2)
+        return utc_now() - (timedelta(days=number) if unit == "d" else timedelta(hours=number))
+    cutoff = when_option(text, "--older-than")
+    assert cutoff is not None
+    return cutoff
+
+
+def _operator() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
