@@ -11,6 +11,7 @@ three kinds of transaction the chain needs on each database.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -48,7 +49,7 @@ class TableBusy(Exception):
 
 def _entry(row: RowMapping) -> ChainEntry:
     values = {field: row[column] for field, column in _ENTRY_COLUMNS.items()}
-    values["row_macs"] = bytes(values["row_macs"])
+    values["row_macs"] = base64.b64decode(values["row_macs"])
     return ChainEntry(**values)
 
 
@@ -79,6 +80,7 @@ async def sealed_up_to(conn: AsyncConnection) -> int:
 
 async def append(conn: AsyncConnection, entry: ChainEntry) -> None:
     values = {column: getattr(entry, field) for field, column in _ENTRY_COLUMNS.items()}
+    values["rowMacs"] = base64.b64encode(entry.row_macs).decode()  # text: a binary column trips aiomysql
     await conn.execute(insert(seal_table), values)
 
 

@@ -6,7 +6,7 @@ two sealers that race for the same place cannot both write it.
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, Integer, LargeBinary, String, Table, Text
+from sqlalchemy import Column, DateTime, Integer, String, Table, Text
 from sqlalchemy.dialects import mysql, postgresql
 
 from kpi_export.store.table import metadata
@@ -15,7 +15,6 @@ SEAL_TABLE_NAME = "kpi_auditoria_seal"
 
 
 LONG_TEXT = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
-LONG_BINARY = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
 TIMESTAMP = (
     DateTime()
     .with_variant(postgresql.TIMESTAMP(precision=3), "postgresql")
@@ -33,7 +32,7 @@ seal_table = Table(
     Column("toId", Integer, nullable=False),
     Column("rowCount", Integer, nullable=False),
     Column("rowIds", LONG_TEXT, nullable=False),  # the ids present, as ranges: 1-500,502-1000
-    Column("rowMacs", LONG_BINARY, nullable=False),  # each row's truncated HMAC, in id order
+    Column("rowMacs", LONG_TEXT, nullable=False),  # each row's truncated HMAC, in id order, in base64
     Column("sealedAt", TIMESTAMP, nullable=False),
     Column("actor", String(191), nullable=False),  # who sealed: a worker's name, or an operator
     Column("detail", LONG_TEXT, nullable=False),  # JSON: what a pseudonymisation changed

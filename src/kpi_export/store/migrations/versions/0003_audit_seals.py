@@ -25,9 +25,7 @@ def upgrade() -> None:
         sa.Column("toId", sa.Integer(), nullable=False),
         sa.Column("rowCount", sa.Integer(), nullable=False),
         sa.Column("rowIds", long_text, nullable=False),
-        sa.Column(
-            "rowMacs", sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb"), nullable=False
-        ),
+        sa.Column("rowMacs", long_text, nullable=False),
         sa.Column(
             "sealedAt",
             sa.DateTime()
