@@ -191,3 +191,179 @@ def resealed(saved: list[ChainEntry], rows: dict[int, Any], forged: SealKey) -> 
         )
         chain.append(replace(made, key_id=KEY.key_id))
     return chain
+
+
+@pytest.mark.parametrize("database_url", ["postgresql", "mariadb"], indirect=True)
+async def test_rows_committed_out_of_id_order_are_never_left_outside_every_seal(
+    migrated: Settings, engine: AsyncEngine
+) -> None:
+    await fill(engine, 10)
+    async with opened_engine(migrated.database) as other:
+        late = await other.connect()
+        transaction = await late.begin()
+        await late.execute(insert(audit_table), python_row(100))  # takes id 11, not committed yet
+        await fill(engine, 5, start=200)  # ids 12-16, committed
+        sealing = asyncio.create_task(seal_pending(engine, KEY, min_age=0, actor="test"))
+        await wait_until(
+            lambda: sealer_waits(other), timeout=10, what="the sealer to wait for the open insert"
+        )
+        await transaction.commit()
+        await late.close()
+        sealed = await asyncio.wait_for(sealing, timeout=30)
+    assert [(e.from_id, e.to_id, e.row_count) for e in sealed] == [(1, 16, 16)]
+    report = await verify(engine, KEY)
+    assert report.clean and (report.rows_checked, report.rows_not_sealed) == (16, 0)
+
+
+async def sealer_waits(engine: AsyncEngine) -> bool:
+    """True once a session waits for a lock on the audit table."""
+    if engine.dialect.name == "postgresql":
+        query = text("SELECT count(*) FROM pg_locks WHERE NOT granted")
+    else:
+        query = text(
+            "SELECT count(*) FROM information_schema.processlist WHERE state LIKE 'Waiting for table metadata lock'"
+        )
+    async with engine.connect() as conn:
+        return bool(await conn.scalar(query))
+
+
+async def test_three_sealers_at_once_make_one_chain(migrated: Settings, engine: AsyncEngine) -> None:
+    """Three workers' sealers, each with its own connections, while rows keep coming: no gap, no overlap."""
+    await fill(engine, 3000)
+
+    async def sealer() -> list[ChainEntry]:
+        made: list[ChainEntry] = []
+        async with opened_engine(migrated.database) as own:
+            for _ in range(6):
+                made += await seal_pending(own, KEY, min_age=0, actor=f"sealer-{id(made)}", max_rows=200)
+        return made
+
+    async def writer() -> None:
+        for round_number in range(5):
+            await fill(engine, 100, start=10_000 + round_number * 100)
+
+    results = await asyncio.gather(sealer(), sealer(), sealer(), writer())
+    await seal_pending(engine, KEY, min_age=0, actor="last", max_rows=200)
+    chain = await entries(engine)
+    made = [e.seq for r in results[:3] for e in r]
+    assert sorted(made) == sorted(set(made))  # each place in the chain written once
+    assert [e.seq for e in chain] == list(range(1, len(chain) + 1))
+    assert all(b.from_id == a.to_id + 1 for a, b in zip(chain, chain[1:], strict=False))
+    assert len({e.actor for e in chain}) >= 2 or len(chain) > 1
+    report = await verify(engine, KEY)
+    assert report.clean, report.findings
+    assert (report.rows_checked, report.rows_not_sealed) == (3500, 0)
+
+
+async def test_a_sealer_stopped_midway_leaves_whole_seals(migrated: Settings, engine: AsyncEngine) -> None:
+    await fill(engine, 5000)
+    sealing = asyncio.create_task(seal_pending(engine, KEY, min_age=0, actor="test", max_rows=100))
+
+    async def some_sealed() -> bool:
+        return len(await entries(engine)) >= 2
+
+    await wait_until(some_sealed, timeout=30, what="two seals")
+    sealing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sealing
+    partial = await verify(engine, KEY)
+    assert partial.clean, partial.findings
+    assert partial.rows_checked + partial.rows_not_sealed == 5000 and partial.rows_not_sealed > 0
+    await seal_pending(engine, KEY, min_age=0, actor="test")
+    report = await verify(engine, KEY)
+    assert report.clean and report.rows_not_sealed == 0
+
+
+async def test_rows_younger_than_the_minimum_age_wait_for_the_next_seal(engine: AsyncEngine) -> None:
+    now = utc_now()
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(audit_table), [python_row(n, now - timedelta(minutes=10)) for n in range(5)]
+        )
+        await conn.execute(insert(audit_table), [python_row(n, now) for n in range(5, 8)])
+        await conn.execute(
+            insert(audit_table), [python_row(n, now - timedelta(minutes=10)) for n in range(8, 10)]
+        )
+    sealed = await seal_pending(engine, KEY, min_age=60, actor="test")
+    assert [(e.from_id, e.to_id) for e in sealed] == [(1, 5)]  # up to the first young row, in id order
+    later = await seal_pending(engine, KEY, min_age=60, actor="test", now=lambda: now + timedelta(minutes=2))
+    assert [(e.from_id, e.to_id) for e in later] == [(6, 10)]
+
+
+async def test_pseudonymisation_is_recorded_and_an_unrecorded_one_is_found(
+    migrated: Settings, engine: AsyncEngine
+) -> None:
+    now = utc_now()
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(audit_table), [python_row(n, now - timedelta(days=120)) for n in range(300)]
+        )
+        await conn.execute(
+            insert(audit_table), [python_row(n, now - timedelta(days=10)) for n in range(300, 400)]
+        )
+    await seal_pending(engine, KEY, min_age=0, actor="test", max_rows=150)
+    result = await invoke(
+        migrated, "audit", "pseudonymise-ips", "--older-than", "90d", "--actor", "dpo@example", env=KEY_ENV
+    )
+    assert result.exit_code == 0, result.output
+    assert "300 row(s) changed (ip truncated" in result.output
+    rows = await all_rows(engine)
+    assert {rows[i]["ip"] for i in range(1, 301)} <= {f"203.0.{n}.0" for n in range(256)}
+    assert rows[301]["ip"] == python_row(300)["ip"]  # younger than 90 days: kept whole
+
+    verified = await invoke(migrated, "audit", "verify", env=KEY_ENV)
+    assert verified.exit_code == 0, verified.output
+    assert "verified: no finding" in verified.output
+    recorded = [line for line in verified.output.splitlines() if line.startswith("pseudonymisation recorded")]
+    assert len(recorded) == 2, verified.output  # the two sealed ranges of 150 old rows
+    assert "by dpo@example" in recorded[0] and "ip truncated" in recorded[0]
+
+    again = await invoke(migrated, "audit", "pseudonymise-ips", "--older-than", "90d", env=KEY_ENV)
+    assert "0 row(s) changed" in again.output and len((await entries(engine))) == 5  # nothing more to record
+
+    # The same truncation done by hand, unrecorded, on a row that was to be kept whole.
+    await execute(engine, update(audit_table).where(audit_table.c.idExport == 350).values(ip="203.0.94.0"))
+    report = await verify(engine, KEY)
+    assert found(report) == {("changed", 350)}
+    refused = await invoke(migrated, "audit", "pseudonymise-ips", "--older-than", "1d", env=KEY_ENV)
+    assert refused.exit_code == 1 and "REFUSED: idExport 301-400 fails its seal" in refused.output
+    assert (await fetch(engine, 351))["ip"] == python_row(350)["ip"]  # that range left as it was
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_missing_or_wrong_key_and_a_newer_format_get_clear_messages(
+    migrated: Settings, engine: AsyncEngine
+) -> None:
+    await fill(engine, 50)
+    sealed = await invoke(migrated, "audit", "seal", env=KEY_ENV)
+    assert sealed.exit_code == 0 and "seal 1: idExport 1-50, 50 row(s)" in sealed.output
+    head = (await entries(engine))[-1].digest
+    assert f"head: seal 1, digest {head}" in sealed.output
+
+    missing = await invoke(migrated, "audit", "verify", env={"AUDIT_SEAL_KEY": ""})
+    assert missing.exit_code == 2 and "AUDIT_SEAL_KEY is not set" in missing.output
+    short = await invoke(migrated, "audit", "verify", env={"AUDIT_SEAL_KEY": "short"})
+    assert short.exit_code == 2 and "invalid AUDIT_SEAL_KEY: must be at least 32 characters" in short.output
+    assert "short" not in short.output.replace("invalid AUDIT_SEAL_KEY", "")
+
+    other = "another-key-of-enough-length-0123456789"
+    wrong = await invoke(migrated, "audit", "verify", env={"AUDIT_SEAL_KEY": other})
+    assert wrong.exit_code == 1
+    assert "AUDIT_SEAL_KEY is not the key of these seals" in wrong.output
+    assert other not in wrong.output and SECRET not in wrong.output
+    await fill(engine, 5, start=50)
+    extend = await invoke(migrated, "audit", "seal", env={"AUDIT_SEAL_KEY": other, "AUDIT_SEAL_MIN_AGE": "0"})
+    assert extend.exit_code == 1 and "set the key the chain was sealed with" in extend.output
+    assert len(await entries(engine)) == 1  # nothing written with the wrong key
+
+    expected = await invoke(migrated, "audit", "verify", "--expect-head", head, env=KEY_ENV)
+    assert expected.exit_code == 0 and "the expected head is seal 1" in expected.output
+    lost = await invoke(migrated, "audit", "verify", "--expect-head", "ab" * 32, env=KEY_ENV)
+    assert lost.exit_code == 1 and "no seal has the digest you kept" in lost.output
+
+    await execute(engine, update(seal_table).values(version=2))
+    newer = await invoke(migrated, "audit", "verify", env=KEY_ENV)
+    assert newer.exit_code == 1
+    assert "seals of format 2, newer than this kpi-export's (1): upgrade kpi-export" in newer.output
+    newer_seal = await invoke(migrated, "audit", "seal", env=KEY_ENV)
+    assert newer_seal.exit_code == 1 and "newer than this kpi-export's" in newer_seal.output
