@@ -198,6 +198,7 @@ async def test_metrics_move_as_jobs_complete_fail_and_retry(migrated: Settings, 
     assert value("kpi_export_queue_jobs", state="active") == 0
     assert "# TYPE kpi_export_job_duration_seconds histogram" in text
     assert "process_cpu_seconds_total" in text
+    assert "kpi_export_audit" not in text  # sealing off (no AUDIT_SEAL_KEY): not a series of it
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

@@ -11,6 +11,10 @@ import pytest
 
 from kpi_export.config import Settings
 from kpi_export.contract import USUARIO_ID_ERROR
+from kpi_export.integrity import SealKey
+from kpi_export.integrity.sealer import seal_pending
+from kpi_export.integrity.verifier import verify
+from kpi_export.store import opened_engine
 from tests.interop.node import added_while_paused, original_worker, produce
 from tests.services import worker_env
 from tests.support import WorkerProcess, audit_rows, wait_for_workers
@@ -69,3 +73,12 @@ async def test_node_and_python_workers_share_a_queue_and_a_table(migrated: Setti
         f"{len(invalid_ids)} failed, {len(rows)} rows ({by_python} by Python, {len(rows) - by_python} by Node)"
     )
     assert 0 < by_python < VALID_JOBS
+
+    # The rows of both writers seal and verify alike (a Node row: no key, createdAt from Prisma).
+    async with opened_engine(migrated.database) as engine:
+        sealed = await seal_pending(
+            engine, SealKey("mixed-fleet-seal-key-0123456789abcdef"), min_age=0, actor="t"
+        )
+        report = await verify(engine, SealKey("mixed-fleet-seal-key-0123456789abcdef"))
+    assert sum(entry.row_count for entry in sealed) == VALID_JOBS
+    assert report.clean and (report.rows_checked, report.rows_not_sealed) == (VALID_JOBS, 0), report.findings
