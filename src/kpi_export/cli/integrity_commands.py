@@ -223,7 +223,9 @@ def audit_pseudonymise_ips(older_than: str, mode: str, actor: str | None, as_jso
                 f"REFUSED: idExport {segment.from_id}-{segment.to_id} fails its seal ({findings} finding(s)): "
                 "left as it is; `kpi-export audit verify` names them"
             )
-        click.echo(f"{report.rows_changed} row(s) changed (ip {mode}, older than {cutoff.isoformat()}Z)")
+        click.echo(
+            f"{report.rows_changed} row(s) changed (ip {mode}, older than {cutoff.isoformat(timespec='seconds')}Z)"
+        )
     if report.refused:
         sys.exit(EXIT_FAILED)
 
