@@ -52,7 +52,12 @@ async def pseudonymise_ips(
     segments: list[Segment] = []
     if key is not None and entries:
         check_extendable(key, entries[-1])
-        _, segments = check_chain(key, entries)
+        findings, segments = check_chain(key, entries)
+        if findings:  # a seal edited to match edited rows must not be recorded again as sound
+            raise SealingError(
+                f"the seal chain itself fails its check ({findings[0].message}): nothing changed; "
+                "`kpi-export audit verify` names every finding"
+            )
     detail = {"ip": mode, "olderThan": older_than.isoformat(timespec="milliseconds") + "Z"}
     for segment in segments:
         assert key is not None
