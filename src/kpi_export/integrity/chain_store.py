@@ -164,11 +164,12 @@ async def sealer_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnecti
                 try:
                     yield conn
                 except BaseException:
-                    await conn.execute(text("ROLLBACK"))
+                    await _rollback(conn)
                     raise
                 await conn.execute(text("COMMIT"))
-            finally:
-                await conn.execute(text("DO RELEASE_LOCK(CONCAT(DATABASE(), '.', :name))"), name)
+            finally:  # a connection cut releases the lock itself
+                with contextlib.suppress(Exception):
+                    await conn.execute(text("DO RELEASE_LOCK(CONCAT(DATABASE(), '.', :name))"), name)
         return
     async with _explicit(engine, "BEGIN IMMEDIATE") as conn:  # SQLite: waits for the writer, then is one
         yield conn
@@ -199,6 +200,13 @@ async def _explicit(engine: AsyncEngine, begin: str) -> AsyncIterator[AsyncConne
         try:
             yield conn
         except BaseException:
-            await conn.exec_driver_sql("ROLLBACK")
+            await _rollback(conn)
             raise
         await conn.exec_driver_sql("COMMIT")
+
+
+async def _rollback(conn: AsyncConnection) -> None:
+    """Roll back what the block began. A connection cut (a cancelled statement invalidates it) is closed
+    instead, which rolls back too; the block's own error is the one to raise."""
+    with contextlib.suppress(Exception):
+        await conn.exec_driver_sql("ROLLBACK")

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -17,7 +16,6 @@ from kpi_export.errors import SealingError
 from kpi_export.integrity import chain_store
 from kpi_export.integrity.checks import check_version
 from kpi_export.integrity.digests import ChainEntry, SealKey, new_entry
-from kpi_export.store.table import audit_table
 from kpi_export.store.writer import utc_now
 
 SEAL_MAX_ROWS = 10_000
@@ -74,23 +72,27 @@ async def _seal_next(
     head = await chain_store.head_entry(conn)
     check_extendable(key, head)
     last = await chain_store.sealed_up_to(conn)
-    c = audit_table.c
-    # Up to the first row still too young, and never past what is settled.
-    young = await conn.scalar(
-        select(func.min(c.idExport)).where(c.idExport > last, c.idExport <= settled, c.createdAt > cutoff)
-    )
-    upper = int(young) - 1 if young is not None else settled
-    if upper <= last:
+    if settled <= last:
         return None
-    rows = (await conn.execute(chain_store.sealed_rows(last + 1, upper).limit(max_rows))).mappings().all()
+    query = chain_store.sealed_rows(last + 1, settled).limit(max_rows)
+    rows = (await conn.execute(query)).mappings().all()
     if not rows:
-        return None  # only ids no row took (rolled back): sealed later, with the next rows
+        return None  # only ids no row took (rolled back): sealed later, with the rows after them
+    # Up to the first row still too young, in id order, and never past what is settled.
+    young = next((i for i, row in enumerate(rows) if row["createdAt"] > cutoff), None)
+    if young is not None:
+        to_id = rows[young]["idExport"] - 1
+        rows = rows[:young]
+    else:
+        to_id = rows[-1]["idExport"] if len(rows) == max_rows else settled
+    if not rows:
+        return None  # the first row is still too young
     return new_entry(
         key,
         seq=head.seq + 1 if head else 1,
         kind="seal",
         from_id=last + 1,
-        to_id=rows[-1]["idExport"] if len(rows) == max_rows else upper,
+        to_id=to_id,
         rows=[(row["idExport"], key.row_mac(row)) for row in rows],
         sealed_at=now(),
         actor=actor,
