@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import time
 import uuid
 
@@ -55,6 +56,7 @@ async def main(rows: int, url: str) -> None:
         print(f"rows {rows:,}: {len(sealed)} seals")
         print(f"seal   {seal_seconds:8.1f} s  {rows / seal_seconds:10,.0f} rows/s")
         print(f"verify {verify_seconds:8.1f} s  {rows / verify_seconds:10,.0f} rows/s")
+        print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB")
     finally:
         await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
         await admin.close()
