@@ -63,6 +63,12 @@ async def counts(settings: Settings) -> dict[str, int]:
         return dict(await queue.getJobCounts(*STATES))
 
 
+async def failed_reasons(settings: Settings, count: int = 3) -> list[str]:
+    """A few failed jobs' reasons, for an assertion's message."""
+    async with opened_queue(settings) as queue:
+        return [str(job.failedReason) for job in await queue.getFailed(0, count - 1)]
+
+
 async def wait_all_finished(settings: Settings, total: int, timeout: float) -> None:
     async with opened_queue(settings) as queue:
 
@@ -97,7 +103,7 @@ async def stored_jobs(settings: Settings, total: int) -> dict[str, dict[str, Any
 async def assert_exactly_once(settings: Settings, total: int) -> dict[str, dict[str, Any]]:
     """Every job completed, none failed or left behind; one row per job, holding the job's own id."""
     state = await counts(settings)
-    assert state == {**dict.fromkeys(STATES, 0), "completed": total}, state
+    assert state == {**dict.fromkeys(STATES, 0), "completed": total}, (state, await failed_reasons(settings))
     jobs = await stored_jobs(settings, total)
     async with opened_engine(settings.database) as engine, engine.connect() as conn:
         rows = dict((await conn.execute(select(audit_table.c.idempotencyKey, audit_table.c.idExport))).all())

@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,12 @@ from tests.services import worker_env
 from tests.support import WorkerProcess, audit_rows, run_numbered_jobs, wait_until
 
 STARTED = re.compile(r"Worker process (\d) started \(pid (\d+)\)")
+SUPERVISOR_RSS_MB = 30  # the full `kpi-export` command holds about 90
+
+
+def supervisor_rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
 
 
 async def wait_for_count(worker: WorkerProcess, text: str, count: int, timeout: float = 30) -> None:
@@ -31,6 +38,8 @@ async def test_two_processes_share_the_queue_and_stop_together_on_sigterm(migrat
         await wait_for_count(worker, "Worker escuchando", 2)
         pids = {int(m.group(2)) for m in STARTED.finditer(worker.output)}
         assert len(pids) == 2 and worker.process.pid not in pids
+        # The supervisor is the command's own process (exec: same pid for systemd or Kubernetes), lean.
+        assert supervisor_rss_mb(worker.process.pid) <= SUPERVISOR_RSS_MB
         outcomes = await run_numbered_jobs(migrated, 40)
         worker.process.send_signal(signal.SIGTERM)
         status = await asyncio.to_thread(worker.wait, 20)

@@ -15,10 +15,9 @@ from kpi_export.config import Settings
 def run_worker_process(settings: Settings) -> NoReturn:
     """Run until stopped, then exit with the worker's status."""
     if settings.worker_processes > 1:
-        from kpi_export.runtime.supervisor import Supervisor, worker_command
+        from kpi_export.runtime.supervisor import become_supervisor
 
-        env = os.environ | {"WORKER_PROCESSES": "1"}
-        sys.exit(asyncio.run(Supervisor(settings.worker_processes, worker_command(), env).run()))
+        become_supervisor(settings.worker_processes, settings.log_level, settings.log_format)
 
     from kpi_export.runtime.lifecycle import run_worker
 

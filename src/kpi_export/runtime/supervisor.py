@@ -6,16 +6,23 @@ in a session of their own, so a Control-C in a terminal reaches them once, throu
 twice (which they would take for "stop at once"). A child that keeps dying within seconds of its start is a
 crash loop (a missing table, a database refusing the credentials): after CRASH_LOOP_LIMIT such starts the
 supervisor stops the others and exits 1, as a single worker would.
+
+It runs as a process of its own (`python -m kpi_export.runtime.supervisor`, which `kpi-export worker` becomes
+by exec once the settings are checked): only the standard library and the log set-up, about a sixth of the
+memory of the full command.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from types import FrameType
+from typing import NoReturn
 
 from kpi_export.runtime.waiting import is_set_within
 
@@ -112,3 +119,31 @@ def _describe(status: int) -> str:
 
 def worker_command() -> list[str]:
     return [sys.executable, "-m", "kpi_export", "worker"]
+
+
+def become_supervisor(processes: int, log_level: str, log_format: str) -> NoReturn:
+    """Replace this process (same pid, same environment) by the lean supervisor of `processes` workers."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    module = "kpi_export.runtime.supervisor"
+    os.execv(sys.executable, [sys.executable, "-m", module, str(processes), log_level, log_format])
+
+
+def _stop_while_starting(_signum: int, _frame: FrameType | None) -> None:
+    sys.exit(0)
+
+
+def main(processes: int, log_level: str, log_format: str) -> None:
+    """The supervisor process, given what the command that execs it has checked. Its lines hold no secret
+    (they name processes and statuses), so they need no redaction."""
+    signal.signal(signal.SIGTERM, _stop_while_starting)  # until the event loop handles it
+    from kpi_export.logs import setup_logging
+
+    setup_logging(log_level, log_format, stream=sys.stdout)
+    env = os.environ | {"WORKER_PROCESSES": "1"}
+    sys.exit(asyncio.run(Supervisor(processes, worker_command(), env).run()))
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), sys.argv[2], sys.argv[3])
