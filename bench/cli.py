@@ -80,6 +80,12 @@ def _names(text: str) -> list[str]:
     "--postgres-url",
     default=lambda: os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
 )
+@click.option(
+    "--rtt-ms",
+    type=click.FloatRange(0, 1000),
+    help="Put a network of this round-trip time (a delay proxy, bench/netdelay.py) between the workers and "
+    "Redis and PostgreSQL, and count each worker's round trips per job.",
+)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=RESULTS, show_default=True)
 def main(
     jobs: int,
@@ -94,6 +100,7 @@ def main(
     quick: bool,
     redis_url: str,
     postgres_url: str,
+    rtt_ms: float | None,
     out: Path,
 ) -> None:
     """Measure this worker against the Node original on the same Redis and database, in one run."""
@@ -109,7 +116,7 @@ def main(
             "the Node baseline is not built: run `make bench` (it builds bench/node-baseline)"
         )
     out.mkdir(parents=True, exist_ok=True)
-    plan = Plan(redis_url, postgres_url, Path(tempfile.mkdtemp(prefix="kpi-bench-")))
+    plan = Plan(redis_url, postgres_url, Path(tempfile.mkdtemp(prefix="kpi-bench-")), rtt_ms=rtt_ms)
     schedule = [
         (rep, database, level, contender)
         for rep in range(repeat)
@@ -125,6 +132,7 @@ def main(
         "warmup": warmup,
         "repeat": repeat,
         "stream_seconds": stream_seconds,
+        "rtt_ms": rtt_ms,
     }
     measurements: list[Measurement] = []
     rss: dict[int, float] = {}

@@ -15,7 +15,16 @@ from rich.table import Table
 from bench.runs import Measurement
 from bench.workers import CONTENDERS
 
-METRICS = ("throughput", "cpu_ms_per_job", "stream_rate", "p50_ms", "p99_ms", "peak_rss_mb")
+METRICS = (
+    "throughput",
+    "cpu_ms_per_job",
+    "stream_rate",
+    "p50_ms",
+    "p99_ms",
+    "peak_rss_mb",
+    "redis_trips_per_job",
+    "db_trips_per_job",
+)
 TARGET_CONCURRENCY = 50
 TARGET_RATE = 200.0
 
@@ -62,6 +71,8 @@ def table(rows: list[Row]) -> Table:
         "p50 ms",
         "p99 ms",
         "peak RSS MB",
+        "Redis trips/job",
+        "DB trips/job",
     ):
         out.add_column(header, justify="left" if header in ("database", "worker") else "right")
     for r in rows:
@@ -77,6 +88,8 @@ def table(rows: list[Row]) -> Table:
             _fmt(v["p50_ms"]),
             _fmt(v["p99_ms"]),
             _fmt(v["peak_rss_mb"]),
+            _fmt(v["redis_trips_per_job"], 2),
+            _fmt(v["db_trips_per_job"], 2),
         )
     return out
 
@@ -227,14 +240,16 @@ def chart(path: Path, rows: list[Row], title: str) -> None:
 def markdown(document: dict[str, Any]) -> str:
     """The medians and the targets of a run's JSON file, as Markdown tables (for the README)."""
     lines = [
-        "| database | worker | concurrency | jobs/s | CPU ms/job | stream jobs/s | p50 ms | p99 ms | peak RSS MB |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|",
+        "| database | worker | concurrency | jobs/s | CPU ms/job | stream jobs/s | p50 ms | p99 ms | peak RSS MB "
+        "| Redis trips/job | DB trips/job |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for m in document["medians"]:
         lines.append(
             f"| {m['database']} | {CONTENDERS[m['contender']].label} | {m['concurrency']} "
             f"| {_fmt(m['throughput'], 0)} | {_fmt(m['cpu_ms_per_job'], 2)} | {_fmt(m['stream_rate'], 0)} "
-            f"| {_fmt(m['p50_ms'])} | {_fmt(m['p99_ms'])} | {_fmt(m['peak_rss_mb'])} |"
+            f"| {_fmt(m['p50_ms'])} | {_fmt(m['p99_ms'])} | {_fmt(m['peak_rss_mb'])} "
+            f"| {_fmt(m.get('redis_trips_per_job'), 2)} | {_fmt(m.get('db_trips_per_job'), 2)} |"
         )
     lines += [
         "",

@@ -4,16 +4,19 @@ every job gave exactly the row and the result it should."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 
+from bench.netdelay import DelayProxy
 from bench.targets import Place, audit_rows, make_place, remove_place
 from bench.workers import Contender, RunningWorker
 from kpi_export.bullmq import create_queue
@@ -32,6 +35,7 @@ class Plan:
     redis_url: str
     postgres_url: str
     workdir: Path
+    rtt_ms: float | None = None  # a delay proxy (netdelay.py) between the worker and Redis and PostgreSQL
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,9 @@ class Measurement:
     p50_ms: float | None  # added -> finished, on the stream
     p99_ms: float | None
     peak_rss_mb: float  # over the whole run
+    # With --rtt-ms: the worker's round trips to Redis and to the database over the backlog, per job.
+    redis_trips_per_job: float | None = None
+    db_trips_per_job: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,20 +76,24 @@ async def measure(
     log = plan.workdir / f"{contender.name}-{database}-c{concurrency}-{place.queue}.log"
     queue = create_queue(place.settings())
     worker: RunningWorker | None = None
+    network = contextlib.ExitStack()
     try:
+        redis_proxy, db_proxy, worker_place = _network(network, plan, place)
         # Warm-up, not measured: a worker runs for days, and Node's JIT (V8) takes thousands of jobs to
         # reach its speed; a cold run would measure the compiler.
         warm_jobs = dict(await _add_paused(queue, sample_jobs(warmup, seed=seed + 1000)))
-        worker = RunningWorker(contender, place, concurrency, log)
+        worker = RunningWorker(contender, worker_place, concurrency, log)
         await asyncio.to_thread(worker.wait_ready)
         if warm_jobs:
             await queue.resume()
             await _wait_finished(place, len(warm_jobs), timeout=60 + warmup / 20)
         backlog_jobs = dict(await _add_paused(queue, sample_jobs(backlog, seed=seed)))
         cpu_before = worker.cpu_seconds()
+        trips_before = _trips(redis_proxy), _trips(db_proxy)
         await queue.resume()
         await _wait_finished(place, len(warm_jobs) + len(backlog_jobs), timeout=60 + backlog / 20)
         cpu_backlog = worker.cpu_seconds() - cpu_before
+        redis_trips, db_trips = _trips(redis_proxy) - trips_before[0], _trips(db_proxy) - trips_before[1]
         pick_up, done, _ = await _timings(place, list(backlog_jobs))
         throughput = len(backlog_jobs) / max((max(done) - min(pick_up)) / 1000, 0.001)
 
@@ -110,6 +121,7 @@ async def measure(
             await asyncio.to_thread(worker.stop)
         raise
     finally:
+        network.close()
         await queue.close()
         await remove_place(place, plan.postgres_url)
     log.unlink(missing_ok=True)  # kept only when the run failed
@@ -126,7 +138,40 @@ async def measure(
         p50_ms=p50,
         p99_ms=p99,
         peak_rss_mb=round(peak_rss, 1),
+        redis_trips_per_job=round(redis_trips / len(backlog_jobs), 2) if redis_proxy else None,
+        db_trips_per_job=round(db_trips / len(backlog_jobs), 2) if db_proxy else None,
     )
+
+
+def _network(
+    stack: contextlib.ExitStack, plan: Plan, place: Place
+) -> tuple[DelayProxy | None, DelayProxy | None, Place]:
+    """With --rtt-ms, the place as the worker sees it: Redis and PostgreSQL behind delay proxies."""
+    if plan.rtt_ms is None:
+        return None, None, place
+    redis_parts, db_parts = urlsplit(place.redis_url), urlsplit(place.database_url)
+    redis_proxy = stack.enter_context(
+        DelayProxy(redis_parts.hostname or "127.0.0.1", redis_parts.port or 6379, rtt_ms=plan.rtt_ms)
+    )
+    db_proxy = None
+    worker_place = replace(place, redis_url=_via(redis_parts, redis_proxy.port))
+    if place.schema is not None:
+        db_proxy = stack.enter_context(
+            DelayProxy(db_parts.hostname or "127.0.0.1", db_parts.port or 5432, rtt_ms=plan.rtt_ms)
+        )
+        worker_place = replace(worker_place, database_url=_via(db_parts, db_proxy.port))
+    return redis_proxy, db_proxy, worker_place
+
+
+def _via(parts: SplitResult, port: int) -> str:
+    """The URL with 127.0.0.1:`port` for its host and port, credentials kept."""
+    credentials = parts.netloc.rpartition("@")[0]
+    netloc = f"{credentials}@127.0.0.1:{port}" if credentials else f"127.0.0.1:{port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _trips(proxy: DelayProxy | None) -> int:
+    return proxy.counts.snapshot()[0] if proxy is not None else 0
 
 
 async def _add_paused(queue: Any, payloads: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
