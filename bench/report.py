@@ -240,8 +240,10 @@ def chart(path: Path, rows: list[Row], title: str) -> None:
 def markdown(document: dict[str, Any]) -> str:
     """The medians and the targets of a run's JSON file, as Markdown tables (for the README)."""
     lines = [
-        "| database | worker | concurrency | jobs/s | CPU ms/job | stream jobs/s | p50 ms | p99 ms | peak RSS MB "
-        "| Redis trips/job | DB trips/job |",
+        (
+            "| database | worker | concurrency | jobs/s | CPU ms/job | stream jobs/s | p50 ms | p99 ms "
+            "| peak RSS MB | Redis trips/job | DB trips/job |"
+        ),
         "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for m in document["medians"]:
