@@ -63,7 +63,7 @@ $(BENCH_STAMP): $(STAMP) requirements/bench.txt
 	touch $(BENCH_STAMP)
 
 # Prisma 7 needs no engine at run time; `prisma generate` only checks that this path exists.
-$(NODE_WORKER): $(NODE_BASELINE)/package-lock.json $(NODE_BASELINE)/src/worker.ts $(NODE_BASELINE)/prisma/schema.prisma
+$(NODE_WORKER): $(NODE_BASELINE)/package-lock.json $(NODE_BASELINE)/src/worker.ts $(NODE_BASELINE)/src/noop-worker.ts $(NODE_BASELINE)/prisma/schema.prisma
 	cd $(NODE_BASELINE) && npm ci --no-audit --no-fund --loglevel=error
 	cd $(NODE_BASELINE) && PRISMA_SCHEMA_ENGINE_BINARY="$$(command -v node)" npx prisma generate
 	cd $(NODE_BASELINE) && npx tsc -p .

@@ -134,6 +134,24 @@ def targets(rows: list[Row], rss_by_jobs: dict[int, float]) -> list[Verdict]:
             py, node, "cpu_ms_per_job", "CPU per job ≤ 2/3 of Node's", "{:.2f}", "ms", lambda r: r <= 2 / 3
         ),
     ]
+    noop = at.get("noop")
+    if py and noop and py["throughput"] and noop["throughput"]:
+        share = py["throughput"] / noop["throughput"]
+        verdicts.append(
+            Verdict(
+                "share of the queue's ceiling (npm bullmq, no-op)",
+                f"{py['throughput']:,.0f} vs {noop['throughput']:,.0f} jobs/s = {share:.2f}×",
+                None,  # reported, not a target
+            )
+        )
+    if py and py["cpu_ms_per_job"] is not None:
+        verdicts.append(
+            Verdict(
+                "CPU per job ≤ 0.14 ms (issue 12)",
+                f"{py['cpu_ms_per_job']:.2f} ms",
+                py["cpu_ms_per_job"] <= 0.14,
+            )
+        )
     if py and py["p99_ms"] is not None and py["stream_rate"] == TARGET_RATE:
         verdicts.append(
             Verdict(

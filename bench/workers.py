@@ -24,12 +24,15 @@ START_LINE = "Worker escuchando cola"
 
 @dataclass(frozen=True)
 class Contender:
-    name: str  # "python", "python-2p", "node"
+    name: str  # "python", "python-2p", "node", "noop"
     runtime: str  # "python" or "node"
     processes: int = 1
+    noop: bool = False  # npm bullmq completing each job with nothing done: the queue's ceiling
 
     @property
     def label(self) -> str:
+        if self.noop:
+            return "npm bullmq, no-op"
         if self.runtime == "node":
             return "Node original"
         return "this worker" + (f", {self.processes} processes" if self.processes > 1 else "")
@@ -39,6 +42,7 @@ CONTENDERS = {
     "python": Contender("python", "python"),
     "python-2p": Contender("python-2p", "python", processes=2),
     "node": Contender("node", "node"),
+    "noop": Contender("noop", "node", noop=True),
 }
 
 
@@ -62,7 +66,8 @@ class RunningWorker:
         if contender.runtime == "node":
             parts = urlsplit(place.redis_url)
             env |= {"REDIS_HOST": parts.hostname or "127.0.0.1", "REDIS_PORT": str(parts.port or 6379)}
-            command = ["node", str(NODE_BASELINE / "dist" / "worker.js")]
+            script = "noop-worker.js" if contender.noop else "worker.js"
+            command = ["node", str(NODE_BASELINE / "dist" / script)]
         else:
             env |= {
                 "REDIS_URL": place.redis_url,
