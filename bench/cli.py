@@ -20,9 +20,10 @@ from typing import Any
 import click
 from rich.console import Console
 
+from bench.baseline import build_baseline
 from bench.report import chart, markdown, medians, table, targets, targets_table, write_json
 from bench.runs import BenchError, Measurement, Plan, measure
-from bench.workers import CONTENDERS, node_baseline_ready
+from bench.workers import CONTENDERS, Contender, node_baseline_ready
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -86,6 +87,12 @@ def _names(text: str) -> list[str]:
     help="Put a network of this round-trip time (a delay proxy, bench/netdelay.py) between the workers and "
     "Redis and PostgreSQL, and count each worker's round trips per job.",
 )
+@click.option(
+    "--baseline",
+    metavar="REV",
+    help="Also run this worker as it was at commit REV (built in a clone with its own virtualenv): "
+    "the contender python-base, for a change measured against the code before it.",
+)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=RESULTS, show_default=True)
 def main(
     jobs: int,
@@ -101,6 +108,7 @@ def main(
     redis_url: str,
     postgres_url: str,
     rtt_ms: float | None,
+    baseline: str | None,
     out: Path,
 ) -> None:
     """Measure this worker against the Node original on the same Redis and database, in one run."""
@@ -111,19 +119,25 @@ def main(
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     console = Console(width=150)
     chosen = [CONTENDERS[name] for name in _names(contenders)]
+    workdir = Path(tempfile.mkdtemp(prefix="kpi-bench-"))
+    if baseline is not None:
+        console.print(f"Building this worker at {baseline} (a clone and a virtualenv in {workdir})")
+        python = build_baseline(baseline, workdir)
+        CONTENDERS["python-base"] = Contender("python-base", "python", python=str(python), revision=baseline)
+        chosen.append(CONTENDERS["python-base"])
     if any(c.runtime == "node" for c in chosen) and not node_baseline_ready():
         raise click.ClickException(
             "the Node baseline is not built: run `make bench` (it builds bench/node-baseline)"
         )
     out.mkdir(parents=True, exist_ok=True)
-    plan = Plan(redis_url, postgres_url, Path(tempfile.mkdtemp(prefix="kpi-bench-")), rtt_ms=rtt_ms)
+    plan = Plan(redis_url, postgres_url, workdir, rtt_ms=rtt_ms)
     schedule = [
         (rep, database, level, contender)
         for rep in range(repeat)
         for database in _names(databases)
         for level in _ints(levels)
         for contender in chosen
-        if database == "postgresql" or contender.name == "python"
+        if database == "postgresql" or contender.name in ("python", "python-base")
     ]
     meta = _machine() | {
         "command": "make bench " + shlex.join(sys.argv[1:]),
@@ -133,6 +147,7 @@ def main(
         "repeat": repeat,
         "stream_seconds": stream_seconds,
         "rtt_ms": rtt_ms,
+        "baseline": baseline,
     }
     measurements: list[Measurement] = []
     rss: dict[int, float] = {}

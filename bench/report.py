@@ -54,6 +54,11 @@ def medians(measurements: Iterable[Measurement]) -> list[Row]:
     return rows
 
 
+def _label(contender: str) -> str:
+    """A contender's label; python-base exists only in the run that built it (--baseline)."""
+    return CONTENDERS[contender].label if contender in CONTENDERS else contender
+
+
 def _fmt(value: float | None, digits: int = 1) -> str:
     return "—" if value is None else f"{value:,.{digits}f}"
 
@@ -79,7 +84,7 @@ def table(rows: list[Row]) -> Table:
         v = r.values
         out.add_row(
             r.database,
-            CONTENDERS[r.contender].label,
+            _label(r.contender),
             str(r.concurrency),
             str(r.runs),
             _fmt(v["throughput"], 0),
@@ -134,6 +139,19 @@ def targets(rows: list[Row], rss_by_jobs: dict[int, float]) -> list[Verdict]:
             py, node, "cpu_ms_per_job", "CPU per job ≤ 2/3 of Node's", "{:.2f}", "ms", lambda r: r <= 2 / 3
         ),
     ]
+    base = at.get("python-base")
+    if py and base and py["throughput"] and base["throughput"]:
+        verdicts.append(
+            _ratio(
+                py,
+                base,
+                "throughput",
+                "throughput ≥ 2× the baseline commit's",
+                "{:,.0f}",
+                "jobs/s",
+                lambda r: r >= 2,
+            )
+        )
     noop = at.get("noop")
     if py and noop and py["throughput"] and noop["throughput"]:
         share = py["throughput"] / noop["throughput"]
@@ -266,7 +284,7 @@ def markdown(document: dict[str, Any]) -> str:
     ]
     for m in document["medians"]:
         lines.append(
-            f"| {m['database']} | {CONTENDERS[m['contender']].label} | {m['concurrency']} "
+            f"| {m['database']} | {_label(m['contender'])} | {m['concurrency']} "
             f"| {_fmt(m['throughput'], 0)} | {_fmt(m['cpu_ms_per_job'], 2)} | {_fmt(m['stream_rate'], 0)} "
             f"| {_fmt(m['p50_ms'])} | {_fmt(m['p99_ms'])} | {_fmt(m['peak_rss_mb'])} "
             f"| {_fmt(m.get('redis_trips_per_job'), 2)} | {_fmt(m.get('db_trips_per_job'), 2)} |"

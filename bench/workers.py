@@ -28,9 +28,13 @@ class Contender:
     runtime: str  # "python" or "node"
     processes: int = 1
     noop: bool = False  # npm bullmq completing each job with nothing done: the queue's ceiling
+    python: str | None = None  # another commit's interpreter (--baseline); None: this checkout's
+    revision: str | None = None
 
     @property
     def label(self) -> str:
+        if self.revision is not None:
+            return f"this worker at {self.revision}"
         if self.noop:
             return "npm bullmq, no-op"
         if self.runtime == "node":
@@ -75,7 +79,7 @@ class RunningWorker:
                 # Keep every completed job, as the original does: the check reads each one back.
                 "KEEP_COMPLETED_COUNT": "100000000",
             }
-            command = [sys.executable, "-m", "kpi_export", "worker"]
+            command = [contender.python or sys.executable, "-m", "kpi_export", "worker"]
         with log.open("wb") as out:
             self.process = subprocess.Popen([*wrap, *command], env=env, stdout=out, stderr=subprocess.STDOUT)
         self.running.add(self.process)
