@@ -112,6 +112,9 @@ def grafana_variables(query: str) -> str:
 @contextlib.asynccontextmanager
 async def workers(settings: Settings, single: int, supervised: int) -> AsyncIterator[list[WorkerProcess]]:
     extra = {"QUEUE_METRICS_INTERVAL": "0.5", "HEALTH_HOST": "127.0.0.1", "DB_RETRY_WINDOW": "600"}
+    # Sealing on, so that the dashboard's audit panels have data: three processes seal one table in turn.
+    extra |= {"AUDIT_SEAL_KEY": "prometheus-test-seal-key-0123456789", "AUDIT_SEAL_INTERVAL": "1"}
+    extra |= {"AUDIT_SEAL_MIN_AGE": "0"}
     started = [
         WorkerProcess(worker_env(settings, HEALTH_PORT=str(single), **extra)),
         WorkerProcess(worker_env(settings, HEALTH_PORT=str(supervised), WORKER_PROCESSES="2", **extra)),

@@ -86,14 +86,22 @@ def test_the_kubernetes_prometheusrule_holds_the_same_rules() -> None:
     assert "prometheusrule.yaml" in kustomization["resources"]
 
 
-SERIES_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+SERIES_SUFFIXES = {
+    "counter": ("_total",),
+    "histogram": ("_bucket", "_sum", "_count"),
+    "gauge": ("",),
+    "info": ("_info",),
+}
 
 
 def worker_series() -> dict[str, set[str]]:
-    """The series names of each metric family a worker's /metrics serves (its registry), by family."""
+    """The series names of each metric family a worker's /metrics serves (its registry), by family, sealing
+    on."""
+    metrics = WorkerMetrics("q")
+    metrics.watch_seals()  # the series a worker adds with AUDIT_SEAL_KEY set
     return {
         family.name: {family.name + suffix for suffix in SERIES_SUFFIXES.get(family.type, ("",))}
-        for family in WorkerMetrics("q").registry.collect()
+        for family in metrics.registry.collect()
     }
 
 
