@@ -209,7 +209,8 @@ async def test_rows_committed_out_of_id_order_are_never_left_outside_every_seal(
         transaction = await late.begin()
         await late.execute(insert(audit_table), python_row(100))  # takes id 11, not committed yet
         await fill(engine, 5, start=200)  # ids 12-16, committed
-        sealing = asyncio.create_task(seal_pending(engine, KEY, min_age=0, actor="test"))
+        # A long wait here: the test commits once it sees the sealer waiting, on a machine maybe busy.
+        sealing = asyncio.create_task(seal_pending(engine, KEY, min_age=0, actor="test", lock_wait=30))
         await wait_until(
             lambda: sealer_waits(other), timeout=10, what="the sealer to wait for the open insert"
         )

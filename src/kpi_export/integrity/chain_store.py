@@ -24,7 +24,8 @@ from kpi_export.integrity.digests import SEALED_COLUMNS, ChainEntry
 from kpi_export.integrity.seal_table import SEAL_TABLE_NAME, seal_table
 from kpi_export.store.table import TABLE_NAME, audit_table
 
-LOCK_WAIT_SECONDS = 5
+# The inserts queue behind the sealer's lock while it waits: a few ms normally, this long at most.
+LOCK_WAIT_SECONDS = 2
 _ENTRY_COLUMNS = {
     "seq": "seq",
     "version": "version",
@@ -44,7 +45,7 @@ _ENTRY_COLUMNS = {
 
 
 class TableBusy(Exception):
-    """A transaction writing the audit table stayed open longer than LOCK_WAIT_SECONDS."""
+    """A transaction writing the audit table stayed open longer than the sealer waits for it."""
 
 
 def _entry(row: RowMapping) -> ChainEntry:
@@ -100,21 +101,21 @@ async def count_rows_above(conn: AsyncConnection, id_export: int) -> int:
     return int(found or 0)
 
 
-async def settled_max_id(engine: AsyncEngine) -> int:
+async def settled_max_id(engine: AsyncEngine, lock_wait: int = LOCK_WAIT_SECONDS) -> int:
     """The highest idExport of the table, once no transaction that may still add a row below it is open.
-    Raises TableBusy when one stays open LOCK_WAIT_SECONDS."""
+    Raises TableBusy when one stays open `lock_wait` seconds."""
     dialect = engine.dialect.name
     max_id = select(func.max(audit_table.c.idExport))
     try:
         if dialect == "postgresql":
             async with engine.begin() as conn:
-                await conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_WAIT_SECONDS}s'"))
+                await conn.execute(text(f"SET LOCAL lock_timeout = '{int(lock_wait)}s'"))
                 await conn.execute(text(f'LOCK TABLE "{TABLE_NAME}" IN SHARE MODE'))
                 return int(await conn.scalar(max_id) or 0)
         if dialect in ("mysql", "mariadb"):
             async with engine.connect() as raw:
                 conn = await raw.execution_options(isolation_level="AUTOCOMMIT")
-                await conn.execute(text(f"SET SESSION lock_wait_timeout = {LOCK_WAIT_SECONDS}"))
+                await conn.execute(text(f"SET SESSION lock_wait_timeout = {int(lock_wait)}"))
                 try:
                     await conn.execute(text(f"LOCK TABLES `{TABLE_NAME}` READ"))
                     try:
@@ -126,7 +127,7 @@ async def settled_max_id(engine: AsyncEngine) -> int:
     except DBAPIError as exc:
         if _lock_timeout(exc):
             raise TableBusy(
-                f"a transaction writing {TABLE_NAME} stayed open more than {LOCK_WAIT_SECONDS} s"
+                f"a transaction writing {TABLE_NAME} stayed open more than {lock_wait} s"
             ) from None
         raise
     async with engine.connect() as conn:

@@ -39,10 +39,11 @@ async def seal_pending(
     actor: str,
     now: Callable[[], datetime] = utc_now,
     max_rows: int = SEAL_MAX_ROWS,
+    lock_wait: int = chain_store.LOCK_WAIT_SECONDS,
 ) -> list[ChainEntry]:
     """Seal every row older than `min_age` seconds that no seal covers yet; return the new seals, in order.
     Nothing when another sealer is at work. Raises SealingError, chain_store.TableBusy."""
-    settled = await chain_store.settled_max_id(engine)
+    settled = await chain_store.settled_max_id(engine, lock_wait)
     sealed: list[ChainEntry] = []
     while True:
         try:
