@@ -158,7 +158,10 @@ class Settings(BaseSettings):
 
     @property
     def seal_key(self) -> SealKey | None:
-        return SealKey(self.audit_seal_key.get_secret_value()) if self.audit_seal_key is not None else None
+        if self.audit_seal_key is None:
+            return None
+        # Stripped: a key read from a file with its newline must seal as the same key everywhere.
+        return SealKey(self.audit_seal_key.get_secret_value().strip())
 
     @property
     def sentinels(self) -> list[tuple[str, int]]:

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from kpi_export.bullmq import opened_queue
 from kpi_export.config import Settings
 from kpi_export.demo.embedded_redis import free_port
+from kpi_export.errors import SealingError
 from kpi_export.integrity import chain_store
 from kpi_export.integrity.digests import ChainEntry, SealKey, new_entry
 from kpi_export.integrity.seal_table import seal_table
@@ -295,6 +296,11 @@ async def test_rows_younger_than_the_minimum_age_wait_for_the_next_seal(engine: 
     assert [(e.from_id, e.to_id) for e in sealed] == [(1, 5)]  # up to the first young row, in id order
     later = await seal_pending(engine, KEY, min_age=60, actor="test", now=lambda: now + timedelta(minutes=2))
     assert [(e.from_id, e.to_id) for e in later] == [(6, 10)]
+    # A createdAt ahead of the sealer's clock (a skewed writer, a server's local time) tells no age: not held.
+    await execute(engine, insert(audit_table), python_row(10, now + timedelta(days=3650)))
+    await execute(engine, insert(audit_table), python_row(11, now - timedelta(minutes=10)))
+    ahead = await seal_pending(engine, KEY, min_age=60, actor="test", now=lambda: now + timedelta(minutes=2))
+    assert [(e.from_id, e.to_id) for e in ahead] == [(11, 12)]
 
 
 async def test_pseudonymisation_is_recorded_and_an_unrecorded_one_is_found(
@@ -335,6 +341,26 @@ async def test_pseudonymisation_is_recorded_and_an_unrecorded_one_is_found(
     refused = await invoke(migrated, "audit", "pseudonymise-ips", "--older-than", "1d", env=KEY_ENV)
     assert refused.exit_code == 1 and "REFUSED: idExport 301-400 fails its seal" in refused.output
     assert (await fetch(engine, 351))["ip"] == python_row(350)["ip"]  # that range left as it was
+
+
+async def test_the_sealer_never_seals_again_over_removed_seals_nor_builds_on_a_forged_one(
+    engine: AsyncEngine,
+) -> None:
+    await fill(engine, 30)
+    sealed = await seal_pending(engine, KEY, min_age=0, actor="worker", max_rows=10)
+    known = (sealed[-1].seq, sealed[-1].digest)
+    # Without the key: the last seal removed, a row under it edited; the worker's next round must not reseal.
+    await execute(engine, delete(seal_table).where(seal_table.c.seq == 3))
+    await execute(engine, update(audit_table).where(audit_table.c.idExport == 25).values(ip="198.51.100.1"))
+    with pytest.raises(SealingError, match="no longer holds seal 3"):
+        await seal_pending(engine, KEY, min_age=0, actor="worker", known_head=known)
+    assert [e.seq for e in await entries(engine)] == [1, 2]
+    # A forged head (the real key id, any digest) claiming every id: refused, not built upon.
+    forged = replace(sealed[2], seq=3, to_id=2**31 - 1, digest="0" * 64)
+    async with engine.begin() as conn:
+        await chain_store.append(conn, forged)
+    with pytest.raises(SealingError, match="does not match its digest"):
+        await seal_pending(engine, KEY, min_age=0, actor="worker")
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

@@ -65,6 +65,11 @@ async def head_entry(conn: AsyncConnection) -> ChainEntry | None:
     return _entry(row) if row is not None else None
 
 
+async def entry_at(conn: AsyncConnection, seq: int) -> ChainEntry | None:
+    row = (await conn.execute(select(seal_table).where(seal_table.c.seq == seq))).mappings().first()
+    return _entry(row) if row is not None else None
+
+
 async def current_entry(conn: AsyncConnection, from_id: int, to_id: int) -> ChainEntry | None:
     """The latest entry over exactly that range: its seal, or the pseudonymisation recorded after it."""
     c = seal_table.c
@@ -118,12 +123,11 @@ async def settled_max_id(engine: AsyncEngine, lock_wait: int = LOCK_WAIT_SECONDS
                 await conn.execute(text(f"SET SESSION lock_wait_timeout = {int(lock_wait)}"))
                 try:
                     await conn.execute(text(f"LOCK TABLES `{TABLE_NAME}` READ"))
-                    try:
-                        return int(await conn.scalar(max_id) or 0)
-                    finally:
+                    return int(await conn.scalar(max_id) or 0)
+                finally:  # a connection cut (a cancelled statement) drops its locks and settings itself
+                    with contextlib.suppress(Exception):
                         await conn.execute(text("UNLOCK TABLES"))
-                finally:
-                    await conn.execute(text("SET SESSION lock_wait_timeout = DEFAULT"))
+                        await conn.execute(text("SET SESSION lock_wait_timeout = DEFAULT"))
     except DBAPIError as exc:
         if _lock_timeout(exc):
             raise TableBusy(
@@ -135,15 +139,17 @@ async def settled_max_id(engine: AsyncEngine, lock_wait: int = LOCK_WAIT_SECONDS
 
 
 def _lock_timeout(exc: DBAPIError) -> bool:
-    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "args", [None])[0]
-    return code in ("55P03", 1205) or "lock timeout" in str(exc).lower()
+    args = getattr(exc.orig, "args", None) or (None,)
+    if args[0] == 1205:  # MariaDB/MySQL: Lock wait timeout exceeded (its sqlstate is a generic HY000)
+        return True
+    return getattr(exc.orig, "sqlstate", None) == "55P03" or "lock timeout" in str(exc).lower()
 
 
 @contextlib.asynccontextmanager
 async def sealer_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection | None]:
     """A transaction in which this process alone may extend the chain; None when another sealer is at it."""
     dialect = engine.dialect.name
-    lock_name = f"{TABLE_NAME}.{SEAL_TABLE_NAME}"
+    lock_name = SEAL_TABLE_NAME  # MySQL's names are 64 characters at most, the database's name included
     if dialect == "postgresql":
         async with engine.begin() as conn:
             held = await conn.scalar(

@@ -127,6 +127,8 @@ async def _pseudonymise_unsealed(
                 raise SealingError(
                     "another sealer holds the seal lock: run pseudonymise-ips again in a moment"
                 )
+            # Rows sealed meanwhile (the workers seal on) are a seal's now: left for the next run.
+            start = max(start, await chain_store.sealed_up_to(conn) + 1)
             query = chain_store.sealed_rows(start).where(c.createdAt < older_than, c.ip.is_not(None))
             rows = [dict(row) for row in (await conn.execute(query.limit(SEAL_MAX_ROWS))).mappings()]
             changes = _changes(rows, older_than, mode)

@@ -22,12 +22,34 @@ SEAL_MAX_ROWS = 10_000
 
 
 def check_extendable(key: SealKey, head: ChainEntry | None) -> None:
-    """Raise SealingError when this key, or this version, must not extend the chain after `head`."""
+    """Raise SealingError when this key, or this version, must not extend the chain after `head`, or when
+    `head` is not a seal made with the key (a forged entry is never built upon)."""
     check_version(head)
-    if head is not None and head.key_id != key.key_id:
+    if head is None:
+        return
+    if head.key_id != key.key_id:
         raise SealingError(
             f"the last seal ({head.seq}) names key {head.key_id}, and AUDIT_SEAL_KEY is key {key.key_id}: "
             "set the key the chain was sealed with"
+        )
+    if key.entry_digest(head) != head.digest:
+        raise SealingError(
+            f"the last seal ({head.seq}) does not match its digest (edited, or not made with the key): sealing "
+            "stopped; `kpi-export audit verify` names what changed"
+        )
+
+
+async def check_descends(conn: AsyncConnection, known: tuple[int, str] | None) -> None:
+    """Raise SealingError unless the chain still holds the seal this sealer saw last (`known`: seq, digest):
+    seals removed from the end, and rows edited under them, must not be sealed again as if sound."""
+    if known is None:
+        return
+    seq, digest = known
+    found = await chain_store.entry_at(conn, seq)
+    if found is None or found.digest != digest:
+        raise SealingError(
+            f"the chain no longer holds seal {seq} (digest {digest}) that this worker saw: seals were removed or "
+            f"rewritten; sealing stopped. Check with `kpi-export audit verify --expect-head {digest}`"
         )
 
 
@@ -40,9 +62,11 @@ async def seal_pending(
     now: Callable[[], datetime] = utc_now,
     max_rows: int = SEAL_MAX_ROWS,
     lock_wait: int = chain_store.LOCK_WAIT_SECONDS,
+    known_head: tuple[int, str] | None = None,
 ) -> list[ChainEntry]:
     """Seal every row older than `min_age` seconds that no seal covers yet; return the new seals, in order.
-    Nothing when another sealer is at work. Raises SealingError, chain_store.TableBusy."""
+    Nothing when another sealer is at work. `known_head` (seq, digest): the head this sealer saw last, which
+    the chain must still hold. Raises SealingError, chain_store.TableBusy."""
     settled = await chain_store.settled_max_id(engine, lock_wait)
     sealed: list[ChainEntry] = []
     while True:
@@ -50,6 +74,7 @@ async def seal_pending(
             async with chain_store.sealer_transaction(engine) as conn:
                 if conn is None:
                     return sealed
+                await check_descends(conn, known_head)
                 entry = await _seal_next(
                     conn, key, settled, now() - timedelta(seconds=min_age), actor, now, max_rows
                 )
@@ -80,7 +105,9 @@ async def _seal_next(
     if not rows:
         return None  # only ids no row took (rolled back): sealed later, with the rows after them
     # Up to the first row still too young, in id order, and never past what is settled.
-    young = next((i for i, row in enumerate(rows) if row["createdAt"] > cutoff), None)
+    # A createdAt ahead of the sealer's clock (a skewed clock, a server's local time) tells no age: not held.
+    present = now()
+    young = next((i for i, row in enumerate(rows) if cutoff < row["createdAt"] <= present), None)
     if young is not None:
         to_id = rows[young]["idExport"] - 1
         rows = rows[:young]

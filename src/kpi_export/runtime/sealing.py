@@ -10,7 +10,7 @@ import logging
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kpi_export.errors import SealingError
-from kpi_export.integrity.digests import ChainEntry, SealKey
+from kpi_export.integrity.digests import SealKey
 from kpi_export.integrity.sealer import read_head, seal_pending
 from kpi_export.logs import Throttle
 from kpi_export.redaction import describe
@@ -30,8 +30,11 @@ async def run_sealing(
     throttle: Throttle,
 ) -> None:
     metrics.watch_seals()
+    known: tuple[int, str] | None = None  # the head seen last: the chain must still hold it
     while True:
-        await seal_round(engine, key, min_age=min_age, actor=actor, metrics=metrics, throttle=throttle)
+        known = await seal_round(
+            engine, key, min_age=min_age, actor=actor, metrics=metrics, throttle=throttle, known_head=known
+        )
         await asyncio.sleep(interval)
 
 
@@ -43,10 +46,12 @@ async def seal_round(
     actor: str,
     metrics: WorkerMetrics,
     throttle: Throttle,
-) -> list[ChainEntry]:
-    """One round; a failure is logged (once a minute at most) and the next round tries again."""
+    known_head: tuple[int, str] | None = None,
+) -> tuple[int, str] | None:
+    """One round; returns the head seen, to be given to the next. A failure is logged (once a minute at most)
+    and the next round tries again."""
     try:
-        sealed = await seal_pending(engine, key, min_age=min_age, actor=actor)
+        sealed = await seal_pending(engine, key, min_age=min_age, actor=actor, known_head=known_head)
         head, sealed_id = await read_head(engine)
     except SealingError as exc:
         metrics.seal_failed()
@@ -58,7 +63,7 @@ async def seal_round(
             exc,
             extra={"event": "audit.seal_failed"},
         )
-        return []
+        return known_head
     except Exception as exc:
         metrics.seal_failed()
         throttle.log(
@@ -69,7 +74,7 @@ async def seal_round(
             describe(exc),
             extra={"event": "audit.seal_postponed"},
         )
-        return []
+        return known_head
     for entry in sealed:
         log.info(
             "Audit rows %d-%d sealed (seal %d, %d rows); head digest %s",
@@ -87,6 +92,7 @@ async def seal_round(
                 "digest": entry.digest,
             },
         )
-    if head is not None:
-        metrics.seal_head(head.seq, head.digest, sealed_id)
-    return sealed
+    if head is None:
+        return known_head
+    metrics.seal_head(head.seq, head.digest, sealed_id)
+    return head.seq, head.digest
