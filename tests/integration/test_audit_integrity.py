@@ -394,6 +394,8 @@ async def test_a_missing_or_wrong_key_and_a_newer_format_get_clear_messages(
     lost = await invoke(migrated, "audit", "verify", "--expect-head", "ab" * 32, env=KEY_ENV)
     assert lost.exit_code == 1 and "no seal has the digest you kept" in lost.output
 
+    too_old = await invoke(migrated, "audit", "pseudonymise-ips", "--older-than", "999999d", env=KEY_ENV)
+    assert too_old.exit_code == 2 and "reaches before year 1" in too_old.output
     digest = (await entries(engine))[0].digest
     await execute(engine, update(seal_table).values(digest="0" * 64))
     laundered = await invoke(migrated, "audit", "pseudonymise-ips", "--older-than", "1d", env=KEY_ENV)

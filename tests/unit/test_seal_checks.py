@@ -154,3 +154,17 @@ def test_a_row_inside_a_seal_that_it_does_not_list_is_inserted() -> None:
     check = RowCheck(KEY, segments)
     found = [f for i in (1, 2, 3, 5, 9) for f in check.feed(row(i))] + check.finish()
     assert [(f.kind, f.id_export) for f in found] == [("inserted", 3)]  # 9 is past every seal: not sealed yet
+
+
+def test_an_entry_edited_out_of_shape_is_a_finding_not_a_crash() -> None:
+    """Hostile seal rows: ids far beyond the MACs stored (no list of two billion ids is built), no MACs."""
+    entries = chain((1, 10))
+    huge = replace(entries[0], row_ids="1-2000000000")
+    findings, segments = check_chain(KEY, [huge])
+    assert kinds(findings) == [("digest", 1)]
+    check = RowCheck(KEY, segments)
+    assert [f.kind for f in check.feed(row(1))] == ["inserted"]  # its rows match nothing
+    with pytest.raises(ValueError, match="more than 10 ids"):
+        huge.ids()
+    findings, _ = check_chain(KEY, [replace(entries[0], row_macs=b"")])
+    assert kinds(findings) == [("digest", 1)]

@@ -46,9 +46,18 @@ def entry_json(entry: ChainEntry) -> dict[str, Any]:
         "rows": entry.row_count,
         "sealedAt": entry.sealed_at.isoformat(timespec="milliseconds") + "Z",
         "actor": entry.actor,
-        "detail": json.loads(entry.detail or "{}"),
+        "detail": _detail(entry),
         "digest": entry.digest,
     }
+
+
+def _detail(entry: ChainEntry) -> dict[str, Any]:
+    """An entry's detail as stored, or nothing when it was edited into something else (its digest tells)."""
+    try:
+        detail = json.loads(entry.detail or "{}")
+    except (ValueError, RecursionError):
+        return {}
+    return detail if isinstance(detail, dict) else {}
 
 
 @audit.command("seal")
@@ -137,7 +146,7 @@ def _show_report(report: VerifyReport, as_json: bool) -> None:
         )
         return
     for entry in report.pseudonymisations:
-        detail = json.loads(entry.detail or "{}")
+        detail = _detail(entry)
         click.echo(
             f"pseudonymisation recorded in seal {entry.seq}: idExport {entry.from_id}-{entry.to_id}, "
             f"{detail.get('rowsChanged', '?')} row(s) ip {detail.get('ip', '?')}, older than "
@@ -236,7 +245,10 @@ def _cutoff(text: str) -> datetime:
     age = _AGE.fullmatch(text.strip())
     if age is not None:
         number, unit = int(age.group(1)), age.group(2)
-        return utc_now() - (timedelta(days=number) if unit == "d" else timedelta(hours=number))
+        try:
+            return utc_now() - (timedelta(days=number) if unit == "d" else timedelta(hours=number))
+        except OverflowError:
+            raise click.BadParameter(f"{text!r} reaches before year 1", param_hint="--older-than") from None
     cutoff = when_option(text, "--older-than")
     assert cutoff is not None
     return cutoff

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -94,7 +94,8 @@ class ChainEntry:
     version: int = FORMAT_VERSION
 
     def ids(self) -> list[int]:
-        return decode_ids(self.row_ids)
+        """Raises ValueError when the ids are not as many as the MACs (an entry edited out of shape)."""
+        return decode_ids(self.row_ids, limit=len(self.row_macs) // ROW_MAC_BYTES)
 
     def macs(self) -> list[bytes]:
         m = self.row_macs
@@ -149,11 +150,14 @@ def encode_ids(ids: Iterable[int]) -> str:
     return ",".join(parts)
 
 
-def decode_ids(text: str) -> list[int]:
-    return list(_ranges(text))
-
-
-def _ranges(text: str) -> Iterator[int]:
+def decode_ids(text: str, limit: int | None = None) -> list[int]:
+    """The ids of `encode_ids`' text; ValueError past `limit` ids: an edited "1-2000000000" must not fill the
+    memory of the verify that reads it."""
+    ids: list[int] = []
     for part in filter(None, text.split(",")):
         first, _, last = part.partition("-")
-        yield from range(int(first), int(last or first) + 1)
+        span = range(int(first), int(last or first) + 1)
+        if limit is not None and len(ids) + len(span) > limit:
+            raise ValueError(f"more than {limit} ids")
+        ids.extend(span)
+    return ids
