@@ -27,6 +27,7 @@ from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection, Sentinel
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import BusyLoadingError, ConnectionError, ReadOnlyError, ResponseError, TimeoutError
 
+from kpi_export.bullmq.packing import HiredisPacking
 from kpi_export.config import Settings
 
 # The worker waits for new jobs with a blocking BZPOPMIN of up to DRAIN_DELAY seconds (bullmq caps a wait
@@ -192,23 +193,23 @@ class _ReadOnlyIsAFailover:
 _READONLY_IN_SCRIPT = "-READONLY You can't write against a read only replica"
 
 
-class FailoverAwareConnection(_ReadOnlyIsAFailover, Connection):
+class FailoverAwareConnection(_ReadOnlyIsAFailover, HiredisPacking, Connection):
     pass
 
 
-class _FailoverAwareSSLConnection(_ReadOnlyIsAFailover, SSLConnection):
+class _FailoverAwareSSLConnection(_ReadOnlyIsAFailover, HiredisPacking, SSLConnection):
     pass
 
 
-class _FailoverAwareUnixConnection(_ReadOnlyIsAFailover, UnixDomainSocketConnection):
+class _FailoverAwareUnixConnection(_ReadOnlyIsAFailover, HiredisPacking, UnixDomainSocketConnection):
     pass
 
 
-class _FailoverAwareSentinelConnection(_ReadOnlyIsAFailover, SentinelManagedConnection):
+class _FailoverAwareSentinelConnection(_ReadOnlyIsAFailover, HiredisPacking, SentinelManagedConnection):
     pass
 
 
-class _FailoverAwareSentinelSSLConnection(_ReadOnlyIsAFailover, SentinelManagedSSLConnection):
+class _FailoverAwareSentinelSSLConnection(_ReadOnlyIsAFailover, HiredisPacking, SentinelManagedSSLConnection):
     pass
 
 

@@ -1,0 +1,30 @@
+"""Commands packed by hiredis, in C: redis-py's asyncio connections pack each command in Python (about a tenth
+of the worker's CPU per job, most of it for moveToFinished's fifteen arguments), where its synchronous
+client uses hiredis's packer when hiredis is installed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hiredis
+
+
+class HiredisPacking:
+    """A redis-py asyncio connection's `pack_command`, made by `hiredis.pack_command` when that gives the
+    same bytes: UTF-8 text, bytes, int and float arguments, a command name without a space in it. Anything
+    else (a bool or None, which redis-py refuses with its DataError; a str that is not valid UTF-8, which
+    redis-py encodes with the connection's error handler; "CONFIG GET", which it splits) is redis-py's."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        if _one_word(args[0] if args else None) and self.encoder.encoding == "utf-8":  # type: ignore[attr-defined]
+            try:
+                return [hiredis.pack_command(args)]
+            except (TypeError, ValueError):  # UnicodeEncodeError is a ValueError
+                pass
+        return super().pack_command(*args)  # type: ignore[misc,no-any-return]
+
+
+def _one_word(command: object) -> bool:
+    if isinstance(command, str):
+        return " " not in command
+    return isinstance(command, bytes) and b" " not in command
