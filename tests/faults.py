@@ -10,6 +10,7 @@ import hashlib
 from collections.abc import Callable
 from typing import Self
 
+import hiredis
 from bullmq.redis_connection import SCRIPT_DEFINITIONS, loadScript
 
 Command = list[bytes]
@@ -143,6 +144,13 @@ class TcpFaultProxy:
         writer.transport.abort()
 
 
+# A refused command is replaced by one that Redis answers with the error: written by the proxy itself, the
+# error would overtake the replies of the commands sent before it in the same pipeline.
+_REFUSAL = hiredis.pack_command(
+    ("EVAL", "return redis.error_reply('ERR injected fault: command refused by the test proxy')", 0)  # type: ignore[arg-type]  # its stub takes a 1-tuple
+)
+
+
 class RedisFaultProxy(TcpFaultProxy):
     """`async with RedisFaultProxy(6379) as proxy:` then connect to redis://127.0.0.1:{proxy.port}; commands
     for which `refuse` is true get an error reply, those for which `cut` is true drop the connection, and
@@ -185,7 +193,6 @@ class RedisFaultProxy(TcpFaultProxy):
                     raise ConnectionError("injected fault: reply lost with the connection")
                 if self.refuse(command):
                     self.refused += 1
-                    client.write(b"-ERR injected fault: command refused by the test proxy\r\n")
-                else:
-                    upstream.write(raw)
+                    raw = _REFUSAL
+                upstream.write(raw)
             await upstream.drain()

@@ -1,5 +1,6 @@
 """A job's completion in one Redis round trip: its progress (bullmq's updateProgress script) and its
-completion (moveToFinished, which also fetches the next job), sent in one pipeline. The scripts' keys and
+completion (moveToFinished, which also fetches the next job), sent in one pipeline, with those of the other
+jobs that finish in the same turn of the event loop (shared_round_trip.py). The scripts' keys and
 arguments are bullmq's own: its Scripts methods are run against a recorder that keeps the calls they would
 make (`recorded_calls`) instead of building them here by hand."""
 
@@ -16,6 +17,8 @@ from typing import Any, Protocol
 from bullmq.scripts import raw2NextJobData
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
+
+from kpi_export.bullmq.shared_round_trip import SharedRoundTrip
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +86,7 @@ class CompletingBackend:
     def __init__(self, backend: Any, worker: CompletingWorker) -> None:
         self._backend = backend
         self._worker = worker
+        self._round_trip = SharedRoundTrip()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._backend, name)
@@ -160,10 +164,8 @@ class CompletingBackend:
         calls = await recorded_calls(scripts, progress_then_complete)
         if tuple(call.name for call in calls) != PROGRESS_AND_COMPLETION:  # a bullmq this was not made for
             return await self._one_by_one(job, progress, return_value, remove_on_complete, token, fetch)
-        pipe = scripts.redisClient.pipeline(transaction=False)
-        for call in calls:
-            pipe.evalsha(scripts.commands[call.name].sha, len(call.keys), *call.keys, *call.args)
-        progressed, finished = await pipe.execute(raise_on_error=False)
+        commands = [("EVALSHA", scripts.commands[c.name].sha, len(c.keys), *c.keys, *c.args) for c in calls]
+        progressed, finished = await self._round_trip.send(scripts.redisClient, commands)
         await self._progress_outcome(job, progress, progressed)
         # A restarted Redis has lost the scripts: bullmq's own calls load them again.
         if isinstance(finished, NoScriptError):
