@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -21,7 +22,7 @@ import click
 from rich.console import Console
 
 from bench.baseline import build_baseline
-from bench.report import chart, markdown, medians, table, targets, targets_table, write_json
+from bench.report import chart, markdown, medians, network_label, table, targets, targets_table, write_json
 from bench.runs import BenchError, Measurement, Plan, measure
 from bench.workers import CONTENDERS, Contender, node_baseline_ready
 
@@ -88,6 +89,15 @@ def _names(text: str) -> list[str]:
     "Redis and PostgreSQL, and count each worker's round trips per job.",
 )
 @click.option(
+    "--network-rtt-ms",
+    type=click.FloatRange(0, 1000),
+    default=1.0,
+    show_default=True,
+    help="Also a pass through a network of this round-trip time (0: none): this worker and the original "
+    "(those of --contenders) at --network-concurrency, counting their round trips per job.",
+)
+@click.option("--network-concurrency", "network_levels", default="1,10,50", show_default=True)
+@click.option(
     "--baseline",
     metavar="REV",
     help="Also run this worker as it was at commit REV (built in a clone with its own virtualenv): "
@@ -108,12 +118,15 @@ def main(
     redis_url: str,
     postgres_url: str,
     rtt_ms: float | None,
+    network_rtt_ms: float,
+    network_levels: str,
     baseline: str | None,
     out: Path,
 ) -> None:
     """Measure this worker against the Node original on the same Redis and database, in one run."""
     if quick:
         jobs, warmup, repeat, levels, stream_seconds, rss_jobs = 1000, 1000, 1, "50", 3.0, ""
+        network_rtt_ms = 0
     # SIGTERM (`timeout`, a cancelled job) unwinds like an error: the run's worker is stopped, its queue and
     # schema removed.
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
@@ -131,14 +144,23 @@ def main(
         )
     out.mkdir(parents=True, exist_ok=True)
     plan = Plan(redis_url, postgres_url, workdir, rtt_ms=rtt_ms)
-    schedule = [
-        (rep, database, level, contender)
-        for rep in range(repeat)
-        for database in _names(databases)
-        for level in _ints(levels)
-        for contender in chosen
-        if database == "postgresql" or contender.name in ("python", "python-base")
-    ]
+    across = replace(plan, rtt_ms=network_rtt_ms) if network_rtt_ms and rtt_ms is None else None
+    schedule: list[tuple[int, Plan, str, int, Contender]] = []
+    for rep in range(repeat):
+        schedule += [
+            (rep, plan, database, level, contender)
+            for database in _names(databases)
+            for level in _ints(levels)
+            for contender in chosen
+            if database == "postgresql" or contender.name in ("python", "python-base")
+        ]
+        if across is not None:
+            schedule += [
+                (rep, across, "postgresql", level, contender)
+                for level in _ints(network_levels)
+                for contender in chosen
+                if contender.name in ("python", "node")
+            ]
     meta = _machine() | {
         "command": "make bench " + shlex.join(sys.argv[1:]),
         "started": _now(),
@@ -147,15 +169,16 @@ def main(
         "repeat": repeat,
         "stream_seconds": stream_seconds,
         "rtt_ms": rtt_ms,
+        "network_rtt_ms": across.rtt_ms if across else None,
         "baseline": baseline,
     }
     measurements: list[Measurement] = []
     rss: dict[int, float] = {}
     try:
-        for index, (rep, database, level, contender) in enumerate(schedule, 1):
+        for index, (rep, where, database, level, contender) in enumerate(schedule, 1):
             m = asyncio.run(
                 measure(
-                    plan,
+                    where,
                     contender,
                     database,
                     level,
@@ -168,7 +191,8 @@ def main(
             )
             measurements.append(m)
             console.print(
-                f"[{index}/{len(schedule)}] {database:10} {contender.name:9} c={level:<3} "
+                f"[{index}/{len(schedule)}] {network_label(where.rtt_ms):10} {database:10} "
+                f"{contender.name:9} c={level:<3} "
                 f"{m.throughput:8,.0f} jobs/s  {m.cpu_ms_per_job:6.2f} CPU ms/job  "
                 f"p99 {m.p99_ms if m.p99_ms is not None else '—'} ms at {m.stream_rate:.0f}/s  "
                 f"RSS {m.peak_rss_mb:.1f} MB"

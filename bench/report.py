@@ -1,4 +1,4 @@
-"""Medians of the repeated runs, the table, the targets of issue 6, the JSON file and the chart."""
+"""Medians of the repeated runs, the table, the targets (issues 6 and 12), the JSON file and the chart."""
 
 from __future__ import annotations
 
@@ -36,21 +36,39 @@ class Row:
     concurrency: int
     runs: int
     values: dict[str, float | None]
+    rtt_ms: float | None = None  # through a delay proxy of this round-trip time; None: direct
+
+    @property
+    def network(self) -> str:
+        return network_label(self.rtt_ms)
+
+
+def network_label(rtt_ms: float | None) -> str:
+    return "local" if rtt_ms is None else f"{rtt_ms:g} ms RTT"
 
 
 def medians(measurements: Iterable[Measurement]) -> list[Row]:
-    groups: dict[tuple[str, str, int], list[Measurement]] = defaultdict(list)
+    groups: dict[tuple[float | None, str, str, int], list[Measurement]] = defaultdict(list)
     for m in measurements:
-        groups[(m.database, m.contender, m.concurrency)].append(m)
+        groups[(m.rtt_ms, m.database, m.contender, m.concurrency)].append(m)
     rows = []
-    for (database, contender, concurrency), runs in groups.items():
+    for (rtt_ms, database, contender, concurrency), runs in groups.items():
         values: dict[str, float | None] = {}
         for metric in METRICS:
             present = [v for v in (getattr(m, metric) for m in runs) if v is not None]
             values[metric] = round(statistics.median(present), 3) if present else None
-        rows.append(Row(database, contender, concurrency, len(runs), values))
+        rows.append(Row(database, contender, concurrency, len(runs), values, rtt_ms))
     order = list(CONTENDERS)
-    rows.sort(key=lambda r: (r.database != "postgresql", r.database, r.concurrency, order.index(r.contender)))
+    rows.sort(
+        key=lambda r: (
+            r.rtt_ms is not None,
+            r.rtt_ms or 0,
+            r.database != "postgresql",
+            r.database,
+            r.concurrency,
+            order.index(r.contender),
+        )
+    )
     return rows
 
 
@@ -64,8 +82,9 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 
 
 def table(rows: list[Row]) -> Table:
-    out = Table(title="Medians per (database, worker, concurrency)", title_justify="left")
+    out = Table(title="Medians per (network, database, worker, concurrency)", title_justify="left")
     for header in (
+        "network",
         "database",
         "worker",
         "conc.",
@@ -79,10 +98,11 @@ def table(rows: list[Row]) -> Table:
         "Redis trips/job",
         "DB trips/job",
     ):
-        out.add_column(header, justify="left" if header in ("database", "worker") else "right")
+        out.add_column(header, justify="left" if header in ("network", "database", "worker") else "right")
     for r in rows:
         v = r.values
         out.add_row(
+            r.network,
             r.database,
             _label(r.contender),
             str(r.concurrency),
@@ -130,7 +150,7 @@ def targets(rows: list[Row], rss_by_jobs: dict[int, float]) -> list[Verdict]:
     at = {
         r.contender: r.values
         for r in rows
-        if r.database == "postgresql" and r.concurrency == TARGET_CONCURRENCY
+        if r.database == "postgresql" and r.concurrency == TARGET_CONCURRENCY and r.rtt_ms is None
     }
     py, node = at.get("python"), at.get("node")
     verdicts = [
@@ -162,6 +182,20 @@ def targets(rows: list[Row], rss_by_jobs: dict[int, float]) -> list[Verdict]:
                 None,  # reported, not a target
             )
         )
+    two = at.get("python-2p")
+    if py and two and py["throughput"] and two["throughput"]:
+        verdicts.append(
+            _ratio(
+                two,
+                py,
+                "throughput",
+                "2 processes ≥ 1.7× one process",
+                "{:,.0f}",
+                "jobs/s",
+                lambda r: r >= 1.7,
+            )
+        )
+    verdicts += _network_verdicts(rows)
     if py and py["cpu_ms_per_job"] is not None:
         verdicts.append(
             Verdict(
@@ -199,8 +233,42 @@ def targets(rows: list[Row], rss_by_jobs: dict[int, float]) -> list[Verdict]:
     return verdicts
 
 
+def _network_verdicts(rows: list[Row]) -> list[Verdict]:
+    """Across a network, at concurrency 1: this worker ≥ 1.8× the original, and each one's trips a job."""
+    verdicts = []
+    for rtt_ms in sorted({r.rtt_ms for r in rows if r.rtt_ms is not None}):
+        at = {
+            r.contender: r.values
+            for r in rows
+            if r.rtt_ms == rtt_ms and r.database == "postgresql" and r.concurrency == 1
+        }
+        py, node = at.get("python"), at.get("node")
+        if not (py and node):
+            continue
+        verdict = _ratio(
+            py,
+            node,
+            "throughput",
+            f"{network_label(rtt_ms)}, c=1: throughput ≥ 1.8× Node's",
+            "{:,.0f}",
+            "jobs/s",
+            lambda r: r >= 1.8,
+        )
+        trips = "; round trips a job (Redis + DB): this worker {} + {}, Node {} + {}".format(
+            _fmt(py["redis_trips_per_job"], 2),
+            _fmt(py["db_trips_per_job"], 2),
+            _fmt(node["redis_trips_per_job"], 2),
+            _fmt(node["db_trips_per_job"], 2),
+        )
+        verdicts.append(Verdict(verdict.target, verdict.measured + trips, verdict.met))
+    return verdicts
+
+
 def targets_table(verdicts: list[Verdict]) -> Table:
-    out = Table(title="Targets (PostgreSQL, one process each, concurrency 50)", title_justify="left")
+    out = Table(
+        title="Targets (PostgreSQL, local, one process each, concurrency 50, unless the target says otherwise)",
+        title_justify="left",
+    )
     out.add_column("target")
     out.add_column("measured")
     out.add_column("met")
@@ -222,6 +290,7 @@ def write_json(
         "runs": [m.as_dict() for m in measurements],
         "medians": [
             {
+                "rtt_ms": r.rtt_ms,
                 "database": r.database,
                 "contender": r.contender,
                 "concurrency": r.concurrency,
@@ -243,7 +312,7 @@ def chart(path: Path, rows: list[Row], title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pg = [r for r in rows if r.database == "postgresql"]
+    pg = [r for r in rows if r.database == "postgresql" and r.rtt_ms is None]
     contenders = [c for c in CONTENDERS if any(r.contender == c for r in pg)]
     levels = sorted({r.concurrency for r in pg})
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -277,21 +346,21 @@ def markdown(document: dict[str, Any]) -> str:
     """The medians and the targets of a run's JSON file, as Markdown tables (for the README)."""
     lines = [
         (
-            "| database | worker | concurrency | jobs/s | CPU ms/job | stream jobs/s | p50 ms | p99 ms "
+            "| network | database | worker | concurrency | jobs/s | CPU ms/job | stream jobs/s | p50 ms | p99 ms "
             "| peak RSS MB | Redis trips/job | DB trips/job |"
         ),
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for m in document["medians"]:
         lines.append(
-            f"| {m['database']} | {_label(m['contender'])} | {m['concurrency']} "
+            f"| {network_label(m.get('rtt_ms'))} | {m['database']} | {_label(m['contender'])} | {m['concurrency']} "
             f"| {_fmt(m['throughput'], 0)} | {_fmt(m['cpu_ms_per_job'], 2)} | {_fmt(m['stream_rate'], 0)} "
             f"| {_fmt(m['p50_ms'])} | {_fmt(m['p99_ms'])} | {_fmt(m['peak_rss_mb'])} "
             f"| {_fmt(m.get('redis_trips_per_job'), 2)} | {_fmt(m.get('db_trips_per_job'), 2)} |"
         )
     lines += [
         "",
-        "| target (PostgreSQL, one process each, concurrency 50) | measured | met |",
+        "| target (PostgreSQL, local, one process each, concurrency 50, unless it says otherwise) | measured | met |",
         "|---|---|---|",
     ]
     for t in document["targets"]:

@@ -51,9 +51,11 @@ class Measurement:
     p50_ms: float | None  # added -> finished, on the stream
     p99_ms: float | None
     peak_rss_mb: float  # over the whole run
-    # With --rtt-ms: the worker's round trips to Redis and to the database over the backlog, per job.
+    # Through a delay proxy: its round-trip time, and the worker's round trips to Redis and to the database
+    # over the backlog, per job.
     redis_trips_per_job: float | None = None
     db_trips_per_job: float | None = None
+    rtt_ms: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,13 +143,14 @@ async def measure(
         peak_rss_mb=round(peak_rss, 1),
         redis_trips_per_job=round(redis_trips / len(backlog_jobs), 2) if redis_proxy else None,
         db_trips_per_job=round(db_trips / len(backlog_jobs), 2) if db_proxy else None,
+        rtt_ms=plan.rtt_ms,
     )
 
 
 def _network(
     stack: contextlib.ExitStack, plan: Plan, place: Place
 ) -> tuple[DelayProxy | None, DelayProxy | None, Place]:
-    """With --rtt-ms, the place as the worker sees it: Redis and PostgreSQL behind delay proxies."""
+    """Through a network (--rtt-ms, --network-rtt-ms), the place as the worker sees it: Redis and PostgreSQL behind delay proxies."""
     if plan.rtt_ms is None:
         return None, None, place
     redis_parts, db_parts = urlsplit(place.redis_url), urlsplit(place.database_url)
