@@ -50,7 +50,10 @@ def _names(text: str) -> list[str]:
 )
 @click.option("--concurrency", "levels", default="1,10,50,100", show_default=True)
 @click.option(
-    "--contenders", default="python,node,python-2p", show_default=True, help=f"Of {', '.join(CONTENDERS)}."
+    "--contenders",
+    default="python,node,python-2p,noop",
+    show_default=True,
+    help=f"Of {', '.join(CONTENDERS)}.",
 )
 @click.option("--databases", default="postgresql,sqlite", show_default=True, help="SQLite: this worker only.")
 @click.option(
