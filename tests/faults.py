@@ -39,6 +39,15 @@ class ScriptCalls:
         return False
 
 
+def _count_commands(buffer: bytearray) -> int:
+    """The whole commands at the start of `buffer`."""
+    count, rest = 0, bytearray(buffer)
+    while (parsed := _parse_command(rest)) is not None:
+        count += 1
+        del rest[: parsed[1]]
+    return count
+
+
 def _parse_command(buffer: bytearray) -> tuple[Command, int] | None:
     """One RESP array of bulk strings from the start of `buffer`, and its length; None if incomplete."""
     if not buffer:
@@ -154,7 +163,9 @@ _REFUSAL = hiredis.pack_command(
 class RedisFaultProxy(TcpFaultProxy):
     """`async with RedisFaultProxy(6379) as proxy:` then connect to redis://127.0.0.1:{proxy.port}; commands
     for which `refuse` is true get an error reply, those for which `cut` is true drop the connection, and
-    those for which `cut_after` is true reach Redis but their reply is lost with the connection."""
+    those for which `cut_after` is true reach Redis but their reply is lost with the connection;
+    `cut_inside_pipeline` is `cut_after` for a command that more commands follow in the same write (those
+    never reach Redis: `lost_with_cut` counts them)."""
 
     def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
         super().__init__(upstream_port, upstream_host)
@@ -163,6 +174,8 @@ class RedisFaultProxy(TcpFaultProxy):
         self.cut: Callable[[Command], bool] = lambda _command: False
         self.cuts = 0
         self.cut_after: Callable[[Command], bool] = lambda _command: False
+        self.cut_inside_pipeline: Callable[[Command], bool] = lambda _command: False
+        self.lost_with_cut = 0
 
     @property
     def url(self) -> str:
@@ -184,8 +197,10 @@ class RedisFaultProxy(TcpFaultProxy):
                 if self.cut(command):
                     self.cuts += 1
                     raise ConnectionError("injected fault: connection dropped by the test proxy")
-                if self.cut_after(command):
+                followed = _parse_command(buffer) is not None
+                if self.cut_after(command) or (followed and self.cut_inside_pipeline(command)):
                     self.cuts += 1
+                    self.lost_with_cut += _count_commands(buffer)
                     client.transport.abort()  # first, so that no byte of the reply reaches the client
                     upstream.write(raw)
                     await upstream.drain()

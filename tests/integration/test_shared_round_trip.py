@@ -15,7 +15,8 @@ from redis.exceptions import ConnectionError, ResponseError
 from kpi_export.bullmq import opened_queue
 from kpi_export.bullmq.shared_round_trip import SharedRoundTrip
 from kpi_export.config import Settings
-from tests.faults import TcpFaultProxy
+from tests.faults import RedisFaultProxy, TcpFaultProxy, calls_script
+from tests.flow import add_jobs, assert_exactly_once, wait_all_finished
 from tests.support import audit_rows, job_events, running_worker
 
 
@@ -95,3 +96,52 @@ async def test_on_a_backlog_the_workers_completions_share_round_trips(
     assert [outcome for outcome, _ in outcomes] == ["completed"] * jobs
     assert len(await audit_rows(migrated)) == jobs
     assert after - before < jobs * 3 / 4, f"{after - before} Redis round trips for {jobs} jobs"
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_connection_lost_inside_a_shared_pipeline_loses_and_doubles_nothing(
+    migrated: Settings, redis_url: str
+) -> None:
+    """A completion inside a shared pipeline reaches Redis; its reply, and the commands after it, are lost
+    with the connection. Each job is completed once, its progress published before its completion."""
+    total = 60
+    completions = calls_script("moveToFinished")
+    cut: list[bool] = []
+
+    def first_completion_inside_a_pipeline(command: list[bytes]) -> bool:
+        if completions(command) and not cut:
+            cut.append(True)
+            return True
+        return False
+
+    _, port = _address(redis_url)
+    async with RedisFaultProxy(port) as proxy, opened_queue(migrated) as queue:
+        proxy.cut_inside_pipeline = first_completion_inside_a_pipeline
+        # The job that the lost completion fetched stays active until its lock expires.
+        through_proxy = migrated.model_copy(
+            update={"redis_url": SecretStr(proxy.url), "worker_concurrency": 10, "lock_duration": 2.0}
+        )
+        await queue.pause()
+        await add_jobs(migrated, total)
+        async with running_worker(through_proxy):
+            await queue.resume()
+            await wait_all_finished(migrated, total, timeout=60)
+        client = Redis.from_url(redis_url, decode_responses=True)
+        try:
+            stream = await client.xrange(f"bull:{migrated.queue_name}:events")
+        finally:
+            await client.aclose()
+    assert cut == [True] and proxy.lost_with_cut >= 1, "no completion was cut inside a shared pipeline"
+    jobs = await assert_exactly_once(migrated, total)
+    told: dict[str, list[str]] = {job_id: [] for job_id in jobs}
+    for _, raw in stream or []:
+        fields = {str(k): str(v) for k, v in (raw or {}).items()}
+        if fields.get("jobId") in told and fields["event"] in ("progress", "completed"):
+            told[fields["jobId"]].append(fields["event"])
+    for job_id, events in told.items():
+        # redis-py sends a pipeline again on a new connection when its connection is lost: the progress of the
+        # job whose reply was lost is published a second time, after its completion (same value).
+        assert events.count("completed") == 1 and events.index("progress") < events.index("completed"), (
+            job_id,
+            events,
+        )
