@@ -24,7 +24,7 @@ class KpiWorker(Worker):  # type: ignore[misc]
 
     - It runs a `JobHandler` (job in, `Completion` out); a handler's InvalidJobData becomes bullmq's
       UnrecoverableError (never retried), and the completion's progress goes to Redis with the completion,
-      in one round trip (completion.py).
+      in one round trip, shared with the other completions of the same turn of the event loop (completion.py).
     - A job whose hash bullmq cannot decode (data that is not JSON, nested deeper than `json` recurses, not
       UTF-8; a damaged bullmq field) fails at once, never retried, with the reason, its data kept in the
       failed set. bullmq would move it to active, fail to build it, drop it, and take it again every
