@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -145,3 +146,53 @@ async def test_a_connection_lost_inside_a_shared_pipeline_loses_and_doubles_noth
             job_id,
             events,
         )
+
+
+async def test_a_batch_whose_callers_are_all_cancelled_is_not_sent_again_after_the_client_closes(
+    redis_url: str, queue_name: str
+) -> None:
+    """A forced stop cancels the jobs' tasks, then closes the client: the batch in flight is cancelled with
+    its callers; left running, redis-py's retry would send it again on a reconnected connection."""
+    key, idle = f"{queue_name}:counter", f"{queue_name}:never"
+    client = Redis.from_url(redis_url, decode_responses=True)
+    checker = Redis.from_url(redis_url, decode_responses=True)
+    try:
+        shared = SharedRoundTrip()
+        caller = asyncio.create_task(shared.send(client, [("INCR", key), ("BLPOP", idle, 0.5)]))
+        await asyncio.wait_for(_until(lambda: checker.get(key), "1"), 5)  # the pipeline is in flight
+        caller.cancel()
+        await client.aclose()
+        await asyncio.sleep(0)
+        await asyncio.wait_for(_until(lambda: checker.client_list(), None, settle=1.0), 5)
+        count = await checker.get(key)
+    finally:
+        await checker.delete(key)
+        await checker.aclose()
+    assert count == "1"
+    assert caller.cancelled()
+
+
+async def _until(read: Any, expected: object, settle: float = 0.0) -> None:
+    """Polls `read()` until it gives `expected` (or, with `settle`, waits that long once)."""
+    if settle:
+        await asyncio.sleep(settle)  # a resend, if any, would happen within the pipeline's 0.5 s wait
+        return
+    while await read() != expected:
+        await asyncio.sleep(0.01)
+
+
+async def test_a_command_that_cannot_be_built_fails_its_batch_and_leaves_no_caller_waiting(
+    redis_url: str,
+) -> None:
+    client = Redis.from_url(redis_url)
+    try:
+        shared = SharedRoundTrip()
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(
+                shared.send(client, [("PING",)]), shared.send(client, [()]), return_exceptions=True
+            ),
+            5,
+        )
+    finally:
+        await client.aclose()
+    assert all(isinstance(outcome, Exception) for outcome in outcomes)

@@ -73,3 +73,25 @@ async def test_the_workers_connections_pack_with_hiredis() -> None:
         assert issubclass(FailoverAwareConnection, HiredisPacking)
     finally:
         await client.aclose()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("SET", "key", 10**4300 + 1),  # past Python's digit limit: hiredis would crash the process
+        ("SET", "key", 2**1025),
+        ("CONFIG\tGET", "maxmemory"),
+        ("CONFIG\nGET", "maxmemory"),
+    ],
+    ids=["huge-int", "big-int", "tab", "newline"],
+)
+def test_what_hiredis_would_crash_on_or_pack_otherwise_is_redis_pys(command: tuple[Any, ...]) -> None:
+    try:
+        expected: object = Connection().pack_command(*command)
+    except ValueError as exc:
+        expected = type(exc)
+    try:
+        packed: object = _Packed().pack_command(*command)
+    except ValueError as exc:
+        packed = type(exc)
+    assert packed == expected

@@ -16,7 +16,7 @@ class HiredisPacking:
     redis-py encodes with the connection's error handler; "CONFIG GET", which it splits) is redis-py's."""
 
     def pack_command(self, *args: Any) -> list[bytes]:
-        if _one_word(args[0] if args else None) and self.encoder.encoding == "utf-8":  # type: ignore[attr-defined]
+        if args and _one_word(args[0]) and _plain(args) and self.encoder.encoding == "utf-8":  # type: ignore[attr-defined]
             try:
                 return [hiredis.pack_command(args)]
             except (TypeError, ValueError):  # UnicodeEncodeError is a ValueError
@@ -25,6 +25,23 @@ class HiredisPacking:
 
 
 def _one_word(command: object) -> bool:
+    """A command name redis-py sends as it is (a str is split on ASCII whitespace, bytes when they hold a space)."""
     if isinstance(command, str):
-        return " " not in command
+        return bool(command) and command.isprintable() and " " not in command
     return isinstance(command, bytes) and b" " not in command
+
+
+# hiredis turns an int into text without checking for failure: an int past Python's digit limit (4,300) crashes
+# the process instead of raising. Only arguments of these exact types, ints of a bounded size, go to hiredis.
+_MAX_INT_BITS = 1024
+
+
+def _plain(args: tuple[Any, ...]) -> bool:
+    for arg in args:
+        kind = type(arg)
+        if kind is str or kind is bytes or kind is float:
+            continue
+        if kind is int and arg.bit_length() <= _MAX_INT_BITS:
+            continue
+        return False
+    return True

@@ -32,30 +32,51 @@ class SharedRoundTrip:
         return await replies
 
     def _flush(self, client: Redis) -> None:
-        queued, self._queued = self._queued, []
+        queued = [(commands, waiting) for commands, waiting in self._queued if not waiting.done()]
+        self._queued = []
+        if not queued:
+            return
         task = asyncio.ensure_future(self._execute(client, queued))
         self._in_flight.add(task)  # the loop keeps weak references to tasks only
         task.add_done_callback(self._in_flight.discard)
 
+        # A batch whose callers are all cancelled (a forced stop) is cancelled too, as each caller's own
+        # pipeline was: left running, redis-py would send it again after the client is closed.
+        def abandon_when_nobody_waits(_: asyncio.Future[list[Any]]) -> None:
+            if all(waiting.cancelled() for _, waiting in queued):
+                task.cancel()
+
+        for _, waiting in queued:
+            waiting.add_done_callback(abandon_when_nobody_waits)
+
     @staticmethod
     async def _execute(client: Redis, queued: list[tuple[list[Command], asyncio.Future[list[Any]]]]) -> None:
-        pipe = client.pipeline(transaction=False)
-        for commands, _ in queued:
-            for command in commands:
-                pipe.execute_command(*command)
         try:
+            pipe = client.pipeline(transaction=False)
+            for commands, _ in queued:
+                for command in commands:
+                    pipe.execute_command(*command)
             replies = await pipe.execute(raise_on_error=False)
         except asyncio.CancelledError:
             for _, waiting in queued:
                 waiting.cancel()
             raise
-        except Exception as exc:  # Redis unreachable: every caller tries again on its own
+        except (
+            BaseException
+        ) as exc:  # Redis unreachable: every caller tries again on its own; never left waiting
             for _, waiting in queued:
                 if not waiting.done():
                     waiting.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
             return
-        start = 0
-        for commands, waiting in queued:
-            if not waiting.done():  # a caller cancelled meanwhile (a forced stop) is not answered
-                waiting.set_result(replies[start : start + len(commands)])
-            start += len(commands)
+        _answer(queued, replies)
+
+
+def _answer(queued: list[tuple[list[Command], asyncio.Future[list[Any]]]], replies: list[Any]) -> None:
+    """Each caller its own replies, in order."""
+    start = 0
+    for commands, waiting in queued:
+        if not waiting.done():  # a caller cancelled meanwhile (a forced stop) is not answered
+            waiting.set_result(replies[start : start + len(commands)])
+        start += len(commands)
