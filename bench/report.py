@@ -159,19 +159,7 @@ def targets(rows: list[Row], rss_by_jobs: dict[int, float]) -> list[Verdict]:
             py, node, "cpu_ms_per_job", "CPU per job ≤ 2/3 of Node's", "{:.2f}", "ms", lambda r: r <= 2 / 3
         ),
     ]
-    base = at.get("python-base")
-    if py and base and py["throughput"] and base["throughput"]:
-        verdicts.append(
-            _ratio(
-                py,
-                base,
-                "throughput",
-                "throughput ≥ 2× the baseline commit's",
-                "{:,.0f}",
-                "jobs/s",
-                lambda r: r >= 2,
-            )
-        )
+    verdicts += _measured_ratio(py, at.get("python-base"), "throughput ≥ 2× the baseline commit's", 2)
     noop = at.get("noop")
     if py and noop and py["throughput"] and noop["throughput"]:
         share = py["throughput"] / noop["throughput"]
@@ -182,19 +170,7 @@ def targets(rows: list[Row], rss_by_jobs: dict[int, float]) -> list[Verdict]:
                 None,  # reported, not a target
             )
         )
-    two = at.get("python-2p")
-    if py and two and py["throughput"] and two["throughput"]:
-        verdicts.append(
-            _ratio(
-                two,
-                py,
-                "throughput",
-                "2 processes ≥ 1.7× one process",
-                "{:,.0f}",
-                "jobs/s",
-                lambda r: r >= 1.7,
-            )
-        )
+    verdicts += _measured_ratio(at.get("python-2p"), py, "2 processes ≥ 1.7× one process", 1.7)
     verdicts += _network_verdicts(rows)
     if py and py["cpu_ms_per_job"] is not None:
         verdicts.append(
@@ -231,6 +207,15 @@ def targets(rows: list[Row], rss_by_jobs: dict[int, float]) -> list[Verdict]:
             Verdict("RSS flat (±10 %) from 10,000 to 100,000 jobs", "not measured (--rss-jobs)", None)
         )
     return verdicts
+
+
+def _measured_ratio(
+    mine: dict[str, float | None] | None, theirs: dict[str, float | None] | None, target: str, at_least: float
+) -> list[Verdict]:
+    """A throughput ratio target, when both sides ran (python-base and python-2p run only when asked for)."""
+    if not (mine and theirs and mine["throughput"] and theirs["throughput"]):
+        return []
+    return [_ratio(mine, theirs, "throughput", target, "{:,.0f}", "jobs/s", lambda r: r >= at_least)]
 
 
 def _network_verdicts(rows: list[Row]) -> list[Verdict]:

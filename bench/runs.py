@@ -150,7 +150,8 @@ async def measure(
 def _network(
     stack: contextlib.ExitStack, plan: Plan, place: Place
 ) -> tuple[DelayProxy | None, DelayProxy | None, Place]:
-    """Through a network (--rtt-ms, --network-rtt-ms), the place as the worker sees it: Redis and PostgreSQL behind delay proxies."""
+    """Through a network (--rtt-ms, --network-rtt-ms), the place as the worker sees it: Redis and PostgreSQL
+    behind delay proxies."""
     if plan.rtt_ms is None:
         return None, None, place
     redis_parts, db_parts = urlsplit(place.redis_url), urlsplit(place.database_url)

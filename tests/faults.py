@@ -26,6 +26,21 @@ def calls_script(name: str) -> Callable[[Command], bool]:
     return lambda command: command[0].upper() == b"EVALSHA" and command[1] == sha
 
 
+class FirstCall:
+    """`proxy.cut_after = FirstCall(calls_script("moveToFinished"))`: true for the first command the predicate
+    matches and no other; `matched` says whether that command has come."""
+
+    def __init__(self, predicate: Callable[[Command], bool]) -> None:
+        self._predicate = predicate
+        self.matched = False
+
+    def __call__(self, command: Command) -> bool:
+        if self.matched or not self._predicate(command):
+            return False
+        self.matched = True
+        return True
+
+
 class ScriptCalls:
     """`proxy.refuse = fetches = ScriptCalls("moveToActive")`: refuses nothing, counts the calls of one of
     bullmq's scripts in `fetches.count`."""

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from kpi_export.bullmq import opened_queue
 from kpi_export.config import Settings
 from kpi_export.demo.embedded_redis import EmbeddedRedis
-from tests.faults import RedisFaultProxy, ScriptCalls, calls_script
+from tests.faults import FirstCall, RedisFaultProxy, ScriptCalls, calls_script
 from tests.support import audit_rows, invoke, job_events, running_worker, wait_until
 
 FILTERS = {"desde": "2026-01-01", "hasta": "2026-03-31", "area": "ventas", "kpis": ["margen", "ventas"]}
@@ -231,15 +231,7 @@ async def test_a_completion_whose_reply_is_lost_is_found_done_and_the_job_comple
     migrated: Settings, redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
-    completions = calls_script("moveToFinished")
-    lost: list[bool] = []
-
-    def first_completion(command: list[bytes]) -> bool:
-        if completions(command) and not lost:
-            lost.append(True)
-            return True
-        return False
-
+    first_completion = FirstCall(calls_script("moveToFinished"))
     async with RedisFaultProxy(port) as proxy:
         proxy.cut_after = first_completion
         through_proxy = migrated.model_copy(update={"redis_url": SecretStr(proxy.url)})
@@ -250,7 +242,7 @@ async def test_a_completion_whose_reply_is_lost_is_found_done_and_the_job_comple
                     outcome, result = await events.finished(job.id)
                 stored = await queue.getJob(job.id)
     rows = await audit_rows(migrated)
-    assert lost == [True]  # Redis ran the completion, the worker never heard back
+    assert first_completion.matched  # Redis ran the completion, the worker never heard back
     assert (outcome, result) == ("completed", {"idExport": rows[0].idExport})
     assert (len(rows), stored.attemptsMade, stored.returnvalue) == (1, 1, result)
     # The worker tried again, found the job completed, and took that for success: nothing else to say.

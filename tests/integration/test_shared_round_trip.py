@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -13,12 +12,12 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError, ResponseError
 
-from kpi_export.bullmq import opened_queue
+from kpi_export.bullmq import opened_queue, redis_client
 from kpi_export.bullmq.shared_round_trip import SharedRoundTrip
 from kpi_export.config import Settings
-from tests.faults import RedisFaultProxy, TcpFaultProxy, calls_script
+from tests.faults import FirstCall, RedisFaultProxy, TcpFaultProxy, calls_script
 from tests.flow import add_jobs, assert_exactly_once, wait_all_finished
-from tests.support import audit_rows, job_events, running_worker
+from tests.support import audit_rows, job_events, running_worker, wait_until
 
 
 def _address(redis_url: str) -> tuple[str, int]:
@@ -106,15 +105,7 @@ async def test_a_connection_lost_inside_a_shared_pipeline_loses_and_doubles_noth
     """A completion inside a shared pipeline reaches Redis; its reply, and the commands after it, are lost
     with the connection. Each job is completed once, its progress published before its completion."""
     total = 60
-    completions = calls_script("moveToFinished")
-    cut: list[bool] = []
-
-    def first_completion_inside_a_pipeline(command: list[bytes]) -> bool:
-        if completions(command) and not cut:
-            cut.append(True)
-            return True
-        return False
-
+    first_completion_inside_a_pipeline = FirstCall(calls_script("moveToFinished"))
     _, port = _address(redis_url)
     async with RedisFaultProxy(port) as proxy, opened_queue(migrated) as queue:
         proxy.cut_inside_pipeline = first_completion_inside_a_pipeline
@@ -132,7 +123,9 @@ async def test_a_connection_lost_inside_a_shared_pipeline_loses_and_doubles_noth
             stream = await client.xrange(f"bull:{migrated.queue_name}:events")
         finally:
             await client.aclose()
-    assert cut == [True] and proxy.lost_with_cut >= 1, "no completion was cut inside a shared pipeline"
+    assert first_completion_inside_a_pipeline.matched and proxy.lost_with_cut >= 1, (
+        "no completion was cut inside a shared pipeline"
+    )
     jobs = await assert_exactly_once(migrated, total)
     told: dict[str, list[str]] = {job_id: [] for job_id in jobs}
     for _, raw in stream or []:
@@ -154,31 +147,28 @@ async def test_a_batch_whose_callers_are_all_cancelled_is_not_sent_again_after_t
     """A forced stop cancels the jobs' tasks, then closes the client: the batch in flight is cancelled with
     its callers; left running, redis-py's retry would send it again on a reconnected connection."""
     key, idle = f"{queue_name}:counter", f"{queue_name}:never"
-    client = Redis.from_url(redis_url, decode_responses=True)
+    # Built as the worker's own client is: redis-py retries a command on a lost connection.
+    client = redis_client(Settings(redis_url=SecretStr(redis_url)), socket_timeout=None)
+    assert isinstance(client, Redis)
     checker = Redis.from_url(redis_url, decode_responses=True)
     try:
         shared = SharedRoundTrip()
         caller = asyncio.create_task(shared.send(client, [("INCR", key), ("BLPOP", idle, 0.5)]))
-        await asyncio.wait_for(_until(lambda: checker.get(key), "1"), 5)  # the pipeline is in flight
+
+        async def in_flight() -> bool:
+            return bool(await checker.get(key) == "1")
+
+        await wait_until(in_flight, timeout=5, what="the pipeline to reach Redis")
         caller.cancel()
         await client.aclose()
-        await asyncio.sleep(0)
-        await asyncio.wait_for(_until(lambda: checker.client_list(), None, settle=1.0), 5)
+        # Not waiting for a result: a resend would come once the BLPOP's 0.5 s are over; give it twice that.
+        await asyncio.sleep(1.0)
         count = await checker.get(key)
     finally:
         await checker.delete(key)
         await checker.aclose()
     assert count == "1"
     assert caller.cancelled()
-
-
-async def _until(read: Any, expected: object, settle: float = 0.0) -> None:
-    """Polls `read()` until it gives `expected` (or, with `settle`, waits that long once)."""
-    if settle:
-        await asyncio.sleep(settle)  # a resend, if any, would happen within the pipeline's 0.5 s wait
-        return
-    while await read() != expected:
-        await asyncio.sleep(0.01)
 
 
 async def test_a_command_that_cannot_be_built_fails_its_batch_and_leaves_no_caller_waiting(

@@ -11,9 +11,10 @@ import hiredis
 
 class HiredisPacking:
     """A redis-py asyncio connection's `pack_command`, made by `hiredis.pack_command` when that gives the
-    same bytes: UTF-8 text, bytes, int and float arguments, a command name without a space in it. Anything
-    else (a bool or None, which redis-py refuses with its DataError; a str that is not valid UTF-8, which
-    redis-py encodes with the connection's error handler; "CONFIG GET", which it splits) is redis-py's."""
+    same bytes: arguments that are exactly str (valid UTF-8), bytes, float or an int of at most 1,024 bits, and
+    a command name redis-py would not split. Anything else (a bool or None, which redis-py refuses with its
+    DataError; a subclass; a huge int; a str that is not valid UTF-8, which redis-py encodes with the
+    connection's error handler; "CONFIG GET", which it splits) is packed by redis-py."""
 
     def pack_command(self, *args: Any) -> list[bytes]:
         if args and _one_word(args[0]) and _plain(args) and self.encoder.encoding == "utf-8":  # type: ignore[attr-defined]

@@ -61,9 +61,9 @@ class SharedRoundTrip:
             for _, waiting in queued:
                 waiting.cancel()
             raise
-        except (
-            BaseException
-        ) as exc:  # Redis unreachable: every caller tries again on its own; never left waiting
+        except BaseException as exc:
+            # Redis unreachable (or a command that could not be built): every caller gets the error and tries
+            # again on its own; none is left waiting.
             for _, waiting in queued:
                 if not waiting.done():
                     waiting.set_exception(exc)
