@@ -62,8 +62,8 @@ class SharedRoundTrip:
                 waiting.cancel()
             raise
         except BaseException as exc:
-            # Redis unreachable (or a command that could not be built): every caller gets the error and tries
-            # again on its own; none is left waiting.
+            # Redis unreachable (or a command that could not be built): every caller gets the error (and
+            # retries as it would have alone); none is left waiting.
             for _, waiting in queued:
                 if not waiting.done():
                     waiting.set_exception(exc)
