@@ -38,7 +38,9 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/kpi-export demo
 
+# Debian packages some tests need (Prometheus, Chromium, …): installed as root, else those tests skip.
 test: $(STAMP) $(NODE_STAMP) lint
+	tests/install-packages
 	$(BIN)/pytest
 
 lint: $(STAMP)

@@ -22,7 +22,15 @@ from kpi_export.config import Settings
 from kpi_export.store import opened_engine
 from kpi_export.store.schema import upgrade
 from tests.pgcluster import PASSWORD_ROLE, PostgresCluster, postgres_bin
-from tests.services import IN_CI, MARIADB_URL, POSTGRES_URL, REDIS_URL, mariadb_execute, require_service
+from tests.services import (
+    IN_CI,
+    MARIADB_URL,
+    MISSING_PACKAGES,
+    POSTGRES_URL,
+    REDIS_URL,
+    mariadb_execute,
+    require_service,
+)
 
 # The chaos tests' size: what CI runs by default, larger by hand (see README).
 CHAOS_JOBS = 1000
@@ -51,6 +59,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.timeout(120 + jobs // 10))
         if item.get_closest_marker("failover") is not None:
             item.add_marker(pytest.mark.timeout(180 + failover_jobs // 50))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line naming the Debian packages whose tests were skipped, and how to get them."""
+    if MISSING_PACKAGES:
+        packages = " ".join(sorted(MISSING_PACKAGES))
+        terminalreporter.write_line(
+            f"Tests skipped for want of Debian packages: {packages} (as root: apt-get install {packages}; "
+            "`make test` installs them when it runs as root)",
+            yellow=True,
+        )
 
 
 @pytest.fixture

@@ -20,6 +20,8 @@ MARIADB_URL = os.environ.get("KPI_TEST_MARIADB_URL", "mysql://root@127.0.0.1:330
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 _reachable: dict[str, bool] = {}
+# Debian packages whose tests were skipped for want of them: named once at the end of the run (conftest.py).
+MISSING_PACKAGES: set[str] = set()
 
 
 def _can_connect(url: str) -> bool:
@@ -43,13 +45,16 @@ def require_service(name: str, url: str) -> None:
 
 
 def require_tool(binary: str, package: str) -> str:
-    """The path of `binary` (from Debian's `package`, which .ci/run installs); a skip without it on a laptop,
-    a failure under CI."""
+    """The path of `binary` (from Debian's `package`, which `make test` installs when it runs as root); a skip
+    without it on a laptop, a failure under CI."""
     found = shutil.which(binary)
     if found is not None:
         return found
     if IN_CI:
-        pytest.fail(f"{binary} is not installed (Debian's {package}), and CI needs it (.ci/run installs it)")
+        pytest.fail(
+            f"{binary} is not installed (Debian's {package}), and CI needs it (make test installs it)"
+        )
+    MISSING_PACKAGES.add(package)
     pytest.skip(f"{binary} is not installed (Debian's {package})")
 
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import asyncpg
 from bullmq import QueueEvents
@@ -146,42 +145,41 @@ async def running_worker(settings: Settings) -> AsyncIterator[StopSignals]:
         assert outcome == 0
 
 
-# The UTC time that begins each text log line (logs.utc_time).
-LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) ", re.MULTILINE)
-
-
-def untimed(text: str) -> str:
-    """Text log lines without the time that begins each, to compare their words."""
-    return LOG_TIME.sub("", text)
-
-
 class WorkerProcess:
-    """`kpi-export worker` (or `command`) as a child process; its output is collected line by line, each
-    without the time that begins it (`timed_lines` keeps them as printed)."""
+    """`kpi-export worker` (or `command`) as a child process; its output is collected line by line: `lines`
+    in the order they arrived from both streams, `stdout` and `stderr` each stream's own."""
 
     def __init__(self, env: dict[str, str], *args: str, command: list[str] | None = None) -> None:
         self.process = subprocess.Popen(
             command or [sys.executable, "-m", "kpi_export", *(args or ("worker",))],
             env=env,
             stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stderr=subprocess.PIPE,
             text=True,
         )
         self.lines: list[str] = []
-        self.timed_lines: list[str] = []
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
         self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self._readers = [
+            threading.Thread(target=self._read, args=(pipe, own), daemon=True)
+            for pipe, own in ((self.process.stdout, self.stdout), (self.process.stderr, self.stderr))
+        ]
+        for reader in self._readers:
+            reader.start()
 
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
+    def _read(self, pipe: IO[str] | None, own: list[str]) -> None:
+        assert pipe is not None
+        for line in pipe:
             with self._changed:
-                self.timed_lines.append(line.rstrip("\n"))
-                self.lines.append(untimed(self.timed_lines[-1]))
+                own.append(line.rstrip("\n"))
+                self.lines.append(own[-1])
                 self._changed.notify_all()
         with self._changed:
             self._changed.notify_all()
+
+    def _reading(self) -> bool:
+        return self.process.poll() is None or any(reader.is_alive() for reader in self._readers)
 
     @property
     def output(self) -> str:
@@ -196,7 +194,7 @@ class WorkerProcess:
                     if text in line:
                         return line
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or (self.process.poll() is not None and not self._reader.is_alive()):
+                if remaining <= 0 or not self._reading():
                     raise AssertionError(f"no line with {text!r} in the worker's output:\n{self.output}")
                 self._changed.wait(remaining)
 
@@ -206,7 +204,7 @@ class WorkerProcess:
         with self._changed:
             while sum(text in line for line in self.lines) < count:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or (self.process.poll() is not None and not self._reader.is_alive()):
+                if remaining <= 0 or not self._reading():
                     raise AssertionError(f"{text!r} not printed {count} times:\n{self.output}")
                 self._changed.wait(remaining)
 
@@ -217,17 +215,22 @@ class WorkerProcess:
 
     def wait(self, timeout: float) -> int:
         status = self.process.wait(timeout)
-        self._reader.join(timeout=5)
+        self._join()
         return status
+
+    def _join(self) -> None:
+        for reader in self._readers:
+            reader.join(timeout=5)
 
     def kill(self) -> None:
         """Make sure the process is gone and its pipe closed (every test calls it in `finally`)."""
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
-        self._reader.join(timeout=5)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
+        self._join()
+        for pipe in (self.process.stdout, self.process.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 async def invoke(

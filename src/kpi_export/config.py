@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     lock_duration: float = Field(30.0, ge=1, le=_HOUR)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
+    # Text lines begin with the UTC time (JSON lines always carry it): off, as the original printed none and a
+    # collector (journald, Docker, Kubernetes) stamps each line already.
+    log_timestamps: bool = False
     # /livez, /readyz and /metrics; off unless set.
     health_port: int | None = Field(None, ge=1, le=65535)
     health_host: str = "0.0.0.0"

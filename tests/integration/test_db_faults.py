@@ -157,7 +157,9 @@ async def test_an_outage_longer_than_the_window_fails_the_attempt_then_the_produ
     finally:
         worker.kill()
     rows = await audit_rows(migrated)
-    assert failed.startswith(f"WARNING: Job {job.id} failed: base de datos no disponible: ")
+    assert (
+        failed.startswith(f"Job {job.id} failed: base de datos no disponible: ") and failed in worker.stderr
+    )
     assert failed.endswith("(attempt 1 of 5, will be retried)")
     assert outcome == ("completed", {"idExport": rows[0].idExport}) and len(rows) == 1
     assert stored.attemptsMade >= 2

@@ -30,7 +30,7 @@ from tests.services import worker_env
 from tests.support import WorkerProcess, audit_rows, job_events, wait_until
 
 FINAL = "(final, not retried)"
-JOB_WARNING = re.compile(r"WARNING: Job [^ ]*: ")  # not "Job 3 failed: …"
+JOB_WARNING = re.compile(r"Job [^ ]*: ")  # not "Job 3 failed: …" nor "Job 3 completed: …"
 HELD_BACK = re.compile(r" \(\d+ similar lines held back in the last \d+ s\)$")
 
 # (what is written into the job's hash, the reason the job fails with)
@@ -92,12 +92,13 @@ async def test_jobs_bullmq_cannot_decode_fail_at_once_with_the_reason(
         assert hash_[b"atm"] == b"1"  # once, never retried, although attempts is 3
         for name, value in fields.items():
             assert hash_[name.encode()] == value  # kept as it was, for whoever looks into it
-        assert f"WARNING: Job {job_id} failed: {outcome[1]} {FINAL}" in worker.lines
+        assert f"Job {job_id} failed: {outcome[1]} {FINAL}" in worker.stderr
     assert counts == {"active": 0, "wait": 0, "failed": len(DAMAGED), "completed": 1}
     rows = await audit_rows(migrated)
     assert evil_outcome == ("completed", {"idExport": rows[0].idExport}) and len(rows) == 1
     assert (
-        f'Job evil\\x0aWARNING: forged\\x1b[31m completed: {{"idExport": {rows[0].idExport}}}' in worker.lines
+        f"Job evil\\x0aWARNING: forged\\x1b[31m completed: {{ idExport: {rows[0].idExport} }}"
+        in worker.stdout
     )
     assert not any(line.startswith(("WARNING: forged", "ERROR: forged")) for line in worker.lines)
     assert not any(re.search("[\x00-\x1f\x7f]", line) for line in worker.lines)
@@ -141,9 +142,9 @@ class Oracle:
 
     def log_lines(self, job_id: str, id_export: int | None) -> list[str]:
         if self.entry is None:
-            return [f"WARNING: Job {job_id} failed: {self.reason} {FINAL}"]
-        warnings = [f"WARNING: Job {job_id}: {warning}" for warning in self.entry.warnings]
-        return [*warnings, f'Job {job_id} completed: {{"idExport": {id_export}}}']
+            return [f"Job {job_id} failed: {self.reason} {FINAL}"]
+        warnings = [f"Job {job_id}: {warning}" for warning in self.entry.warnings]
+        return [*warnings, f"Job {job_id} completed: {{ idExport: {id_export} }}"]
 
 
 class Batches:

@@ -105,15 +105,15 @@ async def test_failed_progress_updates_are_a_warning_a_minute_and_the_jobs_compl
     assert sorted(result["idExport"] for _, result in outcomes) == sorted(row.idExport for row in rows)
     assert {outcome for outcome, _ in outcomes} == {"completed"} and len(rows) == 5
     assert stored.progress == 0  # never published
-    warnings = [r.getMessage() for r in caplog.records if "progress not published" in r.getMessage()]
-    # One line, not one per job (a Redis refusing writes when out of memory): for whichever job came first.
+    warnings = [r.getMessage() for r in caplog.records if "No se pudo actualizar" in r.getMessage()]
+    # One line, not one per job (a Redis refusing writes when out of memory): for whichever job came first,
+    # in the original's words.
     assert [warning.split(": ", 1)[1] for warning in warnings] == [
-        (
-            "progress not published (ResponseError: injected fault: command refused by the test proxy); the job "
-            "completes with its result"
-        )
+        "ResponseError: injected fault: command refused by the test proxy"
     ]
-    assert warnings[0].split(":")[0] in {f"Job {job.id}" for job in jobs}
+    assert warnings[0].split(":")[0] in {
+        f"No se pudo actualizar el progreso del job {job.id}" for job in jobs
+    }
 
 
 async def test_jobs_without_an_ip_give_one_warning_a_minute(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import signal
 import subprocess
@@ -73,7 +74,7 @@ def test_bad_configuration_stops_at_start_with_one_line_and_status_2(
 def test_a_missing_table_stops_the_worker_with_what_to_run(settings: Settings) -> None:
     result = run_cli(worker_env(settings), "worker")
     assert result.returncode == 1
-    assert "run `kpi-export db upgrade` with the same DATABASE_URL" in result.stdout
+    assert "run `kpi-export db upgrade` with the same DATABASE_URL" in result.stderr
 
 
 async def test_start_line_then_an_idle_worker_stops_within_a_second(migrated: Settings) -> None:
@@ -88,6 +89,26 @@ async def test_start_line_then_an_idle_worker_stops_within_a_second(migrated: Se
         assert status == 0
     finally:
         worker.kill()
+    assert worker.stdout[0] == line and worker.stderr == [], worker.output  # first, alone, on stdout
+    assert worker.stdout[1:3] == [
+        "Cerrando worker...",  # the original's, on a signal
+        "SIGTERM: finishing the jobs in flight, then stopping (send it again to stop at once)",
+    ]
+    assert worker.stdout[-1] == "Worker stopped"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_log_timestamps_puts_the_utc_time_first(migrated: Settings) -> None:
+    worker = WorkerProcess(worker_env(migrated, LOG_TIMESTAMPS="1"))
+    try:
+        line = await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
+        worker.process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(worker.wait, 10) == 0
+    finally:
+        worker.kill()
+    stamp, _, text = line.partition(" ")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stamp), line
+    assert text == START.format(queue=migrated.queue_name, concurrency=migrated.worker_concurrency)
 
 
 async def wait_until_active(settings: Settings, job_id: str) -> None:
@@ -251,7 +272,7 @@ async def test_redis_host_port_and_password_and_a_wrong_password(migrated: Setti
     assert outcome == "completed"
     assert "s3cr3t-pw" not in worker.output
     assert refused.returncode == 1
-    assert f"Cannot start: Redis at redis://127.0.0.1:{server.port} refused the worker" in refused.stdout
+    assert f"Cannot start: Redis at redis://127.0.0.1:{server.port} refused the worker" in refused.stderr
     assert "wrong-pw" not in refused.stdout + refused.stderr
 
 

@@ -1,12 +1,12 @@
-"""The README's "Try it by hand" works as written: its block runs in a copy of the clone, with nothing from
-the test's environment but PATH."""
+"""The README's "Try it by hand" works as written: its block runs as a script in a copy of the clone, with
+nothing from the test's environment but PATH, and leaves nothing behind."""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
-import sqlite3
+import signal
 import subprocess
 from pathlib import Path
 
@@ -21,6 +21,18 @@ def try_it_by_hand() -> str:
     return found.group(1)
 
 
+def processes_started_in(folder: Path) -> list[int]:
+    """The processes whose environment names `folder` (the walk's TMPDIR): what it started and left running."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"TMPDIR={folder}".encode() in environ.read_bytes():
+                found.append(int(environ.parent.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
+
+
 def test_try_it_by_hand_runs_as_written(tmp_path: Path) -> None:
     clone = tmp_path / "clone"
     clone.mkdir()
@@ -33,25 +45,34 @@ def test_try_it_by_hand_runs_as_written(tmp_path: Path) -> None:
     # .venv from this copy, which has no src/ (make test, or make install, first).
     up_to_date = subprocess.run(["make", "-q", "install"], cwd=clone, env=env, check=False)
     assert up_to_date.returncode == 0, "run `make install` first: .venv is older than pyproject.toml"
+    (clone / "try.sh").write_text(try_it_by_hand())
+    made = sorted(path.name for path in clone.iterdir())
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
     try:
         ran = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", try_it_by_hand()],
+            ["bash", "-euo", "pipefail", "try.sh"],
             check=False,
             cwd=clone,
-            env=env,
+            env=env | {"TMPDIR": str(temporary)},
             capture_output=True,
             text=True,
             timeout=240,
         )
     finally:
-        pid_file = clone / "try-redis.pid"
-        if pid_file.exists() and (clone / "try.sock").exists():  # the block failed before it stopped Redis
-            subprocess.run(["kill", pid_file.read_text().strip()], check=False)
+        left = processes_started_in(temporary)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert "Traceback" not in ran.stdout + ran.stderr
-    log = (clone / "worker.log").read_text()
-    assert re.search(r'Job 1 completed: \{"idExport": \d+\}', log), log
+    # Cleaned up: no process of the walk still running, nothing left in the clone or the temporary folder.
+    assert left == [], left
+    assert sorted(path.name for path in clone.iterdir()) == made
+    assert list(temporary.iterdir()) == []
+    # The worker's log, printed at the end: its start line, every job once, the stop.
+    log = ran.stdout
+    assert 'Worker escuchando cola "try-it" (concurrency=1)\n' in log
+    assert len(re.findall(r"^Job \d+ completed: \{ idExport: \d+ \}$", log, re.MULTILINE)) == 21, log
     assert "Job 2 failed: usuarioId inválido en job.data (final, not retried)" in log
-    with sqlite3.connect(clone / "try.db") as database:
-        assert database.execute("SELECT COUNT(*) FROM kpi_auditoria_export").fetchone() == (21,)
+    assert "Cerrando worker...\n" in log and "Worker stopped\n" in log
     assert "usuarioId inválido en job.data" in ran.stdout  # `jobs --state failed` showed the reason

@@ -148,6 +148,6 @@ async def test_a_processing_loop_that_dies_exits_1_for_a_supervisor_to_restart_i
             worker.kill()
     assert status == 1, worker.output
     assert (
-        "ERROR: The processing loop stopped unexpectedly (ResponseError: injected fault: command refused by "
+        "The processing loop stopped unexpectedly (ResponseError: injected fault: command refused by "
         "the test proxy); exiting so that a supervisor restarts the worker"
-    ) in worker.lines, worker.output
+    ) in worker.stderr, worker.output

@@ -50,6 +50,10 @@ async def test_two_processes_share_the_queue_and_stop_together_on_sigterm(migrat
     assert [rows[result["idExport"]] for _, result in outcomes] == list(range(1, 41))
     assert worker.output.count("Worker stopped") == 2, worker.output
     assert "SIGTERM: stopping the 2 worker processes" in worker.output
+    # The original's lines keep their exact text; the others say which process wrote them.
+    start = f'Worker escuchando cola "{migrated.queue_name}" (concurrency={migrated.worker_concurrency})'
+    assert worker.stdout.count(start) == 2, worker.output
+    assert {"[worker 1] Worker stopped", "[worker 2] Worker stopped"} <= set(worker.stdout), worker.output
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
@@ -87,5 +91,6 @@ def test_workers_that_cannot_run_stop_the_supervisor_with_status_1(settings: Set
     finally:
         worker.kill()
     assert status == 1, worker.output
-    assert "exited 3 times within 10 s of its start; stopping" in worker.output
+    assert "exited 3 times within 10 s of its start; stopping every worker process" in worker.output
+    assert "SIGTERM: stopping the" not in worker.output  # no signal came: the line above says why it stops
     assert "run `kpi-export db upgrade` with the same DATABASE_URL" in worker.output

@@ -43,6 +43,22 @@ async def run_node(
     return json.loads(out)
 
 
+async def node_streams(script: str, payload: Any, *, timeout: float = 30) -> tuple[list[str], list[str]]:
+    """`node script` with `payload` as JSON on stdin; the lines it printed on stdout and on stderr."""
+    process = await asyncio.create_subprocess_exec(
+        "node",
+        str(NODE_DIR / script),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=NODE_DIR,
+    )
+    out, err = await asyncio.wait_for(process.communicate(json.dumps(payload).encode()), timeout)
+    if process.returncode != 0:
+        raise AssertionError(f"node {script} exited with {process.returncode}:\n{err.decode()}")
+    return out.decode().splitlines(), err.decode().splitlines()
+
+
 @dataclass
 class Produced:
     """What the Node producer saw: ids in the order added, waitUntilFinished outcomes, events, jobs."""

@@ -6,16 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from pydantic import SecretStr
 
 from kpi_export.config import Settings
-from kpi_export.demo.embedded_redis import free_port
-from tests.interop.node import run_node
+from kpi_export.demo.embedded_redis import EmbeddedRedis, free_port
+from tests.interop.node import NODE_DIR, run_node
 from tests.otlp import OtlpReceiver, ReceivedSpan, otlp_receiver
+from tests.readme import README
 from tests.services import worker_env
 from tests.support import WorkerProcess, audit_rows, invoke, job_events
 
@@ -274,3 +279,53 @@ async def test_the_processing_time_histogram_carries_trace_ids_as_exemplars(migr
     assert exemplars and all(f'trace_id="{span.trace_id}"' in line for line in exemplars), openmetrics
     assert openmetrics.rstrip().endswith("# EOF")
     assert " # {" not in plain  # Prometheus' text format has no exemplars
+
+
+def readme_producer() -> str:
+    """The producer.mjs of the README's tracing example, as written there."""
+    text = README.read_text()
+    start = text.index("cat > producer.mjs <<'JS'\n") + len("cat > producer.mjs <<'JS'\n")
+    return text[start : text.index("\nJS\n", start) + 1]
+
+
+@sqlite_only
+async def test_the_readmes_tracing_example_runs_on_the_redis_of_redis_url(
+    migrated: Settings, tmp_path: Path
+) -> None:
+    """The example's producer takes REDIS_URL (here a private Redis, not 6379) and QUEUE_NAME; the worker
+    then continues its trace."""
+    script = NODE_DIR / f"readme-producer-{migrated.queue_name}.mjs"  # beside node_modules, to import them
+    script.write_text(readme_producer())
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        settings = migrated.model_copy(update={"redis_url": SecretStr(server.url)})
+        async with otlp_receiver() as receiver, job_events(settings) as events:
+            worker = WorkerProcess(traced_env(settings, receiver.url))
+            try:
+                await asyncio.to_thread(worker.wait_for_line, START, 30)
+                env = {
+                    **os.environ,
+                    "REDIS_URL": server.url,
+                    "QUEUE_NAME": settings.queue_name,
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+                }
+                ran = await asyncio.to_thread(
+                    subprocess.run,
+                    ["node", script.name],
+                    cwd=NODE_DIR,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                )
+                assert ran.returncode == 0, ran.stderr
+                job_id = ran.stdout.split()[2]
+                assert ran.stdout == f"added job {job_id} to {settings.queue_name}\n"
+                outcome = await events.finished(job_id)
+                spans = await receiver.wait_for(
+                    lambda found: len(job_spans(found, settings, SERVICE)) == 1, what="the worker's span"
+                )
+            finally:
+                worker.kill()
+                script.unlink()
+    assert outcome[0] == "completed"
+    add = next(s for s in spans if s.name == f"add {settings.queue_name}.kpi-export")
+    assert job_spans(spans, settings, SERVICE)[0].parent_span_id == add.span_id

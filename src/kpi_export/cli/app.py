@@ -65,8 +65,10 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.meta[_DEBUG] = debug
 
 
-def settings_or_exit(*, stream: Any = None) -> Settings:
-    """Settings from the environment, logging set up; bad configuration exits 2 with one line."""
+def settings_or_exit(*, console: bool = False, process: int | None = None) -> Settings:
+    """Settings from the environment, logging set up; bad configuration exits 2 with one line. An operator
+    command logs on stderr (its stdout is its output); a service (`console`) on stdout and stderr as the Node
+    original did, `process` naming the worker process under a supervisor."""
     from kpi_export.config import load_settings
     from kpi_export.errors import ConfigError
     from kpi_export.logs import setup_logging
@@ -76,7 +78,14 @@ def settings_or_exit(*, stream: Any = None) -> Settings:
     except ConfigError as exc:
         click.echo(f"kpi-export: {exc}", err=True)
         sys.exit(EXIT_CONFIG)
-    setup_logging(settings.log_level, settings.log_format, settings.secrets(), stream=stream or sys.stderr)
+    setup_logging(
+        settings.log_level,
+        settings.log_format,
+        settings.secrets(),
+        stream=None if console else sys.stderr,
+        timestamps=settings.log_timestamps,
+        process=process,
+    )
     logging.captureWarnings(True)
     context = click.get_current_context(silent=True)
     if context is not None:

@@ -13,14 +13,16 @@ from kpi_export.logs import setup_logging
 
 
 @cli.command()
-def worker() -> None:
+# Given by the supervisor to each of its worker processes, so that their log lines say which one wrote them.
+@click.option("--process-index", type=click.IntRange(1), hidden=True)
+def worker(process_index: int | None) -> None:
     """Consume QUEUE_NAME until SIGINT/SIGTERM; each valid job gives one row in kpi_auditoria_export.
 
     WORKER_PROCESSES=N runs N worker processes under a supervisor that forwards signals and restarts them.
     """
     from kpi_export.runtime.process import run_worker_process
 
-    run_worker_process(settings_or_exit(stream=sys.stdout))
+    run_worker_process(settings_or_exit(console=True, process=process_index))
 
 
 @cli.command()

@@ -26,7 +26,7 @@ from kpi_export.bullmq import (
 )
 from kpi_export.config import Settings
 from kpi_export.errors import SchemaNotReady, StartupError
-from kpi_export.logs import Throttle, include_trace_ids
+from kpi_export.logs import START_LINE, Throttle, include_trace_ids
 from kpi_export.redaction import describe
 from kpi_export.runtime.health import Closer, serve_health
 from kpi_export.runtime.listeners import JobEventLog
@@ -228,7 +228,7 @@ async def _supervise(
     run = asyncio.create_task(consumer.run(), name="bullmq-worker")
     lifecycle.run_task = run
     log.info(
-        'Worker escuchando cola "%s" (concurrency=%d)',
+        START_LINE,
         settings.queue_name,
         settings.worker_concurrency,
         extra={"event": "worker.started", "queue": settings.queue_name},

@@ -32,8 +32,9 @@ class JobEventLog:
         log.info(
             "Job %s completed: %s",
             job.id,
-            # The handler's result, printed without a json.dumps on every job.
-            f'{{"idExport": {id_export}}}' if type(id_export) is int else _json(result),
+            # The result as Node's console.log printed the original's ({ idExport: 57 }), built without
+            # formatting an object on every job.
+            f"{{ idExport: {id_export} }}" if type(id_export) is int else _json(result),
             extra={
                 "event": "job.completed",
                 "job_id": job.id,
@@ -70,7 +71,7 @@ class JobEventLog:
             log,
             "progress-failed",
             logging.WARNING,
-            "Job %s: progress not published (%s); the job completes with its result",
+            "No se pudo actualizar el progreso del job %s: %s",  # the original's console.warn
             job.id,
             describe(error),
             extra={

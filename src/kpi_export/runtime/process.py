@@ -17,7 +17,9 @@ def run_worker_process(settings: Settings) -> NoReturn:
     if settings.worker_processes > 1:
         from kpi_export.runtime.supervisor import become_supervisor
 
-        become_supervisor(settings.worker_processes, settings.log_level, settings.log_format)
+        become_supervisor(
+            settings.worker_processes, settings.log_level, settings.log_format, settings.log_timestamps
+        )
 
     from kpi_export.runtime.lifecycle import run_worker
 

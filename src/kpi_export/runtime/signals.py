@@ -6,6 +6,8 @@ import asyncio
 import logging
 import signal
 
+from kpi_export.logs import CLOSING_LINE
+
 log = logging.getLogger(__name__)
 
 
@@ -24,6 +26,7 @@ class StopSignals:
             log.warning("%s again: stopping at once", why, extra={"event": "worker.force_stop"})
             self.forced.set()
         else:
+            log.info(CLOSING_LINE, extra={"event": "worker.closing"})
             log.info(
                 "%s: finishing the jobs in flight, then stopping (send it again to stop at once)",
                 why,

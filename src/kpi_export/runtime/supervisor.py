@@ -45,6 +45,9 @@ class Supervisor:
     def forward(self, sig: signal.Signals) -> None:
         if not self.stopping.is_set():
             log.info("%s: stopping the %d worker processes", sig.name, len(self._children))
+        self._stop_all(sig)
+
+    def _stop_all(self, sig: signal.Signals) -> None:
         self.stopping.set()
         for child in list(self._children.values()):
             if child.returncode is None:
@@ -70,7 +73,7 @@ class Supervisor:
         while True:
             started = time.monotonic()
             child = await asyncio.create_subprocess_exec(
-                *self.command, env=slot_env(self.env, slot), start_new_session=True
+                *self.command, f"--process-index={slot}", env=slot_env(self.env, slot), start_new_session=True
             )
             self._children[slot] = child
             log.info("Worker process %d started (pid %d)", slot, child.pid)
@@ -82,13 +85,14 @@ class Supervisor:
             delay = delay if quick_exits else 1.0
             if quick_exits >= CRASH_LOOP_LIMIT:
                 log.error(
-                    "Worker process %d exited %d times within %.0f s of its start; stopping",
+                    "Worker process %d exited %d times within %.0f s of its start; stopping every worker "
+                    "process and exiting with status 1 (a crash loop: the reason is in its lines above)",
                     slot,
                     quick_exits,
                     QUICK_EXIT,
                 )
                 self.crash_loop = True
-                self.forward(signal.SIGTERM)
+                self._stop_all(signal.SIGTERM)
                 return status
             log.warning(
                 "Worker process %d (pid %d) exited with status %s after %.1f s; restarting it in %.0f s",
@@ -121,29 +125,30 @@ def worker_command() -> list[str]:
     return [sys.executable, "-m", "kpi_export", "worker"]
 
 
-def become_supervisor(processes: int, log_level: str, log_format: str) -> NoReturn:
+def become_supervisor(processes: int, log_level: str, log_format: str, log_timestamps: bool) -> NoReturn:
     """Replace this process (same pid, same environment) by the lean supervisor of `processes` workers."""
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     module = "kpi_export.runtime.supervisor"
-    os.execv(sys.executable, [sys.executable, "-m", module, str(processes), log_level, log_format])
+    args = [str(processes), log_level, log_format, str(int(log_timestamps))]
+    os.execv(sys.executable, [sys.executable, "-m", module, *args])
 
 
 def _stop_while_starting(_signum: int, _frame: FrameType | None) -> None:
     sys.exit(0)
 
 
-def main(processes: int, log_level: str, log_format: str) -> None:
+def main(processes: int, log_level: str, log_format: str, log_timestamps: bool) -> None:
     """The supervisor process, given what the command that execs it has checked. Its lines hold no secret
     (they name processes and statuses), so they need no redaction."""
     signal.signal(signal.SIGTERM, _stop_while_starting)  # until the event loop handles it
     from kpi_export.logs import setup_logging
 
-    setup_logging(log_level, log_format, stream=sys.stdout)
+    setup_logging(log_level, log_format, timestamps=log_timestamps)
     env = os.environ | {"WORKER_PROCESSES": "1"}
     sys.exit(asyncio.run(Supervisor(processes, worker_command(), env).run()))
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), sys.argv[2], sys.argv[3])
+    main(int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4] == "1")
