@@ -77,7 +77,8 @@ bench: $(BENCH_STAMP) $(NODE_WORKER)
 profile: $(BENCH_STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m bench.profile $(PROFILE_ARGS)
 
-# The lock files, from pyproject.toml: runtime (the Docker image), dev (make test, make run, CI) and bench.
+# The lock files, from pyproject.toml: runtime (the Docker image), dev (make test, make run, CI) and bench; and
+# build (the build backend the image builds the package with, from requirements/build.in).
 # Pins already there are kept while pyproject.toml allows them; LOCK_ARGS=--upgrade takes the newest releases
 # in range, LOCK_ARGS="--upgrade-package bullmq" one package's. uv runs from a venv of its own.
 UV_VERSION := 0.13.9
@@ -90,6 +91,8 @@ lock:
 	$(LOCK) -o requirements/runtime.txt
 	$(LOCK) --extra dev -o requirements/dev.txt
 	$(LOCK) --extra dev --extra bench -o requirements/bench.txt
+	$(TOOLS)/bin/uv pip compile requirements/build.in --universal --python-version 3.11 --generate-hashes \
+		--quiet --custom-compile-command "make lock" $(LOCK_ARGS) -o requirements/build.txt
 
 # The whole suite against the newest bullmq and redis on PyPI, whatever pyproject.toml allows (not in CI):
 # an upstream release that breaks the adapter (tests/unit/test_bullmq_compat.py first) is seen before anyone
