@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,8 +112,10 @@ class Stage:
 
 
 def dockerfile_stages() -> list[Stage]:
-    """The Dockerfile's stages, each with its instructions (continuation lines joined)."""
+    """The Dockerfile's stages, each with its instructions (continuation lines joined) and its base with the
+    ARGs declared before the first FROM put in."""
     stages: list[Stage] = []
+    arguments: dict[str, str] = {}
     text = (DEPLOY / "Dockerfile").read_text(encoding="utf-8").replace("\\\n", " ")
     for raw in text.splitlines():
         line = raw.strip()
@@ -121,7 +124,11 @@ def dockerfile_stages() -> list[Stage]:
         keyword, _, argument = line.partition(" ")
         keyword = keyword.upper()
         if keyword == "FROM":
-            stages.append(Stage(argument.split()[0]))
+            base = re.sub(r"\$\{(\w+)\}", lambda found: arguments[found.group(1)], argument.split()[0])
+            stages.append(Stage(base))
+        elif not stages and keyword == "ARG":
+            name, _, default = argument.partition("=")
+            arguments[name] = default
         else:
             stages[-1].instructions.append((keyword, " ".join(argument.split())))
     return stages

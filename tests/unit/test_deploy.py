@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -206,6 +207,23 @@ def test_the_image_runs_the_worker_as_an_unprivileged_user_without_build_tools()
     entrypoint = json.loads(final.all("ENTRYPOINT")[-1])
     command = json.loads(final.all("CMD")[-1])
     assert entrypoint == ["kpi-export"] and resolves_to_command(command)
+
+
+def test_every_input_of_the_image_is_locked_and_nothing_of_the_build_is_left_in_it() -> None:
+    build, final = dockerfile_stages()
+    runs = " ".join(build.all("RUN"))
+    # The dependencies and the build backend by their hashes; the package as a wheel built by that backend.
+    assert "--require-hashes -r requirements/runtime.txt" in runs
+    assert "--require-hashes -r requirements/build.txt" in runs
+    assert "--no-build-isolation" in runs  # the locked backend, not one fetched unpinned
+    assert "venv --without-pip /opt/kpi-export" in runs  # the worker's environment never gets pip
+    arguments = dict(argument.partition("=")[::2] for argument in final.all("ARG"))
+    pyproject = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    assert arguments["VERSION"] == pyproject["project"]["version"]
+    labels = " ".join(final.all("LABEL"))
+    for label in ("version", "revision", "source"):
+        assert f"org.opencontainers.image.{label}=" in labels
+    assert final.all("WORKDIR") == ["/data"] == final.all("VOLUME")
 
 
 def test_the_image_exposes_the_health_port_the_manifests_probe() -> None:
