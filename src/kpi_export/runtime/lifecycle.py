@@ -1,6 +1,7 @@
 """The worker's lifecycle: wait for Redis and the database, run the consumer, drain on a signal, close.
 
-Exit status: 0 after a stop by signal, 1 when the worker cannot run (no audit table, processing loop died).
+Exit status: 0 after a stop by signal, 1 when the worker cannot run (no SQLite file, no audit table, processing
+loop died).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from kpi_export.runtime.signals import StopSignals
 from kpi_export.runtime.tracing_switch import tracing_wanted
 from kpi_export.runtime.waiting import wait_until
 from kpi_export.store import AuditStore, create_engine
+from kpi_export.store.engine import require_existing
 from kpi_export.store.faults import is_transient
 from kpi_export.store.schema import check_ready
 
@@ -79,12 +81,14 @@ async def run_worker(
         redis_target(settings),
         on_reconnect=metrics.redis_reconnected,
     )
-    engine = create_engine(settings.database, pool_size=min(settings.worker_concurrency, 20))
+    # The worker never creates a SQLite file: a mistyped path is refused at start, not made into an empty one.
+    engine = create_engine(settings.database, pool_size=min(settings.worker_concurrency, 20), create=False)
     store = AuditStore(engine, timeout=settings.db_write_timeout)
     background: list[asyncio.Task[None]] = []
     tracing: JobTracing | None = None
     closers: list[Closer] = []
     try:
+        require_existing(settings.database)
         if settings.health_port is not None:
             await serve_health(settings, lifecycle.state, metrics, closers)
         if not await watch.wait_until_up(stop.requested):
@@ -134,7 +138,7 @@ def _start_sealing(
     key = settings.seal_key
     if key is None:
         return []
-    engine = create_engine(settings.database, pool_size=1)
+    engine = create_engine(settings.database, pool_size=1, create=False)
     closers.append(engine.dispose)
     sealing = run_sealing(
         engine,
