@@ -221,6 +221,10 @@ async def test_the_retries_inside_a_job_end_with_its_window_not_a_backoff_step_l
             )
             outcomes = [await events.finished(job.id, timeout=window + 30) for job in jobs]
             stored = [await queue.getJob(job.id) for job in jobs]
+        # The warning names the server, as the Redis outage line does.
+        await asyncio.to_thread(
+            worker.wait_for_line, f"Transient database fault at 127.0.0.1:{postgres_cluster.port} ("
+        )
     finally:
         worker.kill()
     assert all(outcome == "failed" for outcome, _ in outcomes), outcomes

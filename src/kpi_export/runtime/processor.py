@@ -31,6 +31,7 @@ class JobDeps:
     store: AuditStore
     retry_window: float  # seconds a transient database fault is retried inside the job
     throttle: Throttle
+    database: str  # where the database is, for log lines: host:port, a socket, the SQLite file
     metrics: WorkerMetrics = field(default_factory=lambda: WorkerMetrics(""))
     # A span around each audit write when tracing is on (tracing.py); else nothing.
     audit_span: Callable[[], AbstractContextManager[None]] = nullcontext
@@ -80,7 +81,8 @@ async def write_audit_row(deps: JobDeps, job: QueuedJob, entry: AuditEntry, key:
             log,
             "database-transient",
             logging.WARNING,
-            "Transient database fault (%s); the audit write is retried for up to %.0f s (job %s)",
+            "Transient database fault at %s (%s); the audit write is retried for up to %.0f s (job %s)",
+            deps.database,
             describe(error),
             deps.retry_window,
             job.id,
