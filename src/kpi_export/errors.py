@@ -3,8 +3,9 @@
     KpiExportError
      ├── ConfigError          bad settings: the program stops at start with exit status 2
      ├── StartupError         the worker cannot run (exit status 1): credentials refused, …
-     │    └── SchemaNotReady  the audit table is missing or behind: run `kpi-export db upgrade`
-     ├── DatabaseMissing      a command that only reads found no SQLite file (it creates none)
+     │    ├── SchemaNotReady  the audit table is missing or behind: run `kpi-export db upgrade`
+     │    └── DatabaseMissing no SQLite file where DATABASE_URL says: the worker and the commands that only
+     │                        read create none
  ├── SealingError         the seal chain cannot be extended or read: another key, a newer format
  │    └── SealFormatTooNew
      ├── InvalidJobData       permanent: the job fails and is never retried (the bullmq adapter tells bullmq)
@@ -38,8 +39,8 @@ class SchemaNotReady(StartupError):
     """The database lacks the audit table, or its migrations are not at head."""
 
 
-class DatabaseMissing(KpiExportError):
-    """The SQLite file DATABASE_URL names does not exist, and the command only reads."""
+class DatabaseMissing(StartupError):
+    """The SQLite file DATABASE_URL names does not exist, and the worker or command must not create it."""
 
 
 class SealingError(KpiExportError):

@@ -199,3 +199,38 @@ async def test_a_database_that_stops_answering_does_not_hold_the_job_beyond_its_
     assert reason == "base de datos no disponible: TimeoutError"
     assert waited < 15, waited  # window (2 s) + one attempt (1 s) + backoff; not the kernel's minutes
     assert [row.usuarioId for row in await audit_rows(migrated)] == [1, 3]
+
+
+@pytest.mark.parametrize("database_url", ["private_postgresql"], indirect=True)
+async def test_the_retries_inside_a_job_end_with_its_window_not_a_backoff_step_later(
+    migrated: Settings, postgres_cluster: PostgresCluster
+) -> None:
+    """A stopped server refuses each connection at once: every attempt of the job ends as DB_RETRY_WINDOW ends.
+    Eight jobs at once, each with its own jitter: were the last wait not cut, at least one would run on by
+    seconds (the waits near 10 s are 3.2 to 5 s)."""
+    window, count = 10.0, 8
+    settings = migrated.model_copy(update={"worker_concurrency": count})
+    worker = WorkerProcess(worker_env(settings, DB_RETRY_WINDOW=str(window)))
+    try:
+        await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
+        async with job_events(settings) as events, opened_queue(settings) as queue:
+            postgres_cluster.stop()
+            jobs = await queue.addBulk(
+                [
+                    {"name": "kpi-export", "data": {"usuarioId": n}, "opts": {"attempts": 1}}
+                    for n in range(1, count + 1)
+                ]
+            )
+            outcomes = [await events.finished(job.id, timeout=window + 30) for job in jobs]
+            stored = [await queue.getJob(job.id) for job in jobs]
+        # The warning names the server, as the Redis outage line does.
+        await asyncio.to_thread(
+            worker.wait_for_line, f"Transient database fault at 127.0.0.1:{postgres_cluster.port} ("
+        )
+    finally:
+        worker.kill()
+    assert all(outcome == "failed" for outcome, _ in outcomes), outcomes
+    assert all(reason.startswith("base de datos no disponible: ") for _, reason in outcomes), outcomes
+    took = sorted((job.finishedOn - job.processedOn) / 1000 for job in stored)
+    assert took[0] >= window - 0.1, took  # retried for the whole window
+    assert took[-1] < window + 2.0, took  # the last attempt started as the window ended

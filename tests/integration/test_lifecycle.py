@@ -6,6 +6,7 @@ import asyncio
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -72,9 +73,26 @@ def test_bad_configuration_stops_at_start_with_one_line_and_status_2(
 
 
 def test_a_missing_table_stops_the_worker_with_what_to_run(settings: Settings) -> None:
+    if settings.database.dialect == "sqlite":  # a database without the table, as a server has before upgrade
+        sqlite3.connect(str(settings.database.url.database)).close()
     result = run_cli(worker_env(settings), "worker")
     assert result.returncode == 1
     assert "run `kpi-export db upgrade` with the same DATABASE_URL" in result.stderr
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_mistyped_sqlite_path_stops_the_worker_and_no_file_is_made(
+    settings: Settings, tmp_path: Path
+) -> None:
+    typo = tmp_path / "typo.db"
+    env = worker_env(settings, DATABASE_URL=f"file:{typo}")
+    result = run_cli(env, "worker")
+    assert result.returncode == 1
+    line = f"no SQLite database at {typo} (DATABASE_URL): `kpi-export db upgrade` creates it"
+    assert line in result.stderr
+    assert not typo.exists()
+    assert run_cli(env, "db", "upgrade").returncode == 0  # the one command that makes the file
+    assert typo.exists()
 
 
 async def test_start_line_then_an_idle_worker_stops_within_a_second(migrated: Settings) -> None:

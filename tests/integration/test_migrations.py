@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 from click.testing import CliRunner, Result
 from pydantic import SecretStr
+from sqlalchemy.exc import OperationalError
 
 from kpi_export.cli import cli
 from kpi_export.config import Settings
@@ -180,3 +181,24 @@ def test_a_database_migrated_by_a_newer_worker_is_accepted_while_the_key_column_
         conn.execute("UPDATE alembic_version SET version_num = '9999_from_the_future'")
     conn.close()
     asyncio.run(_check(settings_for(sqlite_url)))  # no SchemaNotReady
+
+
+async def _connect(settings: Settings) -> None:
+    engine = create_engine(settings.database, create=False)
+    try:
+        async with engine.connect():
+            pass
+    finally:
+        await engine.dispose()
+
+
+def test_the_worker_engine_opens_an_existing_sqlite_file_and_never_creates_one(tmp_path: Path) -> None:
+    folder = tmp_path / "odd # % name"  # characters a SQLite URI must escape
+    folder.mkdir()
+    there, typo = folder / "audit.db", folder / "typo.db"
+    assert db_command(f"file:{there}", "upgrade").exit_code == 0
+    asyncio.run(_check(settings_for(f"file:{there}")))  # opened, table found
+    asyncio.run(_connect(settings_for(f"file:{there}")))
+    with pytest.raises(OperationalError, match="unable to open database file"):
+        asyncio.run(_connect(settings_for(f"file:{typo}")))
+    assert not list(folder.glob("typo*"))

@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import signal
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,7 @@ async def test_a_worker_process_that_dies_is_restarted(migrated: Settings) -> No
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_workers_that_cannot_run_stop_the_supervisor_with_status_1(settings: Settings) -> None:
     """No table: each worker process exits 1 at once; after a few such starts the supervisor gives up."""
+    sqlite3.connect(str(settings.database.url.database)).close()  # a database without the table
     worker = WorkerProcess(worker_env(settings, WORKER_PROCESSES="2"))
     try:
         status = worker.wait(60)

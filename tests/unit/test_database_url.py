@@ -90,3 +90,22 @@ def test_bad_urls_are_refused_without_echoing_the_password(raw: str, message: st
         parse_database_url(raw)
     assert message in str(caught.value)
     assert "topsecret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "address"),
+    [
+        ("postgresql://app:s3cret@db.internal:5433/kpis?schema=a", "db.internal:5433"),
+        ("postgresql://app:s3cret@db.internal/kpis", "db.internal:5432"),
+        ("postgres://u@[::1]:5432/db", "[::1]:5432"),
+        ("postgresql://u:p%40ss@/db?host=/var/run/postgresql/", "/var/run/postgresql/.s.PGSQL.5432"),
+        ("mysql://root:pw@127.0.0.1/test", "127.0.0.1:3306"),
+        ("mysql://root:pw@localhost/db?socket=/run/mysqld/mysqld.sock", "/run/mysqld/mysqld.sock"),
+        ("file:./dev.db", "dev.db"),
+        ("file:/srv/kpi/audit.db", "/srv/kpi/audit.db"),
+    ],
+)
+def test_the_address_a_log_line_names_holds_no_credentials(raw: str, address: str) -> None:
+    target = parse_database_url(raw)
+    assert target.address == address
+    assert not any(secret in target.address for secret in ("s3cret", "p%40ss", "p@ss", "pw", "app", "root"))

@@ -45,7 +45,16 @@ def test_each_declared_dependency_is_locked_at_a_version_its_range_allows(lock: 
         )
 
 
-@pytest.mark.parametrize("lock", LOCKS)
+def test_the_build_backend_is_locked_at_a_version_the_build_system_allows() -> None:
+    """requirements/build.txt: what the image builds the package with, as [build-system] requires it."""
+    pins = locked("build")
+    build_system = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]
+    for requirement in map(Requirement, build_system["requires"]):
+        pinned = pins.get(canonicalize_name(requirement.name))
+        assert pinned is not None and requirement.specifier.contains(pinned), (requirement, pinned)
+
+
+@pytest.mark.parametrize("lock", [*LOCKS, "build"])
 def test_every_pin_has_hashes(lock: str) -> None:
     text = (ROOT / "requirements" / f"{lock}.txt").read_text()
     for block in re.split(r"\n(?=[A-Za-z0-9_.-]+==)", text.split("\n", 2)[2]):
@@ -54,8 +63,9 @@ def test_every_pin_has_hashes(lock: str) -> None:
 
 def test_the_image_and_make_install_from_the_locks() -> None:
     dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
-    assert "pip install --require-hashes -r requirements/runtime.txt" in dockerfile
-    assert "pip install --no-deps ." in dockerfile
+    assert "install --require-hashes -r requirements/runtime.txt" in dockerfile
+    assert "install --require-hashes -r requirements/build.txt" in dockerfile  # the build backend too
+    assert "install --no-deps /tmp/dist/*.whl" in dockerfile
     makefile = (ROOT / "Makefile").read_text()
     assert "pip install --quiet --require-hashes -r $(2)" in makefile
     assert "$(call install_locked,$(VENV),requirements/dev.txt)" in makefile

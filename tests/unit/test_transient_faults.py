@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import exc as sa_exc
 
 from kpi_export.redaction import describe
-from kpi_export.store.faults import is_transient
+from kpi_export.store.faults import is_lock_wait, is_transient
 
 
 class DriverError(Exception):
@@ -94,3 +94,21 @@ def test_describe_gives_the_driver_message_on_one_line_without_credentials() -> 
     assert describe(error) == "DriverError: connect to postgresql://***@db:5432/kpis failed"
     unencoded = wrapped(DriverError("redis://user:p@ss@cache:6379 refused\x1b[2J"))
     assert describe(unencoded) == "DriverError: redis://***@cache:6379 refused\\x1b[2J"
+
+
+@pytest.mark.parametrize(
+    ("error", "lock_wait"),
+    [
+        (wrapped(DriverError("canceling statement due to lock timeout", "55P03")), True),
+        (wrapped(Exception(1205, "Lock wait timeout exceeded; try restarting transaction")), True),
+        (wrapped(Exception("database is locked")), True),
+        (wrapped(DriverError("deadlock detected", "40P01")), False),  # transient, but no lock to wait for
+        (wrapped(DriverError("connection refused", "08001")), False),
+        (wrapped(Exception(2003, "Can't connect to MySQL server")), False),
+        (wrapped(Exception("unable to open database file")), False),
+        (ConnectionRefusedError(111, "Connection refused"), False),
+        (TimeoutError(), False),
+    ],
+)
+def test_a_lock_held_by_another_session_is_told_apart(error: BaseException, lock_wait: bool) -> None:
+    assert is_lock_wait(error) is lock_wait

@@ -93,7 +93,7 @@ async def serve_health(
     pool cannot make a probe wait."""
     assert settings.health_port is not None
     client = redis_client(settings, max_connections=4)  # a few probes may ask at once
-    engine = create_engine(settings.database, pooled=False)
+    engine = create_engine(settings.database, pooled=False, create=False)
     closers += [client.aclose, engine.dispose]
     server = HealthServer(
         host=settings.health_host,

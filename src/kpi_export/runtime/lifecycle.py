@@ -1,6 +1,7 @@
 """The worker's lifecycle: wait for Redis and the database, run the consumer, drain on a signal, close.
 
-Exit status: 0 after a stop by signal, 1 when the worker cannot run (no audit table, processing loop died).
+Exit status: 0 after a stop by signal, 1 when the worker cannot run (no SQLite file, no audit table, processing
+loop died).
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
-
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kpi_export.bullmq import (
     FORCED_CLOSE_GRACE,
@@ -25,9 +24,10 @@ from kpi_export.bullmq import (
     worker_name,
 )
 from kpi_export.config import Settings
-from kpi_export.errors import SchemaNotReady, StartupError
+from kpi_export.errors import StartupError
 from kpi_export.logs import START_LINE, Throttle, include_trace_ids
 from kpi_export.redaction import describe
+from kpi_export.runtime.database_wait import wait_for_database
 from kpi_export.runtime.health import Closer, serve_health
 from kpi_export.runtime.listeners import JobEventLog
 from kpi_export.runtime.metrics import WorkerMetrics
@@ -38,17 +38,13 @@ from kpi_export.runtime.redis_watch import RedisWatch
 from kpi_export.runtime.sealing import run_sealing
 from kpi_export.runtime.signals import StopSignals
 from kpi_export.runtime.tracing_switch import tracing_wanted
-from kpi_export.runtime.waiting import wait_until
 from kpi_export.store import AuditStore, create_engine
-from kpi_export.store.faults import is_transient
-from kpi_export.store.schema import check_ready
+from kpi_export.store.engine import require_existing
 
 if TYPE_CHECKING:
     from kpi_export.runtime.tracing import JobTracing
 
 log = logging.getLogger(__name__)
-
-DATABASE_RETRY_INTERVAL = 2.0
 
 
 class Lifecycle:
@@ -79,18 +75,20 @@ async def run_worker(
         redis_target(settings),
         on_reconnect=metrics.redis_reconnected,
     )
-    engine = create_engine(settings.database, pool_size=min(settings.worker_concurrency, 20))
+    # The worker never creates a SQLite file: a mistyped path is refused at start, not made into an empty one.
+    engine = create_engine(settings.database, pool_size=min(settings.worker_concurrency, 20), create=False)
     store = AuditStore(engine, timeout=settings.db_write_timeout)
     background: list[asyncio.Task[None]] = []
     tracing: JobTracing | None = None
     closers: list[Closer] = []
     try:
+        require_existing(settings.database)
         if settings.health_port is not None:
             await serve_health(settings, lifecycle.state, metrics, closers)
         if not await watch.wait_until_up(stop.requested):
             return 0
         await check_eviction_policy(watch.client)
-        if not await _wait_for_database(engine, stop.requested):
+        if not await wait_for_database(engine, settings.database, stop.requested):
             return 0
         watch.start()
         memory_client = redis_client(settings, max_connections=1)
@@ -103,7 +101,14 @@ async def run_worker(
             refresh = refresh_queue_depth(queue, metrics, settings.queue_metrics_interval)
             background.append(asyncio.create_task(refresh))
         background += _start_sealing(settings, metrics, throttle, closers)
-        deps = JobDeps(store, settings.db_retry_window, throttle, metrics, ip_mode=settings.audit_ip_mode)
+        deps = JobDeps(
+            store,
+            settings.db_retry_window,
+            throttle,
+            database=settings.database.address,
+            metrics=metrics,
+            ip_mode=settings.audit_ip_mode,
+        )
         handler: JobHandler = functools.partial(process_job, deps=deps)
         events: WorkerEvents = JobEventLog(settings.queue_name, throttle, metrics, watch)
         tracing = _start_tracing(settings, throttle, deps, metrics)
@@ -134,7 +139,7 @@ def _start_sealing(
     key = settings.seal_key
     if key is None:
         return []
-    engine = create_engine(settings.database, pool_size=1)
+    engine = create_engine(settings.database, pool_size=1, create=False)
     closers.append(engine.dispose)
     sealing = run_sealing(
         engine,
@@ -190,36 +195,6 @@ async def _recover_after_failover(consumer: QueueConsumer) -> None:
             ", ".join(requeued[:20]) + (" …" if len(requeued) > 20 else ""),
             extra={"event": "redis.failover_requeued"},
         )
-
-
-async def _wait_for_database(engine: AsyncEngine, give_up: asyncio.Event) -> bool:
-    """Wait while the database is unreachable; raise StartupError when waiting cannot help."""
-    reported = False
-
-    async def ready() -> bool:
-        nonlocal reported
-        try:
-            await check_ready(engine)
-        except SchemaNotReady:
-            raise
-        except Exception as exc:
-            if not is_transient(exc):
-                raise StartupError(f"the database refused the worker: {describe(exc)}") from None
-            if not reported:
-                log.warning(
-                    "Database not reachable (%s); waiting for it",
-                    describe(exc),
-                    extra={"event": "db.waiting"},
-                )
-                reported = True
-            return False
-        return True
-
-    if not await wait_until(ready, give_up, DATABASE_RETRY_INTERVAL):
-        return False
-    if reported:
-        log.info("Database reachable", extra={"event": "db.back"})
-    return True
 
 
 async def _supervise(

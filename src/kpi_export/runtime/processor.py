@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
-
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception,
-    stop_after_delay,
-    wait_exponential_jitter,
-)
 
 from kpi_export.bullmq import Completion, QueuedJob
 from kpi_export.contract import AuditEntry, idempotency_key, parse_job_data
@@ -21,6 +16,7 @@ from kpi_export.contract.ip_privacy import IpMode, reduce_ip
 from kpi_export.errors import AuditWriteError, TransientDatabaseError
 from kpi_export.logs import Throttle
 from kpi_export.redaction import describe
+from kpi_export.runtime.backoff import backoff
 from kpi_export.runtime.metrics import WorkerMetrics
 from kpi_export.store import AuditStore, utc_now
 from kpi_export.store.faults import is_transient
@@ -35,6 +31,7 @@ class JobDeps:
     store: AuditStore
     retry_window: float  # seconds a transient database fault is retried inside the job
     throttle: Throttle
+    database: str  # where the database is, for log lines: host:port, a socket, the SQLite file
     metrics: WorkerMetrics = field(default_factory=lambda: WorkerMetrics(""))
     # A span around each audit write when tracing is on (tracing.py); else nothing.
     audit_span: Callable[[], AbstractContextManager[None]] = nullcontext
@@ -79,13 +76,14 @@ async def _process(job: QueuedJob, deps: JobDeps) -> Completion:
 async def write_audit_row(deps: JobDeps, job: QueuedJob, entry: AuditEntry, key: str) -> int:
     """The idempotent insert, retried with backoff while the fault is transient and the window lasts."""
 
-    def report(error: BaseException | None) -> None:
+    def report(error: BaseException) -> None:
         deps.throttle.log(
             log,
             "database-transient",
             logging.WARNING,
-            "Transient database fault (%s); the audit write is retried for up to %.0f s (job %s)",
-            describe(error) if error else "unknown",
+            "Transient database fault at %s (%s); the audit write is retried for up to %.0f s (job %s)",
+            deps.database,
+            describe(error),
             deps.retry_window,
             job.id,
             extra={"event": "db.retry", "job_id": job.id, "queue": deps.queue},
@@ -99,26 +97,22 @@ async def write_audit_row(deps: JobDeps, job: QueuedJob, entry: AuditEntry, key:
             deps.metrics.db_write(time.monotonic() - started)
 
     created_at = utc_now()
-    try:  # the usual case, without the retry machinery (it showed in the profile)
-        return await attempt_write()
-    except Exception as exc:
-        if not is_transient(exc) or deps.retry_window <= 0:
-            raise _refused(deps, job, exc) from None
-        deps.metrics.retried_inside()
-        report(exc)
-    try:
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception(is_transient),
-            wait=wait_exponential_jitter(multiplier=0.1, max=5.0),
-            stop=stop_after_delay(deps.retry_window),
-            before_sleep=lambda state: report(state.outcome.exception() if state.outcome else None),
-            reraise=True,
-        ):
-            with attempt:
-                return await attempt_write()
-    except Exception as exc:
-        raise _refused(deps, job, exc) from None
-    raise AssertionError("unreachable: tenacity either returns or raises")
+    first_started = time.monotonic()
+    retry = 0
+    while True:
+        try:
+            return await attempt_write()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise _refused(deps, job, exc) from None
+            retry += 1
+            wait = backoff(retry, time.monotonic() - first_started, deps.retry_window, random.random())
+            if wait is None:
+                raise _refused(deps, job, exc) from None
+            if retry == 1:
+                deps.metrics.retried_inside()
+            report(exc)
+        await asyncio.sleep(wait)
 
 
 def _refused(deps: JobDeps, job: QueuedJob, exc: Exception) -> Exception:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -16,10 +18,14 @@ from kpi_export.errors import DatabaseMissing
 from kpi_export.store.url import DatabaseTarget
 
 
-def create_engine(target: DatabaseTarget, *, pool_size: int = 5, pooled: bool = True) -> AsyncEngine:
+def create_engine(
+    target: DatabaseTarget, *, pool_size: int = 5, pooled: bool = True, create: bool = True
+) -> AsyncEngine:
     """An engine that never puts job data in an error message (`hide_parameters`).
 
-    `pooled=False`: a new connection each time (health checks, which must see the server as it is now)."""
+    `pooled=False`: a new connection each time (health checks, which must see the server as it is now).
+    `create=False`: a SQLite file is opened read-write only if it exists; a missing one is an error on
+    connect, never a new empty file (only `db upgrade`, the demo and the tests make one)."""
     kwargs: dict[str, Any] = {
         "connect_args": target.connect_args,
         "hide_parameters": True,
@@ -34,7 +40,8 @@ def create_engine(target: DatabaseTarget, *, pool_size: int = 5, pooled: bool = 
             "pool_timeout": 60,
             "pool_use_lifo": True,
         }
-    engine = create_async_engine(target.url, **kwargs)
+    url = target.url if create or target.dialect != "sqlite" else _existing_sqlite_file(target.url)
+    engine = create_async_engine(url, **kwargs)
     if target.dialect == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
@@ -48,15 +55,27 @@ async def opened_engine(
 
     `create=False` (the commands that only read): a SQLite file that does not exist is DatabaseMissing, not
     a new empty database left behind by a typo in DATABASE_URL."""
-    if not create and target.dialect == "sqlite" and not Path(target.url.database or "").exists():
-        raise DatabaseMissing(
-            f"no SQLite database at {target.url.database} (DATABASE_URL): `kpi-export db upgrade` creates it"
-        )
-    engine = create_engine(target, pool_size=pool_size, pooled=pooled)
+    if not create:
+        require_existing(target)
+    engine = create_engine(target, pool_size=pool_size, pooled=pooled, create=create)
     try:
         yield engine
     finally:
         await engine.dispose()
+
+
+def require_existing(target: DatabaseTarget) -> None:
+    """Raise DatabaseMissing when DATABASE_URL names a SQLite file that does not exist (a typo, most likely)."""
+    if target.dialect == "sqlite" and not Path(target.url.database or "").exists():
+        raise DatabaseMissing(
+            f"no SQLite database at {target.url.database} (DATABASE_URL): `kpi-export db upgrade` creates it"
+        )
+
+
+def _existing_sqlite_file(url: URL) -> URL:
+    """The same file as a SQLite URI in mode `rw`: opened if it exists, never created."""
+    uri = Path(os.path.abspath(url.database or "")).as_uri()
+    return url.set(database=uri, query={"mode": "rw", "uri": "true"})
 
 
 def prisma_json(value: Any) -> str:

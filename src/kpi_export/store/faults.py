@@ -37,6 +37,8 @@ _TRANSIENT_MYSQL_CODES = {
     4031,  # disconnected by the server
 }
 _SQLITE_BUSY = ("database is locked", "database is busy", "database table is locked")
+_LOCK_NOT_AVAILABLE = "55P03"
+_MYSQL_LOCK_WAIT_TIMEOUT = 1205
 _NETWORK_ERRORS = (OSError, ConnectionError, asyncio.TimeoutError, TimeoutError)
 
 
@@ -62,6 +64,21 @@ def is_transient(error: BaseException) -> bool:
             return True
         return _caused_by_network(error)
     return _caused_by_network(error)
+
+
+def is_lock_wait(error: BaseException) -> bool:
+    """True when another session's lock outlasted the wait for it: PostgreSQL's lock_timeout, MySQL's lock wait
+    timeout, a SQLite file another connection holds. A transient fault of its own kind: the server answers."""
+    if not isinstance(error, sa_exc.DBAPIError):
+        return False
+    orig = error.orig
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if isinstance(sqlstate, str):
+        return sqlstate == _LOCK_NOT_AVAILABLE
+    code = _mysql_code(orig)
+    if code is not None:
+        return code == _MYSQL_LOCK_WAIT_TIMEOUT
+    return any(text in str(orig).lower() for text in _SQLITE_BUSY)
 
 
 def _mysql_code(orig: BaseException | None) -> int | None:

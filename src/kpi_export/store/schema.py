@@ -8,6 +8,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -60,10 +61,17 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> tuple[str | No
         return await conn.run_sync(run)
 
 
-async def check_ready(engine: AsyncEngine) -> None:
-    """Raise SchemaNotReady, saying what to run, unless the table is there at the latest revision."""
+async def check_ready(engine: AsyncEngine, *, lock_timeout: float | None = None) -> None:
+    """Raise SchemaNotReady, saying what to run, unless the table is there at the latest revision.
+
+    `lock_timeout`: on PostgreSQL, where reading the table's columns waits on another session's lock (LOCK
+    TABLE, a migration), give up after this many seconds with lock_not_available (55P03) instead of waiting
+    unseen."""
 
     def inspect(sync_conn: Connection) -> tuple[set[str], str | None]:
+        if lock_timeout is not None and sync_conn.dialect.name == "postgresql":
+            # LOCAL: for this check's transaction only, not for the pooled connection (nor behind pgbouncer).
+            sync_conn.execute(text(f"SET LOCAL lock_timeout = {max(1, round(lock_timeout * 1000))}"))
         return table_columns(sync_conn), _current(sync_conn)
 
     async with engine.connect() as conn:

@@ -22,6 +22,7 @@ _SQLITE_SCHEMES = {"sqlite", "sqlite+aiosqlite"}
 
 # Prisma parameters that only tune Prisma's own engine: accepted and not needed here.
 _PRISMA_ONLY = {"socket_timeout", "pool_timeout", "relationJoins"}
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,20 @@ class DatabaseTarget:
         """The URL with its password hidden, for logs; with its schema, as Prisma writes it."""
         shown = self.url.render_as_string(hide_password=True)
         return f"{shown}?schema={quote(self.schema, safe='')}" if self.schema else shown
+
+    @property
+    def address(self) -> str:
+        """Where the server is, for a log line that says it cannot be reached: `host:port`, a Unix socket, or
+        the SQLite file; never a user or password."""
+        if self.dialect == "sqlite":
+            return str(self.url.database)
+        port = self.url.port or _DEFAULT_PORTS[self.dialect]
+        if socket := self.connect_args.get("unix_socket"):  # MySQL's `socket`
+            return str(socket)
+        if folder := self.connect_args.get("host"):  # PostgreSQL's `host`: the socket's folder
+            return f"{str(folder).rstrip('/')}/.s.PGSQL.{port}"
+        host = self.url.host or "localhost"
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def parse_database_url(raw: str) -> DatabaseTarget:
