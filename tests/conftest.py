@@ -32,6 +32,9 @@ from tests.services import (
     require_service,
 )
 
+# The image fixture (`built`) for the tests that build and run deploy/Dockerfile.
+pytest_plugins = ("tests.image",)
+
 # The chaos tests' size: what CI runs by default, larger by hand (see README).
 CHAOS_JOBS = 1000
 CHAOS_KILL_EVERY = 2.0

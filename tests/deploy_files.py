@@ -76,10 +76,10 @@ class Unit:
         return found
 
 
-def systemd_unit() -> Unit:
+def systemd_unit(name: str = "kpi-export-worker.service") -> Unit:
     unit = Unit()
     section = ""
-    for raw in (DEPLOY / "systemd" / "kpi-export-worker.service").read_text(encoding="utf-8").splitlines():
+    for raw in (DEPLOY / "systemd" / name).read_text(encoding="utf-8").splitlines():
         line = raw.strip()
         if not line or line.startswith(("#", ";")):
             continue

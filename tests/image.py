@@ -14,7 +14,8 @@ import subprocess
 import tempfile
 import time
 import tomllib
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,14 @@ def container(tag: str, *args: str, name: str | None = None, options: Sequence[s
         tag,
         *args,
     ]
+
+
+@pytest.fixture(scope="session")
+def built() -> Iterator[str]:
+    """The image, built once a run and tagged for it; its build time and size are printed (pytest -s)."""
+    tag = f"localhost/kpi-export-worker:test-{uuid.uuid4().hex[:8]}"
+    seconds = build(tag)
+    size = int(run(podman(), "image", "inspect", "--format", "{{.Size}}", tag).stdout)
+    print(f"\n[image] {tag}: built in {seconds:.0f} s, {size / 1e6:.0f} MB")
+    yield tag
+    run(podman(), "rmi", "--force", tag, check=False)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
@@ -24,17 +23,6 @@ from tests.support import WorkerProcess, audit_rows, job_events
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 on_postgresql = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 START = 'Worker escuchando cola "{queue}" (concurrency={concurrency})'
-
-
-@pytest.fixture(scope="module")
-def built() -> Iterator[str]:
-    """The image, tagged for this run; its build time and size are printed (pytest -s)."""
-    tag = f"localhost/kpi-export-worker:test-{uuid.uuid4().hex[:8]}"
-    seconds = image.build(tag)
-    size = int(image.run(image.podman(), "image", "inspect", "--format", "{{.Size}}", tag).stdout)
-    print(f"\n[image] {tag}: built in {seconds:.0f} s, {size / 1e6:.0f} MB")
-    yield tag
-    image.run(image.podman(), "rmi", "--force", tag, check=False)
 
 
 def inspect(tag: str) -> dict[str, object]:

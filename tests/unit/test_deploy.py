@@ -177,18 +177,31 @@ def test_the_sentinels_watch_the_master_the_workers_ask_for() -> None:
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
-def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
-    unit = (DEPLOY / "systemd" / "kpi-export-worker.service").read_text(encoding="utf-8")
-    copy = tmp_path / "kpi-export-worker.service"
-    copy.write_text(unit.replace("/opt/kpi-export/bin/kpi-export", shutil.which("true") or "/bin/true"))
+def test_systemd_accepts_the_units(tmp_path: Path) -> None:
+    copies = []
+    for unit in ("kpi-export-migrate.service", "kpi-export-worker.service"):
+        text = (DEPLOY / "systemd" / unit).read_text(encoding="utf-8")
+        copies.append(tmp_path / unit)
+        copies[-1].write_text(text.replace("/opt/kpi-export/bin/kpi-export", shutil.which("true") or "/bin/true"))
     result = subprocess.run(
-        ["systemd-analyze", "verify", "--man=no", str(copy)],
+        ["systemd-analyze", "verify", "--man=no", *map(str, copies)],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     assert (result.returncode, result.stderr) == (0, ""), result.stderr
+
+
+def test_the_worker_unit_migrates_first_with_the_same_settings() -> None:
+    worker, migrate = systemd_unit(), systemd_unit("kpi-export-migrate.service")
+    assert "kpi-export-migrate.service" in worker.get("Unit", "Requires")
+    assert "kpi-export-migrate.service" in worker.get("Unit", "After").split()
+    assert migrate.get("Service", "Type") == "oneshot"
+    assert migrate.get("Service", "ExecStart").split()[1:] == ["db", "upgrade"]
+    for key in ("EnvironmentFile", "User", "WorkingDirectory"):
+        assert migrate.get("Service", key) == worker.get("Service", key), key
+    assert "env $(cat" not in (DEPLOY / "systemd" / "kpi-export-worker.service").read_text(encoding="utf-8")
 
 
 # --- Dockerfile ------------------------------------------------------------------------------------------
