@@ -24,6 +24,7 @@ from pydantic import SecretStr
 from kpi_export.config import Settings
 from kpi_export.store import opened_engine
 from kpi_export.store.schema import upgrade
+from tests.deploy_files import DEPLOY
 from tests.services import IN_CI
 
 
@@ -90,14 +91,24 @@ def wait_for(condition: object, timeout: float, what: str) -> None:
 
 
 class RedisProcess:
-    """One redis-server (or sentinel) with a config file of its own; `kill()` is kill -9."""
+    """One redis-server (or sentinel) with a config file of its own; `kill()` is kill -9. `test_defaults`: no
+    snapshots, no append-only file and noeviction unless `config` says otherwise; `password`: its requirepass."""
 
     def __init__(
-        self, folder: Path, port: int, config: list[str], *, sentinel: bool = False, kind: str = "debian"
+        self,
+        folder: Path,
+        port: int,
+        config: list[str],
+        *,
+        sentinel: bool = False,
+        kind: str = "debian",
+        test_defaults: bool = True,
+        password: str | None = None,
     ) -> None:
         self.folder = folder
         self.port = port
         self.sentinel = sentinel
+        self.password = password
         folder.mkdir(parents=True, exist_ok=True)
         lines = [
             f"port {port}",
@@ -106,15 +117,19 @@ class RedisProcess:
             "logfile redis.log",
             "protected-mode no",
         ]
-        if not sentinel:
+        if not sentinel and test_defaults:
             lines += ['save ""', "appendonly no", "maxmemory-policy noeviction"]
         (folder / "redis.conf").write_text("\n".join([*lines, *config]) + "\n")
         command = [redis_server(kind), str(folder / "redis.conf"), *(["--sentinel"] if sentinel else [])]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(self.client().ping, 10, f"redis-server on port {port}")
+        try:
+            wait_for(self.client().ping, 10, f"redis-server on port {port}")
+        except BaseException:
+            self.kill()
+            raise
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, decode_responses=True, socket_timeout=5)
+        return redis.Redis(port=self.port, password=self.password, decode_responses=True, socket_timeout=5)
 
     @property
     def address(self) -> str:
@@ -134,34 +149,75 @@ class RedisProcess:
                 self.kill()
 
 
-class SentinelGroup:
-    """A master, a replica and three sentinels watching them as MASTER_NAME."""
+def default_monitor(master_port: int) -> list[str]:
+    """The tests' sentinels: MASTER_NAME called down after DOWN_AFTER_MS."""
+    return [
+        f"sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2",
+        f"sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}",
+        f"sentinel failover-timeout {MASTER_NAME} 10000",
+        f"sentinel parallel-syncs {MASTER_NAME} 1",
+    ]
 
-    def __init__(self, folder: Path) -> None:
+
+class SentinelGroup:
+    """A master, its replicas (one unless told) and three sentinels watching them as `name`. By default the
+    tests' own settings; `deploy_sentinel_group` gives deploy/sentinel's."""
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        replicas: int = 1,
+        name: str = MASTER_NAME,
+        server_config: list[str] | None = None,
+        sentinel_config: Callable[[int], list[str]] = default_monitor,
+        password: str | None = None,
+        sentinel_password: str | None = None,
+    ) -> None:
         self.folder = folder
-        ports = free_ports(5)
-        self.servers = [RedisProcess(folder / "master", ports[0], [])]
-        self.servers.append(RedisProcess(folder / "replica", ports[1], [f"replicaof 127.0.0.1 {ports[0]}"]))
-        monitor = [
-            f"sentinel monitor {MASTER_NAME} 127.0.0.1 {ports[0]} 2",
-            f"sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}",
-            f"sentinel failover-timeout {MASTER_NAME} 10000",
-            f"sentinel parallel-syncs {MASTER_NAME} 1",
-        ]
-        self.sentinels = [
-            RedisProcess(folder / f"sentinel-{n}", port, monitor, sentinel=True)
-            for n, port in enumerate(ports[2:])
-        ]
-        wait_for(self._settled, 30, "the sentinels to see the replica and each other")
+        self.name = name
+        self.servers: list[RedisProcess] = []
+        self.sentinels: list[RedisProcess] = []
+        ports = free_ports(4 + replicas)
+        config = server_config or []
+
+        def server(where: str, port: int, lines: list[str]) -> RedisProcess:
+            test_defaults = server_config is None
+            return RedisProcess(folder / where, port, lines, test_defaults=test_defaults, password=password)
+
+        try:
+            self.servers.append(server("master", ports[0], config))
+            for n, port in enumerate(ports[1 : 1 + replicas]):
+                self.servers.append(
+                    server(f"replica-{n}", port, [*config, f"replicaof 127.0.0.1 {ports[0]}"])
+                )
+            for n, port in enumerate(ports[1 + replicas :]):
+                self.sentinels.append(
+                    RedisProcess(
+                        folder / f"sentinel-{n}",
+                        port,
+                        sentinel_config(ports[0]),
+                        sentinel=True,
+                        password=sentinel_password,
+                    )
+                )
+            wait_for(self._settled, 30, "the sentinels to see the replicas and each other")
+        except BaseException:
+            self.close()
+            raise
 
     def _settled(self) -> bool:
         for sentinel in self.sentinels:
             with sentinel.client() as client:
-                master = client.sentinel_master(MASTER_NAME)
-                if int(master["num-slaves"]) < 1 or int(master["num-other-sentinels"]) < 2:
+                master = client.sentinel_master(self.name)
+                replicas = len(self.servers) - 1
+                if int(master["num-slaves"]) < replicas or int(master["num-other-sentinels"]) < 2:
                     return False
-        with self.servers[1].client() as replica:
-            return bool(replica.info("replication").get("master_link_status") == "up")
+        for replica in self.servers[1:]:
+            with replica.client() as client:
+                if client.info("replication").get("master_link_status") != "up":
+                    return False
+        return True
 
     @property
     def sentinel_addresses(self) -> str:
@@ -170,7 +226,7 @@ class SentinelGroup:
     def master(self) -> RedisProcess:
         """The server the sentinels name as master now."""
         with self.sentinels[0].client() as client:
-            _host, port = client.sentinel_get_master_addr_by_name(MASTER_NAME)
+            _host, port = client.sentinel_get_master_addr_by_name(self.name)
         return next(server for server in self.servers if server.port == int(port))
 
     def master_client(self) -> redis.Redis:
@@ -182,7 +238,7 @@ class SentinelGroup:
         def elected() -> bool:
             for sentinel in self.sentinels:
                 with sentinel.client() as client:
-                    _host, port = client.sentinel_get_master_addr_by_name(MASTER_NAME)
+                    _host, port = client.sentinel_get_master_addr_by_name(self.name)
                     if int(port) == old.port:
                         return False
             with self.master().client() as client:
@@ -191,9 +247,63 @@ class SentinelGroup:
         wait_for(elected, timeout, "the sentinels to elect a new master")
         return self.master()
 
+    def wait_for_replicas_of(self, master: RedisProcess, timeout: float = 60) -> None:
+        """Once every other server (the old master too, which Sentinel demotes) replicates `master`."""
+
+        def following() -> bool:
+            for server in self.servers:
+                if server is master:
+                    continue
+                with server.client() as client:
+                    info = client.info("replication")
+                    if info.get("master_port") != master.port or info.get("master_link_status") != "up":
+                        return False
+            return True
+
+        wait_for(following, timeout, "every other server to replicate the new master")
+
     def close(self) -> None:
         for process in [*self.sentinels, *self.servers]:
             process.kill()
+
+
+def settings_of(path: Path) -> list[str]:
+    """A Redis or Sentinel configuration file's directives: its lines but blank ones and comments."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def deploy_sentinel_group(folder: Path, *, replicas: int = 1) -> SentinelGroup:
+    """deploy/sentinel as shipped, here: the master with redis-master.conf, `replicas` replicas with the same and
+    `replicaof`, three sentinels with sentinel.conf watching that master. Only their ports, addresses and folders
+    differ (RedisProcess sets them)."""
+    local = ("port ", "bind ", "dir ")
+    server = [
+        line for line in settings_of(DEPLOY / "sentinel" / "redis-master.conf") if not line.startswith(local)
+    ]
+    sentinel = [
+        line for line in settings_of(DEPLOY / "sentinel" / "sentinel.conf") if not line.startswith(local)
+    ]
+    monitor = next(line.split() for line in sentinel if line.startswith("sentinel monitor "))
+    name, quorum = monitor[2], monitor[5]
+
+    def sentinel_config(master_port: int) -> list[str]:
+        moved = f"sentinel monitor {name} 127.0.0.1 {master_port} {quorum}"
+        return [moved if line.startswith("sentinel monitor ") else line for line in sentinel]
+
+    return SentinelGroup(
+        folder,
+        replicas=replicas,
+        name=name,
+        server_config=server,
+        sentinel_config=sentinel_config,
+        password=_value_of("requirepass", server),
+        sentinel_password=_value_of("requirepass", sentinel),
+    )
+
+
+def _value_of(directive: str, lines: list[str]) -> str | None:
+    return next((line.split(maxsplit=1)[1] for line in lines if line.startswith(f"{directive} ")), None)
 
 
 class RedisClusterNodes:
