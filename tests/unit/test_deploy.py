@@ -182,7 +182,9 @@ def test_systemd_accepts_the_units(tmp_path: Path) -> None:
     for unit in ("kpi-export-migrate.service", "kpi-export-worker.service"):
         text = (DEPLOY / "systemd" / unit).read_text(encoding="utf-8")
         copies.append(tmp_path / unit)
-        copies[-1].write_text(text.replace("/opt/kpi-export/bin/kpi-export", shutil.which("true") or "/bin/true"))
+        copies[-1].write_text(
+            text.replace("/opt/kpi-export/bin/kpi-export", shutil.which("true") or "/bin/true")
+        )
     result = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", *map(str, copies)],
         capture_output=True,
