@@ -5,6 +5,7 @@
      ├── StartupError         the worker cannot run (exit status 1): credentials refused, …
      │    └── SchemaNotReady  the audit table is missing or behind: run `kpi-export db upgrade`
      ├── DatabaseMissing      a command that only reads found no SQLite file (it creates none)
+     ├── MigrationLockTimeout another `db upgrade` held the migration lock too long
  ├── SealingError         the seal chain cannot be extended or read: another key, a newer format
  │    └── SealFormatTooNew
      ├── InvalidJobData       permanent: the job fails and is never retried (the bullmq adapter tells bullmq)
@@ -40,6 +41,10 @@ class SchemaNotReady(StartupError):
 
 class DatabaseMissing(KpiExportError):
     """The SQLite file DATABASE_URL names does not exist, and the command only reads."""
+
+
+class MigrationLockTimeout(KpiExportError):
+    """`kpi-export db upgrade` waited too long for another one, migrating the same database, to finish."""
 
 
 class SealingError(KpiExportError):
