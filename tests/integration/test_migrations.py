@@ -206,7 +206,14 @@ def test_upgrades_started_together_all_succeed_and_migrate_once(database_url: st
         )
         for _ in range(UPGRADERS)
     ]
-    outcomes = [(process.wait(60), *process.communicate()) for process in upgraders]
+    try:
+        outputs = [process.communicate(timeout=60) for process in upgraders]
+    finally:
+        for process in upgraders:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    outcomes = [(process.returncode, *output) for process, output in zip(upgraders, outputs, strict=True)]
     assert [code for code, _, _ in outcomes] == [0] * UPGRADERS, outcomes
     reports = [json.loads(out) for _, out, _ in outcomes]
     # One of them migrated; the others found the database already at the head.
