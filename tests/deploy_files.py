@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,17 +15,36 @@ import yaml
 
 from kpi_export.cli import cli
 from kpi_export.config import Settings
+from tests.services import require_tool
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+KUBERNETES = DEPLOY / "kubernetes"
 SETTINGS_VARIABLES = {name.upper() for name in Settings.model_fields}
 
 
+def render(folder: Path) -> str:
+    """`kubectl kustomize FOLDER`: what `kubectl apply -k FOLDER` sends to the cluster."""
+    kubectl = require_tool("kubectl", "kubectl")
+    rendered = subprocess.run(
+        [kubectl, "kustomize", str(folder)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    return rendered.stdout
+
+
+@functools.cache
+def _rendered_kubernetes() -> str:
+    return render(KUBERNETES)
+
+
 def kubernetes_documents() -> list[dict[str, Any]]:
-    documents = []
-    for path in sorted((DEPLOY / "kubernetes").glob("*.yaml")):
-        with path.open(encoding="utf-8") as file:
-            documents += [doc for doc in yaml.safe_load_all(file) if doc]
-    return documents
+    """The documents of deploy/kubernetes as its kustomization renders them (not every file in the folder)."""
+    return [doc for doc in yaml.safe_load_all(_rendered_kubernetes()) if doc]
+
+
+def kustomization() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text(encoding="utf-8"))
+    return loaded
 
 
 def of_kind(kind: str) -> list[dict[str, Any]]:
@@ -40,6 +61,34 @@ def worker_container() -> dict[str, Any]:
     containers = the("Deployment")["spec"]["template"]["spec"]["containers"]
     assert len(containers) == 1
     return dict(containers[0])
+
+
+def init_containers() -> list[dict[str, Any]]:
+    return list(the("Deployment")["spec"]["template"]["spec"].get("initContainers", []))
+
+
+def secret_references(container: dict[str, Any]) -> list[dict[str, str]]:
+    """The `secretKeyRef`s of a container's environment."""
+    return [
+        item["valueFrom"]["secretKeyRef"]
+        for item in container.get("env", [])
+        if "secretKeyRef" in item.get("valueFrom", {})
+    ]
+
+
+def secret_commands(text: str) -> list[tuple[str, set[str]]]:
+    """Each `kubectl create secret generic NAME --from-literal=KEY=… …` in `text` (shell, or comment lines that
+    start with #): the Secret's name and its keys."""
+    lines = "\n".join(line.strip().removeprefix("#").strip() for line in text.splitlines())
+    found = []
+    for line in lines.replace("\\\n", " ").splitlines():
+        if "kubectl create secret generic " in line:
+            words = shlex.split(line[line.index("kubectl") :])
+            literals = [
+                word.removeprefix("--from-literal=") for word in words if word.startswith("--from-literal=")
+            ]
+            found.append((words[4], {literal.split("=", 1)[0] for literal in literals}))
+    return found
 
 
 def literal_env(container: dict[str, Any]) -> dict[str, str]:

@@ -6,8 +6,9 @@
      │    ├── SchemaNotReady  the audit table is missing or behind: run `kpi-export db upgrade`
      │    └── DatabaseMissing no SQLite file where DATABASE_URL says: the worker and the commands that only
      │                        read create none
- ├── SealingError         the seal chain cannot be extended or read: another key, a newer format
- │    └── SealFormatTooNew
+     ├── MigrationLockTimeout another `db upgrade` held the migration lock too long
+     ├── SealingError         the seal chain cannot be extended or read: another key, a newer format
+     │    └── SealFormatTooNew
      ├── InvalidJobData       permanent: the job fails and is never retried (the bullmq adapter tells bullmq)
      └── AuditWriteError      the database refused the row; the producer's attempts/backoff apply
           └── TransientDatabaseError   connection lost, failover, deadlock: retried inside the job first
@@ -41,6 +42,10 @@ class SchemaNotReady(StartupError):
 
 class DatabaseMissing(StartupError):
     """The SQLite file DATABASE_URL names does not exist, and the worker or command must not create it."""
+
+
+class MigrationLockTimeout(KpiExportError):
+    """`kpi-export db upgrade` waited too long for another one, migrating the same database, to finish."""
 
 
 class SealingError(KpiExportError):

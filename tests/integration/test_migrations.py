@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
+import pymysql
 import pytest
 from click.testing import CliRunner, Result
 from pydantic import SecretStr
+from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from kpi_export.cli import cli
 from kpi_export.config import Settings
 from kpi_export.contract import AuditEntry
 from kpi_export.errors import SchemaNotReady
-from kpi_export.store import AuditStore, create_engine
+from kpi_export.store import AuditStore, create_engine, schema
 from kpi_export.store.schema import check_ready, head_revision
 from tests.prisma import PRISMA_MYSQL, PRISMA_POSTGRES, PRISMA_SQLITE
 from tests.services import mariadb_execute
@@ -192,6 +199,51 @@ async def _connect(settings: Settings) -> None:
         await engine.dispose()
 
 
+UPGRADERS = 4
+
+
+@pytest.mark.parametrize("database_url", ["postgresql", "mariadb", "sqlite"], indirect=True)
+def test_upgrades_started_together_all_succeed_and_migrate_once(database_url: str) -> None:
+    """What the pods' init containers do when a Deployment's replicas start at once on an empty database."""
+    env = {**os.environ, "DATABASE_URL": database_url}
+    upgraders = [
+        subprocess.Popen(
+            [sys.executable, "-m", "kpi_export", "db", "upgrade", "--json"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(UPGRADERS)
+    ]
+    try:
+        outputs = [process.communicate(timeout=60) for process in upgraders]
+    finally:
+        for process in upgraders:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    outcomes = [(process.returncode, *output) for process, output in zip(upgraders, outputs, strict=True)]
+    assert [code for code, _, _ in outcomes] == [0] * UPGRADERS, outcomes
+    reports = [json.loads(out) for _, out, _ in outcomes]
+    # One of them migrated; the others found the database already at the head.
+    assert sorted(str(report["before"]) for report in reports) == sorted(
+        ["None"] + [head_revision()] * (UPGRADERS - 1)
+    ), reports
+    assert {report["after"] for report in reports} == {head_revision()}
+    asyncio.run(_check(settings_for(database_url)))
+    assert asyncio.run(_versions(settings_for(database_url))) == [head_revision()]
+
+
+async def _versions(settings: Settings) -> list[str]:
+    engine = create_engine(settings.database)
+    try:
+        async with engine.connect() as conn:
+            return list((await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars())
+    finally:
+        await engine.dispose()
+
+
 def test_the_worker_engine_opens_an_existing_sqlite_file_and_never_creates_one(tmp_path: Path) -> None:
     folder = tmp_path / "odd # % name"  # characters a SQLite URI must escape
     folder.mkdir()
@@ -202,3 +254,25 @@ def test_the_worker_engine_opens_an_existing_sqlite_file_and_never_creates_one(t
     with pytest.raises(OperationalError, match="unable to open database file"):
         asyncio.run(_connect(settings_for(f"file:{typo}")))
     assert not list(folder.glob("typo*"))
+
+
+def test_an_upgrade_gives_up_when_another_holds_the_lock_too_long(
+    mariadb_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(schema, "MIGRATION_LOCK_TIMEOUT", 1)
+    parts = urlsplit(mariadb_url)
+    holder = pymysql.connect(host=parts.hostname, port=parts.port or 3306, user=parts.username or "root")
+    try:
+        with holder.cursor() as cursor:
+            database = parts.path.lstrip("/")
+            cursor.execute("SELECT GET_LOCK(CONCAT('kpi_export_migrations_', MD5(%s)), 0)", (database,))
+            assert cursor.fetchone() == (1,)
+        result = CliRunner().invoke(cli, ["db", "upgrade"], env={"DATABASE_URL": mariadb_url})
+    finally:
+        holder.close()
+    assert result.exit_code == 1, result.output
+    assert (
+        "another `kpi-export db upgrade` has held the migration lock on this database for 1 s"
+        in result.output
+    )
+    assert db_command(mariadb_url, "upgrade").exit_code == 0  # once it is free

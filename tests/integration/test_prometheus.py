@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
 from kpi_export.bullmq import opened_queue
 from kpi_export.config import Settings
@@ -23,6 +24,7 @@ from kpi_export.demo.embedded_redis import free_port
 from tests.deploy_files import DEPLOY
 from tests.pgcluster import PostgresCluster
 from tests.promql import panel_queries, variable_queries
+from tests.readme import code_blocks, section
 from tests.services import require_tool, worker_env
 from tests.support import WorkerProcess, wait_until
 
@@ -42,7 +44,10 @@ def two_free_ports() -> int:
 
 
 @contextlib.contextmanager
-def prometheus(binary: str, tmp_path: Path, targets: list[str]) -> Iterator[str]:
+def prometheus(
+    binary: str, tmp_path: Path, targets: list[str], scrape_configs: list[dict[str, Any]] | None = None
+) -> Iterator[str]:
+    """A Prometheus with the project's rules that scrapes `targets` as the job JOB (or by `scrape_configs`)."""
     port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(
@@ -50,7 +55,8 @@ def prometheus(binary: str, tmp_path: Path, targets: list[str]) -> Iterator[str]
             {
                 "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
                 "rule_files": [str(RULES)],
-                "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": targets}]}],
+                "scrape_configs": scrape_configs
+                or [{"job_name": JOB, "static_configs": [{"targets": targets}]}],
             }
         )
     )
@@ -197,3 +203,49 @@ async def test_prometheus_answers_every_dashboard_query_and_sees_the_database_go
             finally:
                 postgres_cluster.start()
     assert all("Traceback" not in worker.output for worker in started)
+
+
+async def test_the_readmes_relabeling_gives_pods_found_by_annotation_the_job_the_alerts_select(
+    tmp_path: Path,
+) -> None:
+    """Annotation discovery's job is kubernetes-pods; the README's rule renames it for the workers' pods only."""
+    binary = require_tool("prometheus", "prometheus")
+    relabeling = next(
+        block for block in code_blocks(section("### Kubernetes"), "yaml") if "target_label: job" in block
+    )
+    worker_down = next(rule for rule in rules() if rule.get("alert") == "KpiExportWorkerDown")
+    found = re.search(r"up\{[^}]*\}", str(worker_down["expr"]))
+    assert found, worker_down["expr"]
+    # Two pods as discovery describes them (the label a pod's app.kubernetes.io/name gives): a worker and
+    # another application's. Nothing listens there: their `up` is 0, with the labels relabeling gave.
+    pod_label = "__meta_kubernetes_pod_label_app_kubernetes_io_name"
+    worker, other = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    job = {
+        "job_name": "kubernetes-pods",
+        "static_configs": [
+            {"targets": [worker], "labels": {pod_label: "kpi-export-worker"}},
+            {"targets": [other], "labels": {pod_label: "another-application"}},
+        ],
+        "relabel_configs": yaml.safe_load(relabeling),
+    }
+    with prometheus(binary, tmp_path, [], scrape_configs=[job]) as url:
+        async with aiohttp.ClientSession() as session:
+
+            async def both_scraped() -> bool:
+                try:
+                    return len(await query(session, url, "up")) == 2
+                except (aiohttp.ClientConnectionError, aiohttp.ContentTypeError):  # Prometheus still starting
+                    return False
+
+            await wait_until(both_scraped, 60, "Prometheus scraping both pods")
+            jobs = {
+                item["metric"]["instance"]: item["metric"]["job"] for item in await query(session, url, "up")
+            }
+            assert jobs == {worker: "kpi-export-worker", other: "kubernetes-pods"}
+            selected = await query(session, url, found.group())
+            assert [item["metric"]["instance"] for item in selected] == [worker]
+
+
+def rules() -> list[dict[str, Any]]:
+    loaded = yaml.safe_load(RULES.read_text())
+    return [rule for group in loaded["groups"] for rule in group["rules"]]

@@ -1,15 +1,20 @@
 """deploy/: every manifest loads, and its probe paths, ports, variables and commands are ones the program
-really serves, reads and has."""
+really serves, reads and has; the Kubernetes manifests as `kubectl apply -k` sends them are valid, carry no
+Secret, migrate before the worker starts and are scraped once."""
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from kpi_export.cli import EXIT_CONFIG
 from kpi_export.config import Settings
@@ -17,39 +22,79 @@ from kpi_export.runtime.health import LIVEZ, METRICS, READYZ, ROUTES
 from kpi_export.runtime.readiness import CHECK_TIMEOUT
 from tests.deploy_files import (
     DEPLOY,
+    KUBERNETES,
     SETTINGS_VARIABLES,
     dockerfile_stages,
     env_file,
+    init_containers,
     kubernetes_documents,
+    kustomization,
     literal_env,
     of_kind,
+    render,
     resolves_to_command,
+    secret_commands,
+    secret_references,
     systemd_unit,
     the,
     worker_container,
 )
+from tests.readme import code_blocks, section
 
 
 def shutdown_timeout(value: str | None) -> float:
     return float(value) if value is not None else Settings.model_fields["shutdown_timeout"].default
 
 
-# --- Kubernetes ------------------------------------------------------------------------------------------
+# --- Kubernetes: what `kubectl apply -k deploy/kubernetes` sends (tests.deploy_files renders it) -----------
+
+# The Prometheus Operator's fields (monitoring.coreos.com/v1) that the manifests may use, by where they stand:
+# kubernetes-validate has no schema for the Operator's kinds, so theirs are held to this list (a misspelt field
+# is an unknown one). Add a field here when a manifest needs it, spelt as the Operator's API reference does.
+OPERATOR_FIELDS: dict[str, dict[str, set[str]]] = {
+    "PodMonitor": {
+        "spec": {"selector", "namespaceSelector", "podMetricsEndpoints", "jobLabel", "podTargetLabels"},
+        "spec.selector": {"matchLabels", "matchExpressions"},
+        "spec.podMetricsEndpoints[]": {
+            "port",
+            "path",
+            "scheme",
+            "interval",
+            "scrapeTimeout",
+            "honorLabels",
+            "relabelings",
+            "metricRelabelings",
+        },
+    },
+    "PrometheusRule": {
+        "spec": {"groups"},
+        "spec.groups[]": {"name", "interval", "limit", "rules", "partial_response_strategy", "query_offset"},
+        "spec.groups[].rules[]": {
+            "record",
+            "alert",
+            "expr",
+            "for",
+            "keep_firing_for",
+            "labels",
+            "annotations",
+        },
+    },
+}
+OPERATOR_API = "monitoring.coreos.com/v1"
 
 
-def test_every_manifest_loads_with_a_kind_and_a_name() -> None:
+def every_container() -> list[dict[str, Any]]:
+    return [*init_containers(), worker_container()]
+
+
+def test_the_kustomization_renders_each_file_it_lists_and_the_folder_holds_no_other() -> None:
     documents = kubernetes_documents()
-    assert {doc["kind"] for doc in documents} >= {
-        "Deployment",
-        "Secret",
-        "PodMonitor",
-        "Job",
-        "Kustomization",
-    }
+    assert "Deployment" in {doc["kind"] for doc in documents}
     for doc in documents:
-        assert doc["apiVersion"] and (doc["kind"] == "Kustomization" or doc["metadata"]["name"])
-    listed = the("Kustomization")["resources"]
-    assert all((DEPLOY / "kubernetes" / name).is_file() for name in listed)
+        assert doc["apiVersion"] and doc["metadata"]["name"]
+    listed = set(kustomization()["resources"])
+    # A manifest left out of the kustomization would be a file that looks deployed and is not.
+    assert {path.name for path in KUBERNETES.glob("*.y*ml")} == listed | {"kustomization.yaml"}
 
 
 def test_probes_ask_for_paths_the_health_server_serves_on_the_port_it_listens_on() -> None:
@@ -67,27 +112,45 @@ def test_probes_ask_for_paths_the_health_server_serves_on_the_port_it_listens_on
 
 
 def test_every_variable_is_a_setting_and_every_value_is_valid() -> None:
-    container = worker_container()
-    names = {item["name"] for item in container["env"]}
-    assert names <= SETTINGS_VARIABLES, names - SETTINGS_VARIABLES
-    Settings(**{name.lower(): value for name, value in literal_env(container).items()})  # type: ignore[arg-type]
-    job_container = the("Job")["spec"]["template"]["spec"]["containers"][0]
-    assert {item["name"] for item in job_container["env"]} <= SETTINGS_VARIABLES
+    for container in every_container():
+        names = {item["name"] for item in container["env"]}
+        assert names <= SETTINGS_VARIABLES, names - SETTINGS_VARIABLES
+        Settings(**{name.lower(): value for name, value in literal_env(container).items()})  # type: ignore[arg-type]
 
 
-def test_secret_references_name_a_secret_and_a_key_that_exist() -> None:
-    secrets = {
-        doc["metadata"]["name"]: doc.get("stringData", {}) | doc.get("data", {}) for doc in of_kind("Secret")
-    }
-    containers = [worker_container(), the("Job")["spec"]["template"]["spec"]["containers"][0]]
-    references = [
-        item["valueFrom"]["secretKeyRef"] for c in containers for item in c["env"] if "valueFrom" in item
-    ]
+def test_apply_writes_no_secret_and_the_documented_one_has_every_key_the_pods_read() -> None:
+    """`kubectl apply -k` again would overwrite the team's real Secret with whatever one it carries."""
+    assert of_kind("Secret") == []
+    references = {(ref["name"], ref["key"]) for c in every_container() for ref in secret_references(c)}
     assert references
-    for reference in references:
-        assert reference["key"] in secrets[reference["name"]], reference
+    documented = {
+        "README.md": secret_commands(section("### Kubernetes")),
+        "kustomization.yaml": secret_commands(
+            (KUBERNETES / "kustomization.yaml").read_text(encoding="utf-8")
+        ),
+    }
+    for where, commands in documented.items():
+        assert commands, f"{where} says not how to create the Secret"
+        for name, keys in commands:
+            assert {(name, key) for key in keys} == references, where
     # The passwords come from the Secret, never from a literal in the Deployment.
-    assert {"REDIS_PASSWORD", "DATABASE_URL"}.isdisjoint(literal_env(worker_container()))
+    for container in every_container():
+        assert {"REDIS_PASSWORD", "DATABASE_URL"}.isdisjoint(literal_env(container))
+
+
+def test_each_pod_migrates_in_an_init_container_before_its_worker_starts() -> None:
+    # A Job's pod template cannot change: applying a new image while the last Job is kept would fail.
+    assert of_kind("Job") == []
+    worker = worker_container()
+    [migrate] = init_containers()
+    assert migrate["args"] == ["db", "upgrade"] and resolves_to_command(migrate["args"])
+    assert migrate["image"] == worker["image"]
+    # restartPolicy: Always would make it a sidecar, run beside the worker rather than before it.
+    assert "restartPolicy" not in migrate
+    database_url = {item["name"]: item for item in worker["env"]}["DATABASE_URL"]
+    assert [item for item in migrate["env"] if item["name"] == "DATABASE_URL"] == [database_url]
+    assert migrate["securityContext"] == worker["securityContext"]
+    assert "ports" not in migrate
 
 
 def test_termination_grace_is_the_shutdown_timeout_plus_5_seconds() -> None:
@@ -98,38 +161,115 @@ def test_termination_grace_is_the_shutdown_timeout_plus_5_seconds() -> None:
 
 def test_the_commands_are_commands_of_the_program() -> None:
     assert worker_container()["args"] == ["worker"]
-    assert resolves_to_command(worker_container()["args"])
-    assert resolves_to_command(the("Job")["spec"]["template"]["spec"]["containers"][0]["args"])
+    for container in every_container():
+        assert resolves_to_command(container["args"]), container["name"]
     assert not resolves_to_command(["wroker"])
 
 
 def test_resources_and_an_unprivileged_user() -> None:
-    container = worker_container()
-    assert {"cpu", "memory"} <= container["resources"]["requests"].keys()
-    assert "memory" in container["resources"]["limits"]
     pod = the("Deployment")["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
-    assert container["securityContext"]["allowPrivilegeEscalation"] is False
     user = next(s for s in dockerfile_stages()[-1].all("USER"))
     assert pod["securityContext"]["runAsUser"] == int(user.split(":")[0])
+    for container in every_container():
+        assert {"cpu", "memory"} <= container["resources"]["requests"].keys()
+        assert "memory" in container["resources"]["limits"]
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False and context["readOnlyRootFilesystem"] is True
+        assert context["capabilities"]["drop"] == ["ALL"]
 
 
-def test_prometheus_finds_the_metrics_by_podmonitor_or_annotations() -> None:
+def test_prometheus_scrapes_each_pod_once_through_the_podmonitor() -> None:
+    """The annotations as well would have a Prometheus scrape each pod twice, once as job kubernetes-pods."""
     template = the("Deployment")["spec"]["template"]
-    container = worker_container()
-    health_port = literal_env(container)["HEALTH_PORT"]
-    annotations = template["metadata"]["annotations"]
-    assert (annotations["prometheus.io/port"], annotations["prometheus.io/path"]) == (health_port, METRICS)
-
+    scrape_annotations = [
+        key
+        for doc in kubernetes_documents()
+        for metadata in (doc["metadata"], doc.get("spec", {}).get("template", {}).get("metadata", {}))
+        for key in metadata.get("annotations", {})
+        if key.startswith("prometheus.io/")
+    ]
+    assert scrape_annotations == []
+    assert of_kind("ServiceMonitor") == []
     monitor = the("PodMonitor")["spec"]
     selector = monitor["selector"]["matchLabels"]
     assert selector.items() <= template["metadata"]["labels"].items()
     assert selector.items() <= the("Deployment")["spec"]["selector"]["matchLabels"].items()
-    port_names = {port["name"] for port in container["ports"]}
+    port_names = {port["name"] for port in worker_container()["ports"]}
     for endpoint in monitor["podMetricsEndpoints"]:
         assert (endpoint["port"] in port_names, endpoint["path"]) == (True, METRICS)
-    migration_labels = the("Job")["spec"]["template"]["metadata"]["labels"]
-    assert not selector.items() <= migration_labels.items()  # the migration pod is no scrape target
+
+
+def test_the_readmes_kustomization_without_the_operator_scrapes_by_annotation(tmp_path: Path) -> None:
+    kustomization_block = next(
+        block for block in code_blocks(section("### Kubernetes"), "yaml") if block.startswith("resources:")
+    )
+    for name in yaml.safe_load(kustomization_block)["resources"]:
+        shutil.copy(KUBERNETES / name, tmp_path / name)
+    (tmp_path / "kustomization.yaml").write_text(kustomization_block)
+    documents = [doc for doc in yaml.safe_load_all(render(tmp_path)) if doc]
+    assert [doc["kind"] for doc in documents] == ["Deployment"]  # no Operator kind left
+    annotations = documents[0]["spec"]["template"]["metadata"]["annotations"]
+    health_port = literal_env(worker_container())["HEALTH_PORT"]
+    assert annotations == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": health_port,
+        "prometheus.io/path": METRICS,
+    }
+
+
+def test_the_manifests_validate_strictly(tmp_path: Path) -> None:
+    """The core kinds against the Kubernetes API's schemas, unknown fields refused (kubernetes-validate
+    --strict); the Operator's kinds, which it has no schema for, by their metadata (as a ConfigMap's, which is
+    any object's) and their fields (OPERATOR_FIELDS)."""
+    documents = kubernetes_documents()
+    operator_kinds = [doc for doc in documents if doc["apiVersion"] == OPERATOR_API]
+    assert {doc["kind"] for doc in operator_kinds} <= OPERATOR_FIELDS.keys()
+    core = [doc for doc in documents if doc["apiVersion"] != OPERATOR_API]
+    assert "monitoring.coreos.com" not in str([doc["apiVersion"] for doc in core])
+    metadata = [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": doc["metadata"]} for doc in operator_kinds
+    ]
+    assert kubernetes_validate(tmp_path, core + metadata) == (0, "")
+
+    for doc in operator_kinds:
+        assert doc.keys() == {"apiVersion", "kind", "metadata", "spec"}, doc["kind"]
+        for where, allowed in OPERATOR_FIELDS[doc["kind"]].items():
+            for found in fields_at(doc, where):
+                assert found.keys() <= allowed, (doc["kind"], where, found.keys() - allowed)
+
+    # The check does refuse a field the API does not have.
+    misspelt = copy.deepcopy(the("Deployment"))
+    misspelt["spec"]["template"]["spec"]["containers"][0]["restartpolicy"] = "Always"
+    status, said = kubernetes_validate(tmp_path, [misspelt])
+    assert status != 0 and "restartpolicy" in said, said
+
+
+def kubernetes_validate(folder: Path, documents: list[dict[str, Any]]) -> tuple[int, str]:
+    """The exit status and the words of `kubernetes-validate --strict --quiet` on the documents: (0, "") when
+    they are valid and each has a schema (a kind without one is only a warning)."""
+    manifest = folder / "manifest.yaml"
+    manifest.write_text(yaml.safe_dump_all(documents))
+    validate = Path(sys.executable).with_name("kubernetes-validate")
+    result = subprocess.run(
+        [str(validate), "--strict", "--quiet", str(manifest)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+def fields_at(doc: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    """The mappings at a dotted path, `name[]` standing for each item of the list `name`."""
+    found: list[Any] = [doc]
+    for step in where.split("."):
+        name = step.removesuffix("[]")
+        found = [item[name] for item in found if name in item]
+        if step.endswith("[]"):
+            found = [element for items in found for element in items]
+    return found
 
 
 # --- systemd ---------------------------------------------------------------------------------------------

@@ -11,14 +11,13 @@ import pytest
 import yaml
 
 from kpi_export.runtime.metrics import WorkerMetrics
-from tests.deploy_files import DEPLOY
+from tests.deploy_files import DEPLOY, the
 from tests.promql import metric_names, panel_queries, variable_names, variable_queries
-from tests.readme import README, anchors
+from tests.readme import README, anchors, code_blocks, section
 from tests.services import require_tool
 
 RULES = DEPLOY / "prometheus" / "kpi-export-rules.yaml"
 RULE_TESTS = DEPLOY / "prometheus" / "kpi-export-rules.test.yaml"
-PROMETHEUS_RULE = DEPLOY / "kubernetes" / "prometheusrule.yaml"
 
 
 def rule_list() -> list[dict[str, object]]:
@@ -79,11 +78,42 @@ def test_every_alert_says_what_and_links_its_runbook_in_the_readme() -> None:
 
 
 def test_the_kubernetes_prometheusrule_holds_the_same_rules() -> None:
-    document = yaml.safe_load(PROMETHEUS_RULE.read_text())
-    assert document["kind"] == "PrometheusRule"
-    assert document["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]
-    kustomization = yaml.safe_load((DEPLOY / "kubernetes" / "kustomization.yaml").read_text())
-    assert "prometheusrule.yaml" in kustomization["resources"]
+    assert the("PrometheusRule")["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]
+
+
+# A matcher on the job label: job="…", job=~"…", job!="…", job!~"…".
+JOB_MATCHER = re.compile(r'\bjob\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
+
+
+def job_matches(operator: str, value: str, job: str) -> bool:
+    """Whether Prometheus' matcher `job<operator>"<value>"` keeps a series of `job` (regexes are anchored)."""
+    if operator in ("=~", "!~"):
+        return (re.fullmatch(value, job) is not None) == (operator == "=~")
+    return (job == value) == (operator == "=")
+
+
+def test_the_alerts_select_the_podmonitors_job_and_not_annotation_discoverys() -> None:
+    """The Operator names a PodMonitor's job <namespace>/<name>; annotation discovery's job is kubernetes-pods,
+    unless it is relabelled as the README says."""
+    podmonitor = the("PodMonitor")["metadata"]["name"]
+    operator_jobs = [f"{namespace}/{podmonitor}" for namespace in ("default", "monitoring", "kpi-export")]
+    relabelled = {
+        rule["replacement"]
+        for block in code_blocks(section("### Kubernetes"), "yaml")
+        for rule in yaml.safe_load(block)
+        if isinstance(rule, dict) and rule.get("target_label") == "job"
+    }
+    assert relabelled == {"kpi-export-worker"}
+    expressions = [str(rule["expr"]) for rule in rule_list()]
+    expressions += [
+        str(rule["expr"]) for group in the("PrometheusRule")["spec"]["groups"] for rule in group["rules"]
+    ]
+    matchers = [matcher for expression in expressions for matcher in JOB_MATCHER.findall(expression)]
+    assert len(matchers) >= 4  # KpiExportWorkerDown and KpiExportNoWorkerUp, in both copies
+    for operator, value in matchers:
+        for job in [*operator_jobs, *relabelled]:
+            assert job_matches(operator, value, job), (operator, value, job)
+        assert not job_matches(operator, value, "kubernetes-pods"), (operator, value)
 
 
 SERIES_SUFFIXES = {

@@ -12,11 +12,16 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from kpi_export.errors import SchemaNotReady
+from kpi_export.errors import MigrationLockTimeout, SchemaNotReady
 from kpi_export.store.table import KEY_COLUMN, TABLE_NAME, table_columns
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 UPGRADE_HINT = "run `kpi-export db upgrade` with the same DATABASE_URL"
+# How long `db upgrade` waits on MariaDB/MySQL for another one to finish migrating (GET_LOCK).
+MIGRATION_LOCK_TIMEOUT = 600
+MYSQL_DIALECTS = ("mysql", "mariadb")
+# GET_LOCK's names are the server's, 64 characters at most: one per database.
+_MYSQL_LOCK_NAME = "CONCAT('kpi_export_migrations_', MD5(COALESCE(DATABASE(), '')))"
 
 
 def _config(connection: Connection | None = None) -> Config:
@@ -50,15 +55,48 @@ async def current_revision(engine: AsyncEngine) -> str | None:
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> tuple[str | None, str | None]:
-    """Migrate to `revision`; returns the revisions before and after."""
+    """Migrate to `revision`; returns the revisions before and after.
+
+    Under a lock on the database: upgrades started together (a Deployment's pods) migrate one after the other,
+    and the later ones find the work done (without it they both create the tables and add the column)."""
 
     def run(sync_conn: Connection) -> tuple[str | None, str | None]:
+        _lock(sync_conn)
         before = _current(sync_conn)
         command.upgrade(_config(sync_conn), revision)
         return before, _current(sync_conn)
 
-    async with engine.begin() as conn:
-        return await conn.run_sync(run)
+    async with engine.connect() as conn:
+        try:
+            async with conn.begin():
+                return await conn.run_sync(run)
+        finally:
+            # MariaDB's lock is the session's: released after the commit, so the next holder reads the new version.
+            if conn.dialect.name in MYSQL_DIALECTS and not conn.invalidated:
+                await conn.execute(text(f"SELECT RELEASE_LOCK({_MYSQL_LOCK_NAME})"))
+
+
+def _lock(sync_conn: Connection) -> None:
+    dialect = sync_conn.dialect.name
+    if dialect == "postgresql":
+        # Released at the end of the transaction; per schema (the URL's search_path), so schemas do not wait.
+        sync_conn.execute(
+            text(
+                "SELECT pg_advisory_xact_lock(hashtext('kpi_export migrations ' || current_setting('search_path')))"
+            )
+        )
+    elif dialect in MYSQL_DIALECTS:
+        got = sync_conn.execute(
+            text(f"SELECT GET_LOCK({_MYSQL_LOCK_NAME}, :timeout)"), {"timeout": MIGRATION_LOCK_TIMEOUT}
+        ).scalar()
+        if got != 1:
+            raise MigrationLockTimeout(
+                f"another `kpi-export db upgrade` has held the migration lock on this database for "
+                f"{MIGRATION_LOCK_TIMEOUT} s: let it finish, then run it again"
+            )
+    elif dialect == "sqlite":
+        # The driver would run the DDL outside any transaction; this takes the database's write lock first.
+        sync_conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 async def check_ready(engine: AsyncEngine, *, lock_timeout: float | None = None) -> None:
