@@ -24,7 +24,9 @@ SETTINGS_VARIABLES = {name.upper() for name in Settings.model_fields}
 
 def render(folder: Path) -> str:
     """`kubectl kustomize FOLDER`: what `kubectl apply -k FOLDER` sends to the cluster."""
-    kubectl = require_tool("kubectl", "kubectl")
+    kubectl = require_tool(
+        "kubectl", "Kubernetes' kubectl 1.21 or later, whose kustomize this uses", debian=False
+    )
     rendered = subprocess.run(
         [kubectl, "kustomize", str(folder)], capture_output=True, text=True, timeout=60, check=False
     )

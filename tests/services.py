@@ -44,18 +44,19 @@ def require_service(name: str, url: str) -> None:
     pytest.skip(f"{name} is not reachable at {where}")
 
 
-def require_tool(binary: str, package: str) -> str:
-    """The path of `binary` (from Debian's `package`, which `make test` installs when it runs as root); a skip
-    without it on a laptop, a failure under CI."""
+def require_tool(binary: str, package: str, *, debian: bool = True) -> str:
+    """The path of `binary`, from Debian's `package` (which `make test` installs when it runs as root) or, with
+    `debian=False`, from `package` as named; a skip without it on a laptop, a failure under CI."""
     found = shutil.which(binary)
     if found is not None:
         return found
+    origin = f"Debian's {package}" if debian else package
     if IN_CI:
-        pytest.fail(
-            f"{binary} is not installed (Debian's {package}), and CI needs it (make test installs it)"
-        )
-    MISSING_PACKAGES.add(package)
-    pytest.skip(f"{binary} is not installed (Debian's {package})")
+        installed_by = "make test installs it" if debian else "install it on the CI machine"
+        pytest.fail(f"{binary} is not installed ({origin}), and CI needs it ({installed_by})")
+    if debian:
+        MISSING_PACKAGES.add(package)
+    pytest.skip(f"{binary} is not installed ({origin})")
 
 
 async def mariadb_execute(url: str, *statements: str, args: list[tuple[Any, ...]] | None = None) -> None:
