@@ -4,7 +4,6 @@ the error boundary (a failure is one line and exit status 1)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import sys
@@ -86,10 +85,3 @@ def settings_or_exit(*, stream: Any = None) -> Settings:
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
-
-
-def json_arg(text: str, option: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not JSON ({exc.msg})", param_hint=option) from None

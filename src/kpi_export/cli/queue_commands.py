@@ -11,7 +11,8 @@ from typing import Any
 
 import click
 
-from kpi_export.cli.app import JSON_OPTION, cli, json_arg, run, settings_or_exit
+from kpi_export.cli.app import JSON_OPTION, cli, run, settings_or_exit
+from kpi_export.cli.json_input import json_arg
 from kpi_export.cli.render import (
     duration,
     echo_json,
