@@ -411,6 +411,38 @@ async def test_a_missing_or_wrong_key_and_a_newer_format_get_clear_messages(
     assert newer_seal.exit_code == 1 and "newer than this kpi-export's" in newer_seal.output
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_verify_with_another_key_says_so_and_does_not_call_the_sealed_rows_unsealed(
+    migrated: Settings, engine: AsyncEngine
+) -> None:
+    await fill(engine, 20)
+    await seal_pending(engine, KEY, min_age=0, actor="test")
+    await fill(engine, 3, start=20)  # rows that no seal claims
+    other = SealKey("another-key-of-enough-length-0123456789")
+    env = {"AUDIT_SEAL_KEY": "another-key-of-enough-length-0123456789"}
+
+    wrong = await invoke(migrated, "audit", "verify", env=env)
+    assert wrong.exit_code == 1
+    summary = wrong.output.splitlines()[-2]
+    assert summary.startswith("1 seal(s) sealed with another key: "), wrong.output
+    assert f"the chain's key fingerprint is {KEY.key_id}, AUDIT_SEAL_KEY's is {other.key_id}" in summary
+    assert "no sealed row could be re-read, 3 row(s) after the last seal; head: seal 1" in summary
+    assert "not sealed yet" not in wrong.output
+    assert SECRET not in wrong.output and env["AUDIT_SEAL_KEY"] not in wrong.output
+    as_json = json.loads((await invoke(migrated, "audit", "verify", "--json", env=env)).stdout)
+    assert (as_json["rowsNotSealed"], as_json["keyId"], as_json["chainKeyIds"]) == (
+        3,
+        other.key_id,
+        [KEY.key_id],
+    )
+
+    right = await invoke(migrated, "audit", "verify", env=KEY_ENV)
+    assert (
+        right.exit_code == 0
+        and "1 seal(s), 20 sealed row(s) re-read, 3 row(s) not sealed yet" in right.output
+    )
+
+
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_the_worker_seals_logs_the_head_and_exports_it(migrated: Settings, engine: AsyncEngine) -> None:
     """A worker with AUDIT_SEAL_KEY seals its own rows and a Node-style row, logs `audit.sealed` with the

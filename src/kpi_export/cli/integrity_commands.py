@@ -135,6 +135,8 @@ def _show_report(report: VerifyReport, as_json: bool) -> None:
                 "segmentsChecked": report.segments_checked,
                 "rowsChecked": report.rows_checked,
                 "rowsNotSealed": report.rows_not_sealed,
+                "keyId": report.key_id,
+                "chainKeyIds": report.chain_key_ids,
                 "expectedHeadSeq": report.expected_head_seq,
                 "pseudonymisations": [entry_json(e) for e in report.pseudonymisations],
                 "findings": [
@@ -160,10 +162,17 @@ def _show_report(report: VerifyReport, as_json: bool) -> None:
     if total > listed:
         click.echo(f"… and {total - listed} more finding(s) not listed")
     head = f"head: seal {report.head.seq}, digest {report.head.digest}" if report.head else "no seal yet"
-    click.echo(
-        f"{report.entries} seal(s), {report.rows_checked} sealed row(s) re-read, {report.rows_not_sealed} row(s) "
-        f"not sealed yet; {head}"
-    )
+    if report.other_key:
+        click.echo(
+            f"{report.entries} seal(s) sealed with another key: the chain's key fingerprint is "
+            f"{' and '.join(report.chain_key_ids)}, AUDIT_SEAL_KEY's is {report.key_id}; no sealed row could be "
+            f"re-read, {report.rows_not_sealed} row(s) after the last seal; {head}"
+        )
+    else:
+        click.echo(
+            f"{report.entries} seal(s), {report.rows_checked} sealed row(s) re-read, {report.rows_not_sealed} "
+            f"row(s) not sealed yet; {head}"
+        )
     if report.expected_head_seq is not None and report.head is not None:
         click.echo(
             f"the expected head is seal {report.expected_head_seq} of the chain "
