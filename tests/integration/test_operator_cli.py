@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sqlite3
 import time
 from datetime import datetime
@@ -144,6 +145,32 @@ async def test_jobs_lists_failed_and_completed_jobs(migrated: Settings) -> None:
 
     wrong = await invoke(migrated, "jobs", "--state", "lost")
     assert wrong.exit_code == 2
+
+
+@sqlite_only
+async def test_attempts_of_a_job_retried_by_hand_are_not_shown_as_more_than_allowed(
+    migrated: Settings,
+) -> None:
+    async with job_events(migrated) as events, opened_queue(migrated) as queue, running_worker(migrated):
+        job = await queue.add("kpi-export", {"usuarioId": "abc"})  # fails for good at its one attempt
+        await events.finished(job.id)
+        assert (await invoke(migrated, "retry", job.id)).exit_code == 0
+
+        async def failed_again() -> bool:
+            again = await queue.getJob(job.id)
+            return bool(again.attemptsMade == 2 and await again.getState() == "failed")
+
+        await wait_until(failed_again, what="the retried job to fail again")
+
+    listed = await invoke(migrated, "jobs", env={"COLUMNS": "160"})
+    assert re.search(rf"│ {job.id} +│ [0-9 :-]+ │ 2 \(of 1, retried by hand\) +│", listed.stdout), (
+        listed.stdout
+    )
+    shown = await invoke(migrated, "job", job.id)
+    assert re.search(r"│ attempts +│ 2 \(of 1, retried by hand\) +│", shown.stdout), shown.stdout
+    assert "2/1" not in listed.stdout + shown.stdout and "attemptsMade" not in shown.stdout
+    as_json = await json_of(migrated, "job", job.id)
+    assert isinstance(as_json, dict) and (as_json["attemptsMade"], as_json["attempts"]) == (2, 1)
 
 
 REFUSE_USER_13 = """

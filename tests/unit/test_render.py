@@ -7,7 +7,7 @@ import io
 import pytest
 from rich.console import Console
 
-from kpi_export.cli.render import MISSING, show_rows, shown, table, when_ms
+from kpi_export.cli.render import MISSING, attempts, show_rows, shown, table, when_ms
 from kpi_export.demo.run import rows_table
 
 
@@ -52,3 +52,8 @@ def test_a_title_is_literal_text_too() -> None:
     # The title is folded to the table's width: compare it without its line breaks and spaces.
     title = "".join(line.strip() for line in text.splitlines()).replace(" ", "")
     assert "Job[link=https://evil.example]7[/link][/]\\x1b[2J" in title
+
+
+def test_attempts_past_the_allowance_say_the_job_was_retried_by_hand() -> None:
+    assert attempts(1, 3) == "1/3" and attempts(1, 1) == "1/1" and attempts(2, None) == "2"
+    assert attempts(3, 1) == "3 (of 1, retried by hand)"

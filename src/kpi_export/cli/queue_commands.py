@@ -14,6 +14,7 @@ import click
 from kpi_export.cli.app import JSON_OPTION, cli, run, settings_or_exit
 from kpi_export.cli.json_input import json_arg
 from kpi_export.cli.render import (
+    attempts,
     duration,
     echo_json,
     progress_bar,
@@ -130,7 +131,11 @@ def job_command(job_id: str, as_json: bool) -> None:
         return
     shown_table = table("field", "value", title=f"Job {job_id} in {settings.queue_name}")
     for field, value in snapshot.items():
-        if field in _TIMES:
+        if field == "attemptsMade":
+            continue  # shown with the attempts allowed
+        if field == "attempts":
+            shown_table.add_row(field, attempts(snapshot["attemptsMade"], value))
+        elif field in _TIMES:
             shown_table.add_row(f"{field} (UTC)", when_ms(value))
         elif isinstance(value, str) or value is None:
             shown_table.add_row(field, value)
@@ -191,7 +196,7 @@ def jobs(state: str, limit: int, as_json: bool) -> None:
             (
                 job["id"],
                 when_ms(job["added"]),
-                f"{job['attemptsMade']}/{job['attempts']}" if job["attempts"] else job["attemptsMade"],
+                attempts(job["attemptsMade"], job["attempts"]),
                 f"unreadable: {job['unreadable']}" if "unreadable" in job else value_of(job),
             )
             for job in found

@@ -113,5 +113,13 @@ def when_ms(timestamp_ms: int | None) -> str:
         return MISSING
 
 
+def attempts(made: int, allowed: int | None) -> str:
+    """Attempts made of those allowed: 1/3. A failed job retried by hand (`kpi-export retry`, bull-board) runs
+    again past its allowance: 3 (of 1, retried by hand), not 3/1."""
+    if not allowed:
+        return str(made)
+    return f"{made}/{allowed}" if made <= allowed else f"{made} (of {allowed}, retried by hand)"
+
+
 def shortened(text: str, width: int = 48) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
