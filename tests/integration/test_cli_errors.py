@@ -115,6 +115,10 @@ async def test_read_only_commands_create_no_database_file(
         (["enqueue", "--data", "{}", "--usuario-id", "1"], "give one of --data or --usuario-id"),
         (["enqueue", "--data", "{}", "--from-file", "-"], "give one of --data or --from-file, not both"),
         (["enqueue", "--from-file", "-"], "--from-file (line 2): not JSON"),
+        (
+            ["audit", "pseudonymise-ips", "--older-than", "1m"],
+            "'1m' is neither an age nor a date: an age is a whole number of days (d) or hours (h)",
+        ),
     ],
 )
 async def test_a_bad_option_is_one_usage_line(migrated: Settings, args: list[str], message: str) -> None:

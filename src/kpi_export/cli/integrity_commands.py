@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from kpi_export.integrity import ChainEntry, SealKey
     from kpi_export.integrity.verifier import VerifyReport
 
-_AGE = re.compile(r"([0-9]{1,6})([dh])")
+_AGE = re.compile(r"([0-9]{1,6})([dh])", re.IGNORECASE)
+_DATE_LIKE = re.compile(r"[0-9]{4}-")
 
 
 def key_or_exit(settings: Settings) -> SealKey:
@@ -249,18 +250,26 @@ def audit_pseudonymise_ips(older_than: str, mode: str, actor: str | None, as_jso
 
 
 def _cutoff(text: str) -> datetime:
+    from kpi_export.store.reader import parse_when
     from kpi_export.store.writer import utc_now
 
     age = _AGE.fullmatch(text.strip())
     if age is not None:
-        number, unit = int(age.group(1)), age.group(2)
+        number, unit = int(age.group(1)), age.group(2).lower()
         try:
             return utc_now() - (timedelta(days=number) if unit == "d" else timedelta(hours=number))
         except OverflowError:
             raise click.BadParameter(f"{text!r} reaches before year 1", param_hint="--older-than") from None
-    cutoff = when_option(text, "--older-than")
-    assert cutoff is not None
-    return cutoff
+    try:
+        return parse_when(text)
+    except ValueError as exc:
+        if _DATE_LIKE.match(text.strip()):  # meant as a date: its own message says what is wrong
+            raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    raise click.BadParameter(
+        f"{text!r} is neither an age nor a date: an age is a whole number of days (d) or hours (h), such as "
+        "90d or 36h; a date is 2026-03-31 or an ISO date-time such as 2026-03-31T10:00Z",
+        param_hint="--older-than",
+    )
 
 
 def _operator() -> str:
