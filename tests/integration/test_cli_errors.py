@@ -161,7 +161,7 @@ async def test_json_that_only_python_reads_is_a_usage_error(
 async def test_until_the_last_day_there_is(migrated: Settings) -> None:
     result = await invoke(migrated, "audit", "list", "--until", "9999-12-31", "--since", "0001-01-01")
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines()[-1] == "0 row(s)"
+    assert result.stdout.splitlines()[-1] == "0 rows"
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

@@ -183,7 +183,7 @@ async def test_csv_never_overwrites_without_force_and_replaces_a_symlink_not_its
     assert target.read_text() == "yesterday's export\n"
 
     forced = await invoke(migrated, "audit", "list", "--csv", str(target), "--force")
-    assert forced.exit_code == 0 and forced.stdout == f"2 row(s) written to {target}\n"
+    assert forced.exit_code == 0 and forced.stdout == f"2 rows written to {target}\n"
     assert len(target.read_text().splitlines()) == 3
 
     target.chmod(0o600)  # an export kept private (it holds IP addresses) stays private when replaced
@@ -206,7 +206,7 @@ async def test_csv_dash_is_standard_output(migrated: Settings, tmp_path: Path) -
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert [(row["usuarioId"], row["ip"]) for row in rows] == [("7", "198.51.100.4")]
-    assert result.stderr == "1 row(s) written to standard output\n"
+    assert result.stderr == "1 row written to standard output\n"
     assert not (Path.cwd() / "-").exists()
 
 

@@ -141,7 +141,7 @@ async def test_jobs_lists_failed_and_completed_jobs(migrated: Settings) -> None:
     assert table.exit_code == 0
     assert "usuarioId inválido en job.data" in table.stdout
     assert "1/3" in table.stdout and "1/1" not in table.stdout
-    assert table.stdout.splitlines()[-1] == "1 job(s) (--limit 1)"
+    assert table.stdout.splitlines()[-1] == "1 job (--limit 1)"
 
     wrong = await invoke(migrated, "jobs", "--state", "lost")
     assert wrong.exit_code == 2
@@ -283,12 +283,12 @@ async def test_audit_list_filters_show_and_csv(migrated: Settings, tmp_path: Pat
     table = await invoke(migrated, "audit", "list", "--usuario-id", "2")
     assert table.exit_code == 0
     assert "2026-02-15 08:30:00" in table.stdout and "pdf" in table.stdout
-    assert table.stdout.splitlines()[-1] == "2 row(s)"
+    assert table.stdout.splitlines()[-1] == "2 rows"
 
     target = tmp_path / "export.csv"
     written = await invoke(migrated, "audit", "list", "--usuario-id", "2", "--csv", str(target))
     assert written.exit_code == 0, written.output
-    assert written.stdout.strip() == f"2 row(s) written to {target}"
+    assert written.stdout.strip() == f"2 rows written to {target}"
     with target.open(newline="", encoding="utf-8") as file:
         records = list(csv.DictReader(file))
     assert [(int(r["idExport"]), r["format"], json.loads(r["filters"])) for r in records] == [

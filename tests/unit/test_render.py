@@ -7,7 +7,7 @@ import io
 import pytest
 from rich.console import Console
 
-from kpi_export.cli.render import MISSING, attempts, show_rows, shown, table, when_ms
+from kpi_export.cli.render import MISSING, attempts, counted, show_rows, shown, table, when_ms
 from kpi_export.demo.run import rows_table
 
 
@@ -52,6 +52,11 @@ def test_a_title_is_literal_text_too() -> None:
     # The title is folded to the table's width: compare it without its line breaks and spaces.
     title = "".join(line.strip() for line in text.splitlines()).replace(" ", "")
     assert "Job[link=https://evil.example]7[/link][/]\\x1b[2J" in title
+
+
+def test_counts_are_singular_or_plural() -> None:
+    assert [counted(n, "row") for n in (0, 1, 2)] == ["0 rows", "1 row", "2 rows"]
+    assert counted(1, "failed job") == "1 failed job" and counted("?", "row") == "? rows"
 
 
 def test_attempts_past_the_allowance_say_the_job_was_retried_by_hand() -> None:

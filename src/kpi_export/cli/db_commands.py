@@ -14,7 +14,16 @@ import click
 
 from kpi_export.cli.app import JSON_OPTION, cli, run, settings_or_exit
 from kpi_export.cli.export_file import export_target, written_whole
-from kpi_export.cli.render import echo_json, progress_bar, shortened, show, show_rows, shown, table
+from kpi_export.cli.render import (
+    counted,
+    echo_json,
+    progress_bar,
+    shortened,
+    show,
+    show_rows,
+    shown,
+    table,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -118,11 +127,11 @@ def audit_list(
     if csv_path is not None:
         written = run(write_csv(settings, audit_filter, limit, export, force=force))
         if export is None:
-            click.echo(f"{written} row(s) written to standard output", err=True)
+            click.echo(f"{counted(written, 'row')} written to standard output", err=True)
         elif as_json:
             echo_json({"file": str(export), "rows": written})
         else:
-            click.echo(f"{written} row(s) written to {shown(export)}")
+            click.echo(f"{counted(written, 'row')} written to {shown(export)}")
         return
     rows = run(
         with_engine(settings, lambda engine: list_rows(engine, audit_filter, limit or 50), create=False)
@@ -144,7 +153,7 @@ def audit_list(
             for row in rows
         ],
     )
-    click.echo(f"{len(rows)} row(s)" + (" (--limit reached)" if len(rows) == (limit or 50) else ""))
+    click.echo(counted(len(rows), "row") + (" (--limit reached)" if len(rows) == (limit or 50) else ""))
 
 
 @audit.command("show")

@@ -14,7 +14,7 @@ import click
 
 from kpi_export.cli.app import EXIT_CONFIG, EXIT_FAILED, JSON_OPTION, run, settings_or_exit
 from kpi_export.cli.db_commands import ID_EXPORT, audit, when_option, with_engine
-from kpi_export.cli.render import echo_json, progress_bar, shown
+from kpi_export.cli.render import counted, echo_json, progress_bar, shown
 
 if TYPE_CHECKING:
     from kpi_export.config import Settings
@@ -81,7 +81,9 @@ def audit_seal(as_json: bool) -> None:
         echo_json({"sealed": [entry_json(e) for e in sealed], "head": entry_json(head) if head else None})
         return
     for entry in sealed:
-        click.echo(f"seal {entry.seq}: idExport {entry.from_id}-{entry.to_id}, {entry.row_count} row(s)")
+        click.echo(
+            f"seal {entry.seq}: idExport {entry.from_id}-{entry.to_id}, {counted(entry.row_count, 'row')}"
+        )
     if not sealed:
         click.echo("nothing to seal")
     if head is not None:
@@ -152,7 +154,7 @@ def _show_report(report: VerifyReport, as_json: bool) -> None:
         detail = _detail(entry)
         click.echo(
             f"pseudonymisation recorded in seal {entry.seq}: idExport {entry.from_id}-{entry.to_id}, "
-            f"{detail.get('rowsChanged', '?')} row(s) ip {detail.get('ip', '?')}, older than "
+            f"{counted(detail.get('rowsChanged', '?'), 'row')} ip {detail.get('ip', '?')}, older than "
             f"{detail.get('olderThan', '?')}, by {shown(entry.actor)} at "
             f"{entry.sealed_at.isoformat(timespec='seconds')}Z"
         )
@@ -161,29 +163,29 @@ def _show_report(report: VerifyReport, as_json: bool) -> None:
     listed = len(report.findings)
     total = sum(report.counts.values())
     if total > listed:
-        click.echo(f"… and {total - listed} more finding(s) not listed")
+        click.echo(f"… and {counted(total - listed, 'more finding')} not listed")
     head = f"head: seal {report.head.seq}, digest {report.head.digest}" if report.head else "no seal yet"
     if report.other_key:
         click.echo(
-            f"{report.entries} seal(s) sealed with another key: the chain's key fingerprint is "
+            f"{counted(report.entries, 'seal')} sealed with another key: the chain's key fingerprint is "
             f"{' and '.join(report.chain_key_ids)}, AUDIT_SEAL_KEY's is {report.key_id}; no sealed row could be "
-            f"re-read, {report.rows_not_sealed} row(s) after the last seal; {head}"
+            f"re-read, {counted(report.rows_not_sealed, 'row')} after the last seal; {head}"
         )
     else:
         click.echo(
-            f"{report.entries} seal(s), {report.rows_checked} sealed row(s) re-read, {report.rows_not_sealed} "
-            f"row(s) not sealed yet; {head}"
+            f"{counted(report.entries, 'seal')}, {counted(report.rows_checked, 'sealed row')} re-read, "
+            f"{counted(report.rows_not_sealed, 'row')} not sealed yet; {head}"
         )
     if report.expected_head_seq is not None and report.head is not None:
         click.echo(
             f"the expected head is seal {report.expected_head_seq} of the chain "
-            f"({report.head.seq - report.expected_head_seq} seal(s) made since)"
+            f"({counted(report.head.seq - report.expected_head_seq, 'seal')} made since)"
         )
     if report.clean:
         click.echo("verified: no finding")
     else:
         counts = ", ".join(f"{count} {kind}" for kind, count in sorted(report.counts.items()))
-        click.echo(f"NOT VERIFIED: {total} finding(s) ({counts})")
+        click.echo(f"NOT VERIFIED: {counted(total, 'finding')} ({counts})")
 
 
 @audit.command("pseudonymise-ips")
@@ -239,11 +241,12 @@ def audit_pseudonymise_ips(older_than: str, mode: str, actor: str | None, as_jso
             )
         for segment, findings in report.refused:
             click.echo(
-                f"REFUSED: idExport {segment.from_id}-{segment.to_id} fails its seal ({findings} finding(s)): "
+                f"REFUSED: idExport {segment.from_id}-{segment.to_id} fails its seal ({counted(findings, 'finding')}): "
                 "left as it is; `kpi-export audit verify` names them"
             )
         click.echo(
-            f"{report.rows_changed} row(s) changed (ip {mode}, older than {cutoff.isoformat(timespec='seconds')}Z)"
+            f"{counted(report.rows_changed, 'row')} changed (ip {mode}, older than "
+            f"{cutoff.isoformat(timespec='seconds')}Z)"
         )
     if report.refused:
         sys.exit(EXIT_FAILED)

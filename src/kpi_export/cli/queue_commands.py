@@ -15,6 +15,7 @@ from kpi_export.cli.app import JSON_OPTION, cli, run, settings_or_exit
 from kpi_export.cli.json_input import json_arg
 from kpi_export.cli.render import (
     attempts,
+    counted,
     duration,
     echo_json,
     progress_bar,
@@ -203,7 +204,7 @@ def jobs(state: str, limit: int, as_json: bool) -> None:
         ],
         title=f"{state} jobs in {settings.queue_name}",
     )
-    click.echo(f"{len(found)} job(s)" + (f" (--limit {limit})" if len(found) == limit else ""))
+    click.echo(counted(len(found), "job") + (f" (--limit {limit})" if len(found) == limit else ""))
 
 
 # The last column of `jobs`, by state: what a person looks for in jobs of that state (else their name).
@@ -241,7 +242,7 @@ def retry(job_ids: tuple[str, ...], all_failed: bool, as_json: bool) -> None:
         if as_json:
             echo_json({"retried": retried})
         else:
-            click.echo(f"{retried} failed job(s) put back to wait")
+            click.echo(f"{counted(retried, 'failed job')} put back to wait")
         return
     outcome = run(retry_jobs(settings, list(job_ids)))
     if as_json:

@@ -113,6 +113,12 @@ def when_ms(timestamp_ms: int | None) -> str:
         return MISSING
 
 
+def counted(count: object, noun: str) -> str:
+    """A count and its noun, singular or plural: 1 row, 0 rows, 3 failed jobs. A count that is not a number
+    (a chain entry's detail edited in the database) is shown as it is, with the plural."""
+    return f"{count} {noun}" if count == 1 and isinstance(count, int) else f"{count} {noun}s"
+
+
 def attempts(made: int, allowed: int | None) -> str:
     """Attempts made of those allowed: 1/3. A failed job retried by hand (`kpi-export retry`, bull-board) runs
     again past its allowance: 3 (of 1, retried by hand), not 3/1."""
