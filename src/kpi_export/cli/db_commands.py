@@ -17,8 +17,8 @@ from kpi_export.cli.export_file import export_target, written_whole
 from kpi_export.cli.render import (
     counted,
     echo_json,
+    echo_wrapped,
     progress_bar,
-    shortened,
     show,
     show_rows,
     shown,
@@ -80,6 +80,8 @@ def audit() -> None:
     """The audit table kpi_auditoria_export (who exported what, from where, when): read, seal, verify."""
 
 
+# Lines of the filters of a row that `audit list` shows: those of a few KPIs whole, a list stays a list.
+FILTERS_LINES = 2
 # usuarioId and idExport are 32-bit INTEGER columns, as Prisma's Int.
 USUARIO_ID = click.IntRange(-(2**31), 2**31 - 1)
 ID_EXPORT = click.IntRange(1, 2**31 - 1)
@@ -139,7 +141,7 @@ def audit_list(
     if as_json:
         echo_json(rows)
         return
-    show_rows(
+    cut = show_rows(
         ("idExport", "createdAt (UTC)", "usuarioId", "ip", "format", "filters"),
         [
             (
@@ -148,12 +150,15 @@ def audit_list(
                 row["usuarioId"],
                 row["ip"],
                 row["format"],
-                shortened(json.dumps(row["filters"], ensure_ascii=False)),
+                json.dumps(row["filters"], ensure_ascii=False),
             )
             for row in rows
         ],
+        last_lines=FILTERS_LINES,
     )
     click.echo(counted(len(rows), "row") + (" (--limit reached)" if len(rows) == (limit or 50) else ""))
+    if cut:
+        echo_wrapped("filters cut to fit (…): `kpi-export audit show ID` shows them whole")
 
 
 @audit.command("show")

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from kpi_export.cli.app import JSON_OPTION, cli, run, settings_or_exit
+from kpi_export.cli.fit import clipped
 from kpi_export.cli.json_input import json_arg
 from kpi_export.cli.render import (
     attempts,
@@ -27,6 +28,8 @@ from kpi_export.cli.render import (
     when_ms,
 )
 from kpi_export.runtime.tracing_switch import tracing_wanted
+
+JOB_VALUE_LIMIT = 500  # characters of a value `job` shows without --full: about ten lines at 80 columns
 
 
 @cli.command()
@@ -116,10 +119,13 @@ def _number_or_text(text: str) -> Any:
 
 @cli.command("job")
 @click.argument("job_id")
+@click.option(
+    "--full", is_flag=True, help=f"Show long values whole (else the first {JOB_VALUE_LIMIT:,} characters)."
+)
 @JSON_OPTION
-def job_command(job_id: str, as_json: bool) -> None:
-    """Show one job: state, progress, result, failure reason, attempts, times (UTC; --json: bullmq's epoch
-    milliseconds)."""
+def job_command(job_id: str, full: bool, as_json: bool) -> None:
+    """Show one job: state, data, progress, result, failure reason, attempts, times (UTC; --json: bullmq's
+    epoch milliseconds, every value whole)."""
     from kpi_export.bullmq import job_snapshot
 
     settings = settings_or_exit()
@@ -138,10 +144,13 @@ def job_command(job_id: str, as_json: bool) -> None:
             shown_table.add_row(field, attempts(snapshot["attemptsMade"], value))
         elif field in _TIMES:
             shown_table.add_row(f"{field} (UTC)", when_ms(value))
-        elif isinstance(value, str) or value is None:
+        elif value is None:
             shown_table.add_row(field, value)
         else:
-            shown_table.add_row(field, json.dumps(value, ensure_ascii=False))
+            text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+            shown_table.add_row(
+                field, text if full else clipped(text, JOB_VALUE_LIMIT, hint="--full shows all")
+            )
     show(shown_table)
 
 

@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from kpi_export.cli.fit import packed, wrapped
 from kpi_export.redaction import escape_controls, escape_controls_in_json
 
 MISSING = "—"
@@ -49,27 +50,57 @@ def table(*columns: str, title: str | None = None) -> SafeTable:
     return found
 
 
-def show_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, title: str | None = None) -> None:
-    """A table when the terminal leaves its last column MIN_LAST_COLUMN characters; on a narrower one, a block
-    per row (the other values on a line, the last one below), rather than the last column in shreds."""
+def show_rows(
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    title: str | None = None,
+    last_lines: int | None = None,
+) -> bool:
+    """A table when the terminal leaves its last column MIN_LAST_COLUMN cells; on a narrower one, a block per
+    row, rather than the last column in shreds: the other values packed on lines of the terminal's width, the
+    last one below. The last value takes the room left, on at most `last_lines` lines (cut with …; all it
+    needs when None). Returns whether a value was cut."""
     console = Console()
+    cells = [[shown(value) for value in row] for row in rows]
     widths = [
-        max([cell_len(column), *(cell_len(shown(row[n])) for row in rows)])
-        for n, column in enumerate(columns)
+        max([cell_len(column), *(cell_len(row[n]) for row in cells)]) for n, column in enumerate(columns)
     ]
-    last = min(widths.pop(), MIN_LAST_COLUMN)  # short values need no more room than they take
-    if console.width >= sum(widths) + 3 * len(columns) + 1 + last:
+    last_width = widths.pop()
+    fixed = sum(widths) + 3 * len(columns) + 1  # a border before each column and after the last, padding 1+1
+    cut = False
+    if console.width >= fixed + min(last_width, MIN_LAST_COLUMN):
         found = table(*columns, title=title)
-        for row in rows:
-            found.add_row(*row)
+        for row in cells:
+            lines, shortened = wrapped(console, row[-1], console.width - fixed, last_lines)
+            cut = cut or shortened
+            found.add_row(*row[:-1], Text("\n".join(lines)))  # already shown, wrapped by hand
         console.print(found)
-        return
+        return cut
     if title:
-        console.print(Text(shown(title)))
-    for row in rows:  # a line each, which the terminal folds where it must
-        values = zip(columns[:-1], row[:-1], strict=True)
-        console.print(Text("  ".join(f"{name} {shown(value)}" for name, value in values)), soft_wrap=True)
-        console.print(Text(f"    {columns[-1]}: {shown(row[-1])}"), soft_wrap=True)
+        _print_wrapped(console, shown(title))
+    indent = "    "
+    for row in cells:
+        pairs = [f"{name} {value}" for name, value in zip(columns[:-1], row[:-1], strict=True)]
+        for line in packed(pairs, console.width):
+            _print_wrapped(console, line)
+        lines, shortened = wrapped(
+            console, f"{columns[-1]}: {row[-1]}", console.width - len(indent), last_lines
+        )
+        cut = cut or shortened
+        for line in lines:
+            console.print(Text(indent + line))
+    return cut
+
+
+def echo_wrapped(text: str) -> None:
+    """A line of the program's own words, wrapped at the terminal's width."""
+    _print_wrapped(Console(), text)
+
+
+def _print_wrapped(console: Console, text: str) -> None:
+    for line in wrapped(console, text, console.width)[0]:
+        console.print(Text(line))
 
 
 def show(renderable: Any) -> None:
@@ -125,7 +156,3 @@ def attempts(made: int, allowed: int | None) -> str:
     if not allowed:
         return str(made)
     return f"{made}/{allowed}" if made <= allowed else f"{made} (of {allowed}, retried by hand)"
-
-
-def shortened(text: str, width: int = 48) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
