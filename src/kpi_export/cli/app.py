@@ -64,14 +64,15 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.meta[_DEBUG] = debug
 
 
-def settings_or_exit(*, stream: Any = None) -> Settings:
-    """Settings from the environment, logging set up; bad configuration exits 2 with one line."""
+def settings_or_exit(*, stream: Any = None, database: bool = True) -> Settings:
+    """Settings from the environment, logging set up; bad configuration exits 2 with one line. A command that
+    never opens the database passes `database=False`: DATABASE_URL is not checked (nor SQLAlchemy imported)."""
     from kpi_export.config import load_settings
     from kpi_export.errors import ConfigError
     from kpi_export.logs import setup_logging
 
     try:
-        settings = load_settings()
+        settings = load_settings(database=database)
     except ConfigError as exc:
         click.echo(f"kpi-export: {exc}", err=True)
         sys.exit(EXIT_CONFIG)

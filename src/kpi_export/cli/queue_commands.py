@@ -62,7 +62,7 @@ def enqueue(
 
     fields = {"usuarioId": usuario_id, "ip": ip, "filters": filters_json, "format": fmt}
     payloads = _payloads(fields, data_json, from_file)
-    settings = settings_or_exit()
+    settings = settings_or_exit(database=False)
     opts: dict[str, Any] = {"attempts": attempts} if attempts else {}
     if tracing_wanted():  # the jobs carry the context of a PRODUCER span, as npm bullmq with bullmq-otel
         from kpi_export.runtime.tracing import CONTEXT_OPTION, producer_span
@@ -128,7 +128,7 @@ def job_command(job_id: str, full: bool, as_json: bool) -> None:
     epoch milliseconds, every value whole)."""
     from kpi_export.bullmq import job_snapshot
 
-    settings = settings_or_exit()
+    settings = settings_or_exit(database=False)
     snapshot = run(job_snapshot(settings, job_id))
     if snapshot is None:
         click.echo(f"kpi-export: no job {shown(job_id)} in queue {settings.queue_name}", err=True)
@@ -160,7 +160,7 @@ def stats(as_json: bool) -> None:
     """Jobs in QUEUE_NAME by state, the workers connected, and the age of the oldest waiting job."""
     from kpi_export.bullmq import queue_stats
 
-    settings = settings_or_exit()
+    settings = settings_or_exit(database=False)
     found = run(queue_stats(settings))
     if as_json:
         echo_json(found)
@@ -194,7 +194,7 @@ def jobs(state: str, limit: int, as_json: bool) -> None:
     first)."""
     from kpi_export.bullmq import list_jobs
 
-    settings = settings_or_exit()
+    settings = settings_or_exit(database=False)
     found = run(list_jobs(settings, state, limit))
     if as_json:
         echo_json(found)
@@ -239,7 +239,7 @@ def retry(job_ids: tuple[str, ...], all_failed: bool, as_json: bool) -> None:
 
     if bool(job_ids) == all_failed:
         raise click.UsageError("give job ids or --all-failed (not both)")
-    settings = settings_or_exit()
+    settings = settings_or_exit(database=False)
     if all_failed:
         with progress_bar() as progress:
             task = progress.add_task("Retrying failed jobs", total=None)
