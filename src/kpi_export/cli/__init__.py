@@ -1,5 +1,6 @@
 """The `kpi-export` command: the click group (app.py), its commands by what they act on, and how they show
-what they found (render.py). They are imported when the command runs (`main`) or is first asked for."""
+what they found (render.py). The group is imported when the command runs (`main`) or is first asked for, and
+each module of commands when one of its commands runs (app.LazyCommands)."""
 
 from __future__ import annotations
 
@@ -24,13 +25,7 @@ def _stop_while_starting(_signum: int, _frame: FrameType | None) -> None:
 
 
 def _commands() -> ModuleType:
-    from kpi_export.cli import (  # noqa: F401 - they add the commands
-        app,
-        db_commands,
-        integrity_commands,
-        queue_commands,
-        worker_commands,
-    )
+    from kpi_export.cli import app
 
     return app
 

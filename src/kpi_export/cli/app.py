@@ -4,11 +4,12 @@ the error boundary (a failure is one line and exit status 1)."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import sys
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import click
 
@@ -55,7 +56,30 @@ def _debug_level() -> bool:
     return os.environ.get("LOG_LEVEL", "").upper() == "DEBUG"
 
 
-@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
+class LazyCommands(Commands):
+    """The commands are defined in modules by what they act on, each imported when one of its commands runs
+    (all of them for --help): `kpi-export stats` does not wait for the audit commands' imports."""
+
+    MODULES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "kpi_export.cli.queue_commands": ("enqueue", "job", "stats", "jobs", "retry"),
+        "kpi_export.cli.db_commands": ("db", "audit"),
+        "kpi_export.cli.integrity_commands": ("audit",),  # audit seal|verify|pseudonymise-ips
+        "kpi_export.cli.worker_commands": ("worker", "demo", "check"),
+    }
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        for module, names in self.MODULES.items():
+            if cmd_name in names:
+                importlib.import_module(module)
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        for module in self.MODULES:
+            importlib.import_module(module)
+        return super().list_commands(ctx)
+
+
+@click.group(cls=LazyCommands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="When a command fails, show the traceback.")
 @click.version_option(package_name="kpi-export-worker")
 @click.pass_context

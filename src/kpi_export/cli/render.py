@@ -7,14 +7,16 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.cells import cell_len
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 from kpi_export.cli.fit import packed, wrapped
 from kpi_export.redaction import escape_controls, escape_controls_in_json
@@ -109,6 +111,8 @@ def show(renderable: Any) -> None:
 
 def progress_bar() -> Progress:
     """A progress bar on a terminal's stderr (stdout stays for the result), gone when the work ends."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     console = Console(stderr=True)
     return Progress(
         TextColumn("{task.description}"),
