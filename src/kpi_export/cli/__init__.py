@@ -9,6 +9,8 @@ import sys
 from types import FrameType, ModuleType
 from typing import Any
 
+from kpi_export.cli import collector
+
 __all__ = ["EXIT_CONFIG", "cli", "main"]
 
 
@@ -17,7 +19,11 @@ def main() -> None:
     own handlers, ends it cleanly (status 0), as one that arrives later does."""
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _stop_while_starting)
-    _commands().cli()
+    collector.pause()  # until the command's work begins (collector.py)
+    try:
+        _commands().cli()
+    finally:
+        collector.resume(freeze=False)  # a command that ended before its work (--help, a usage error)
 
 
 def _stop_while_starting(_signum: int, _frame: FrameType | None) -> None:

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import click
 
+from kpi_export.cli import collector
+
 if TYPE_CHECKING:
     from kpi_export.config import Settings
 
@@ -73,6 +75,14 @@ class LazyCommands(Commands):
                 importlib.import_module(module)
         return super().get_command(ctx, cmd_name)
 
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        if name in SERVICES:
+            collector.resume(freeze=False)  # a service runs as it always has
+        return name, command, rest
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         for module in self.MODULES:
             importlib.import_module(module)
@@ -109,4 +119,5 @@ def settings_or_exit(*, stream: Any = None, database: bool = True) -> Settings:
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
+    collector.resume(freeze=True)
     return asyncio.run(coro)
