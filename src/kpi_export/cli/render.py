@@ -15,11 +15,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-if TYPE_CHECKING:
-    from rich.progress import Progress
-
 from kpi_export.cli.fit import packed, wrapped
 from kpi_export.redaction import escape_controls, escape_controls_in_json
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 MISSING = "—"
 # The folding last column keeps this many characters even on a narrow terminal; the others give way.
