@@ -101,9 +101,10 @@ def resolves_to_command(args: list[str]) -> bool:
     """True when `kpi-export ARGS…` names a command of the CLI (a group's subcommand included)."""
     command: click.Command = cli
     for arg in args:
-        if not isinstance(command, click.Group) or arg not in command.commands:
+        found = command.get_command(click.Context(command), arg) if isinstance(command, click.Group) else None
+        if found is None:  # get_command, not .commands: the CLI imports its commands as they are asked for
             return False
-        command = command.commands[arg]
+        command = found
     return not isinstance(command, click.Group)
 
 

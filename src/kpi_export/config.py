@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Literal, Self
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Literal, Self
 from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -12,7 +13,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from kpi_export.contract.ip_privacy import IpMode
 from kpi_export.errors import ConfigError
 from kpi_export.integrity.digests import KEY_MIN_LENGTH, SealKey
-from kpi_export.store.url import DatabaseTarget, parse_database_url
+
+if TYPE_CHECKING:
+    from kpi_export.store.url import DatabaseTarget
 
 DEFAULT_DATABASE_URL = "file:./kpi_export.db"
 # Jobs one process runs at once. Each is a task and a database slot; far above this an idle worker spends its
@@ -22,6 +25,9 @@ _HOUR = 3600.0
 _TEN_YEARS = 10 * 365 * 24 * 3600
 # A hash tag: the part of a key between the first { and the next } decides its Redis Cluster slot.
 _HASH_TAG = re.compile(r"\{[^}]+\}")
+# False while settings are read for a command that never opens the database (`load_settings(database=False)`):
+# DATABASE_URL is then not parsed, nor SQLAlchemy imported to parse it.
+_CHECK_DATABASE_URL: ContextVar[bool] = ContextVar("check_database_url", default=True)
 
 
 class Settings(BaseSettings):
@@ -136,7 +142,10 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: SecretStr) -> SecretStr:
-        parse_database_url(value.get_secret_value())  # raises ValueError with a message free of secrets
+        if _CHECK_DATABASE_URL.get():
+            from kpi_export.store.url import parse_database_url
+
+            parse_database_url(value.get_secret_value())  # raises ValueError with a message free of secrets
         return value
 
     @field_validator("audit_seal_key")
@@ -157,6 +166,8 @@ class Settings(BaseSettings):
 
     @property
     def database(self) -> DatabaseTarget:
+        from kpi_export.store.url import parse_database_url
+
         return parse_database_url(self.database_url.get_secret_value())
 
     @property
@@ -262,8 +273,10 @@ def parse_addresses(text: str) -> list[tuple[str, int]]:
     return found
 
 
-def load_settings() -> Settings:
-    """Read the environment. Raises ConfigError naming the first variable that is wrong."""
+def load_settings(*, database: bool = True) -> Settings:
+    """Read the environment. Raises ConfigError naming the first variable that is wrong; DATABASE_URL is left
+    unchecked with `database=False`, for a command that never opens the database."""
+    checking = _CHECK_DATABASE_URL.set(database)
     try:
         return Settings()
     except ValidationError as exc:
@@ -274,3 +287,5 @@ def load_settings() -> Settings:
         else:  # a rule over several settings names the one to change first
             variable, _, message = message.partition(": ")
         raise ConfigError(variable, message) from None
+    finally:
+        _CHECK_DATABASE_URL.reset(checking)

@@ -128,7 +128,7 @@ async def test_a_sealed_table_verifies_and_each_tampering_is_named(
     result = await invoke(migrated, "audit", "verify", env=KEY_ENV)
     assert result.exit_code == 1, result.output
     assert f"FOUND: row {victim} changed (seal" in result.output
-    assert "NOT VERIFIED: 1 finding(s) (1 changed)" in result.output
+    assert "NOT VERIFIED: 1 finding (1 changed)" in result.output
     await execute(engine, update(audit_table).where(c.idExport == victim).values(ip=original["ip"]))
 
     await execute(engine, delete(audit_table).where(c.idExport == victim))
@@ -319,7 +319,7 @@ async def test_pseudonymisation_is_recorded_and_an_unrecorded_one_is_found(
         migrated, "audit", "pseudonymise-ips", "--older-than", "90d", "--actor", "dpo@example", env=KEY_ENV
     )
     assert result.exit_code == 0, result.output
-    assert "300 row(s) changed (ip truncated" in result.output
+    assert "300 rows changed (ip truncated" in result.output
     rows = await all_rows(engine)
     assert {rows[i]["ip"] for i in range(1, 301)} <= {f"203.0.{n}.0" for n in range(256)}
     assert rows[301]["ip"] == python_row(300)["ip"]  # younger than 90 days: kept whole
@@ -332,7 +332,7 @@ async def test_pseudonymisation_is_recorded_and_an_unrecorded_one_is_found(
     assert "by dpo@example" in recorded[0] and "ip truncated" in recorded[0]
 
     again = await invoke(migrated, "audit", "pseudonymise-ips", "--older-than", "90d", env=KEY_ENV)
-    assert "0 row(s) changed" in again.output and len(await entries(engine)) == 5  # nothing more to record
+    assert "0 rows changed" in again.output and len(await entries(engine)) == 5  # nothing more to record
 
     # The same truncation done by hand, unrecorded, on a row that was to be kept whole.
     await execute(engine, update(audit_table).where(audit_table.c.idExport == 350).values(ip="203.0.94.0"))
@@ -369,7 +369,7 @@ async def test_a_missing_or_wrong_key_and_a_newer_format_get_clear_messages(
 ) -> None:
     await fill(engine, 50)
     sealed = await invoke(migrated, "audit", "seal", env=KEY_ENV)
-    assert sealed.exit_code == 0 and "seal 1: idExport 1-50, 50 row(s)" in sealed.output
+    assert sealed.exit_code == 0 and "seal 1: idExport 1-50, 50 rows" in sealed.output
     head = (await entries(engine))[-1].digest
     assert f"head: seal 1, digest {head}" in sealed.output
 
@@ -409,6 +409,35 @@ async def test_a_missing_or_wrong_key_and_a_newer_format_get_clear_messages(
     assert "seals of format 2, newer than this kpi-export's (1): upgrade kpi-export" in newer.output
     newer_seal = await invoke(migrated, "audit", "seal", env=KEY_ENV)
     assert newer_seal.exit_code == 1 and "newer than this kpi-export's" in newer_seal.output
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_verify_with_another_key_says_so_and_does_not_call_the_sealed_rows_unsealed(
+    migrated: Settings, engine: AsyncEngine
+) -> None:
+    await fill(engine, 20)
+    await seal_pending(engine, KEY, min_age=0, actor="test")
+    await fill(engine, 3, start=20)  # rows that no seal claims
+    other = SealKey("another-key-of-enough-length-0123456789")
+    env = {"AUDIT_SEAL_KEY": "another-key-of-enough-length-0123456789"}
+
+    wrong = await invoke(migrated, "audit", "verify", env=env)
+    assert wrong.exit_code == 1
+    summary = wrong.output.splitlines()[-2]
+    assert summary.startswith("1 seal sealed with another key: "), wrong.output
+    assert f"the chain's key fingerprint is {KEY.key_id}, AUDIT_SEAL_KEY's is {other.key_id}" in summary
+    assert "no sealed row could be re-read, 3 rows after the last seal; head: seal 1" in summary
+    assert "not sealed yet" not in wrong.output
+    assert SECRET not in wrong.output and env["AUDIT_SEAL_KEY"] not in wrong.output
+    as_json = json.loads((await invoke(migrated, "audit", "verify", "--json", env=env)).stdout)
+    assert (as_json["rowsNotSealed"], as_json["keyId"], as_json["chainKeyIds"]) == (
+        3,
+        other.key_id,
+        [KEY.key_id],
+    )
+
+    right = await invoke(migrated, "audit", "verify", env=KEY_ENV)
+    assert right.exit_code == 0 and "1 seal, 20 sealed rows re-read, 3 rows not sealed yet" in right.output
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)

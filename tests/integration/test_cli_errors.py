@@ -12,6 +12,7 @@ import redis.asyncio
 from click.testing import Result
 from pydantic import SecretStr
 
+from kpi_export.bullmq import opened_queue
 from kpi_export.config import Settings
 from kpi_export.demo.embedded_redis import free_port
 from tests.services import POSTGRES_URL, require_service
@@ -114,6 +115,10 @@ async def test_read_only_commands_create_no_database_file(
         (["enqueue", "--data", "{}", "--usuario-id", "1"], "give one of --data or --usuario-id"),
         (["enqueue", "--data", "{}", "--from-file", "-"], "give one of --data or --from-file, not both"),
         (["enqueue", "--from-file", "-"], "--from-file (line 2): not JSON"),
+        (
+            ["audit", "pseudonymise-ips", "--older-than", "1m"],
+            "'1m' is neither an age nor a date: an age is a whole number of days (d) or hours (h)",
+        ),
     ],
 )
 async def test_a_bad_option_is_one_usage_line(migrated: Settings, args: list[str], message: str) -> None:
@@ -122,11 +127,41 @@ async def test_a_bad_option_is_one_usage_line(migrated: Settings, args: list[str
     assert message in result.stderr and "Traceback" not in result.output
 
 
+HUGE_INTEGER = "9" * 5000
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(
+    ("args", "stdin", "message"),
+    [
+        (["--data", '{"usuarioId": 1e400}'], None, "--data: the number 1e400 is beyond a double's range"),
+        (["--data", '{"usuarioId": NaN}'], None, "--data: NaN is not JSON"),
+        (["--data", f'{{"usuarioId": {HUGE_INTEGER}}}'], None, "--data: the number 999999999999… (5,000"),
+        (["--usuario-id", "1", "--filters", '{"n": -Infinity}'], None, "--filters: -Infinity is not JSON"),
+        (["--from-file", "-"], '{"usuarioId": 1}\n{"usuarioId": 1e400}\n', "--from-file (line 2): the"),
+        (["--from-file", "-"], '{"usuarioId": Infinity}\n', "--from-file (line 1): Infinity is not JSON"),
+        (["--from-file", "-"], f'{{"usuarioId": {HUGE_INTEGER}}}\n', "--from-file (line 1): the number 9"),
+        (["--data", "[" * 100_000], None, "--data: JSON nested too deeply to read"),
+    ],
+)
+async def test_json_that_only_python_reads_is_a_usage_error(
+    migrated: Settings, args: list[str], stdin: str | None, message: str
+) -> None:
+    """NaN, Infinity and numbers beyond a double (Python reads them, then cannot write them back) are refused
+    like JSON that does not parse: exit status 2 and the reason, nothing added."""
+    result = await invoke(migrated, "enqueue", *args, stdin=stdin)
+    assert result.exit_code == 2, result.output
+    assert f"Error: Invalid value for {message}" in result.stderr, result.stderr
+    assert "--debug" not in result.stderr and len(result.stderr) < 500, result.stderr
+    async with opened_queue(migrated) as queue:
+        assert await queue.getJobCountByTypes("waiting") == 0
+
+
 @pytest.mark.parametrize("database_url", ["sqlite", "postgresql", "mariadb"], indirect=True)
 async def test_until_the_last_day_there_is(migrated: Settings) -> None:
     result = await invoke(migrated, "audit", "list", "--until", "9999-12-31", "--since", "0001-01-01")
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines()[-1] == "0 row(s)"
+    assert result.stdout.splitlines()[-1] == "0 rows"
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

@@ -18,8 +18,10 @@ from typing import Any
 
 import pytest
 import redis.asyncio
+from rich.cells import cell_len
 
 from kpi_export.bullmq import opened_queue
+from kpi_export.cli.queue_commands import JOB_VALUE_LIMIT
 from kpi_export.config import Settings
 from kpi_export.contract import parse_job_data
 from kpi_export.store import AuditStore, create_engine
@@ -115,6 +117,55 @@ async def test_filters_stay_readable_on_an_80_column_terminal(migrated: Settings
 
 
 @sqlite_only
+async def test_audit_list_fits_the_terminal_and_gives_the_filters_the_room_left(migrated: Settings) -> None:
+    long_filters = {"area": "ventas", "kpis": [f"kpi-{n}" for n in range(40)]}
+    wide_filters = {"área": "販売" * 60}  # two cells a character
+    await add_rows(
+        migrated,
+        {"usuarioId": 1234567, "ip": "2001:db8:ffff:ffff:ffff:ffff:ffff:1", "filters": long_filters},
+        {"usuarioId": 8, "ip": "::ffff:203.0.113.200", "filters": wide_filters},
+        {"usuarioId": 9, "filters": {"area": "compras"}},
+    )
+    for columns in (60, 80, 100, 160, 300):
+        result = await invoke(migrated, "audit", "list", env={"COLUMNS": str(columns)})
+        assert result.exit_code == 0, result.output
+        widths = [cell_len(line) for line in result.stdout.splitlines()]
+        assert columns - 10 <= max(widths) <= columns, (columns, result.stdout)  # the room, not 48 characters
+        assert sum(line.rstrip(" │").endswith("…") for line in result.stdout.splitlines()) == 2, result.stdout
+        assert '{"area": "compras"}' in result.stdout
+        assert "filters cut to fit (…): `kpi-export audit show ID` shows them whole" in " ".join(
+            result.stdout.split()
+        )
+    as_json = json.loads((await invoke(migrated, "audit", "list", "--json", env={"COLUMNS": "60"})).stdout)
+    assert [row["filters"] for row in as_json] == [{"area": "compras"}, wide_filters, long_filters]
+
+
+@sqlite_only
+async def test_job_shortens_long_values_and_says_how_much_is_left_out(migrated: Settings) -> None:
+    huge = {"usuarioId": 1, "filters": {"blob": "x" * (2 * 1024 * 1024)}}
+    long = {"usuarioId": 2, "filters": {"kpis": [f"kpi-{n}" for n in range(400)]}}
+    async with opened_queue(migrated) as queue:
+        huge_job = await queue.add("kpi-export", huge)
+        long_job = await queue.add("kpi-export", long)
+
+    shown = await invoke(migrated, "job", huge_job.id, env={"COLUMNS": "80"})
+    assert shown.exit_code == 0, shown.output
+    assert len(shown.stdout.splitlines()) < 40, len(shown.stdout.splitlines())
+    left_out = len(json.dumps(huge, ensure_ascii=False)) - JOB_VALUE_LIMIT
+    assert f"… ({left_out:,} more characters; --full shows all)" in " ".join(
+        line.strip("│ ") for line in shown.stdout.splitlines()
+    )
+    as_json = json.loads((await invoke(migrated, "job", huge_job.id, "--json")).stdout)
+    assert as_json["data"] == huge  # --json is whole
+
+    full = await invoke(migrated, "job", long_job.id, "--full", env={"COLUMNS": "80"})
+    assert full.exit_code == 0, full.output
+    folded = "".join(line.split("│")[2].strip() for line in full.stdout.splitlines() if line.startswith("│"))
+    assert json.dumps(long, ensure_ascii=False).replace(" ", "") in folded.replace(" ", "")
+    assert "more characters" not in full.stdout
+
+
+@sqlite_only
 async def test_jobs_show_a_column_that_means_something_in_each_state(migrated: Settings) -> None:
     async with opened_queue(migrated) as queue:
         await queue.add("export-ventas", {"usuarioId": 1})
@@ -183,7 +234,7 @@ async def test_csv_never_overwrites_without_force_and_replaces_a_symlink_not_its
     assert target.read_text() == "yesterday's export\n"
 
     forced = await invoke(migrated, "audit", "list", "--csv", str(target), "--force")
-    assert forced.exit_code == 0 and forced.stdout == f"2 row(s) written to {target}\n"
+    assert forced.exit_code == 0 and forced.stdout == f"2 rows written to {target}\n"
     assert len(target.read_text().splitlines()) == 3
 
     target.chmod(0o600)  # an export kept private (it holds IP addresses) stays private when replaced
@@ -206,7 +257,7 @@ async def test_csv_dash_is_standard_output(migrated: Settings, tmp_path: Path) -
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert [(row["usuarioId"], row["ip"]) for row in rows] == [("7", "198.51.100.4")]
-    assert result.stderr == "1 row(s) written to standard output\n"
+    assert result.stderr == "1 row written to standard output\n"
     assert not (Path.cwd() / "-").exists()
 
 

@@ -175,7 +175,7 @@ async def test_warnings_for_a_bad_ip_and_filters_do_not_fail_the_job(
     assert (row.ip, row.filters, row.format) == (None, {}, "csv")
     messages = [r.getMessage() for r in caplog.records]
     assert f"Job {job.id}: ip in job.data is not an IP address; stored as null" in messages
-    assert f"Job {job.id}: filters in job.data is a int; stored as {{}}" in messages
+    assert f"Job {job.id}: filters in job.data is a number; stored as {{}}" in messages
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

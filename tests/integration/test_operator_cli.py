@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sqlite3
 import time
 from datetime import datetime
@@ -140,10 +141,36 @@ async def test_jobs_lists_failed_and_completed_jobs(migrated: Settings) -> None:
     assert table.exit_code == 0
     assert "usuarioId inválido en job.data" in table.stdout
     assert "1/3" in table.stdout and "1/1" not in table.stdout
-    assert table.stdout.splitlines()[-1] == "1 job(s) (--limit 1)"
+    assert table.stdout.splitlines()[-1] == "1 job (--limit 1)"
 
     wrong = await invoke(migrated, "jobs", "--state", "lost")
     assert wrong.exit_code == 2
+
+
+@sqlite_only
+async def test_attempts_of_a_job_retried_by_hand_are_not_shown_as_more_than_allowed(
+    migrated: Settings,
+) -> None:
+    async with job_events(migrated) as events, opened_queue(migrated) as queue, running_worker(migrated):
+        job = await queue.add("kpi-export", {"usuarioId": "abc"})  # fails for good at its one attempt
+        await events.finished(job.id)
+        assert (await invoke(migrated, "retry", job.id)).exit_code == 0
+
+        async def failed_again() -> bool:
+            again = await queue.getJob(job.id)
+            return bool(again.attemptsMade == 2 and await again.getState() == "failed")
+
+        await wait_until(failed_again, what="the retried job to fail again")
+
+    listed = await invoke(migrated, "jobs", env={"COLUMNS": "160"})
+    assert re.search(rf"│ {job.id} +│ [0-9 :-]+ │ 2 \(of 1, retried by hand\) +│", listed.stdout), (
+        listed.stdout
+    )
+    shown = await invoke(migrated, "job", job.id)
+    assert re.search(r"│ attempts +│ 2 \(of 1, retried by hand\) +│", shown.stdout), shown.stdout
+    assert "2/1" not in listed.stdout + shown.stdout and "attemptsMade" not in shown.stdout
+    as_json = await json_of(migrated, "job", job.id)
+    assert isinstance(as_json, dict) and (as_json["attemptsMade"], as_json["attempts"]) == (2, 1)
 
 
 REFUSE_USER_13 = """
@@ -256,12 +283,12 @@ async def test_audit_list_filters_show_and_csv(migrated: Settings, tmp_path: Pat
     table = await invoke(migrated, "audit", "list", "--usuario-id", "2")
     assert table.exit_code == 0
     assert "2026-02-15 08:30:00" in table.stdout and "pdf" in table.stdout
-    assert table.stdout.splitlines()[-1] == "2 row(s)"
+    assert table.stdout.splitlines()[-1] == "2 rows"
 
     target = tmp_path / "export.csv"
     written = await invoke(migrated, "audit", "list", "--usuario-id", "2", "--csv", str(target))
     assert written.exit_code == 0, written.output
-    assert written.stdout.strip() == f"2 row(s) written to {target}"
+    assert written.stdout.strip() == f"2 rows written to {target}"
     with target.open(newline="", encoding="utf-8") as file:
         records = list(csv.DictReader(file))
     assert [(int(r["idExport"]), r["format"], json.loads(r["filters"])) for r in records] == [

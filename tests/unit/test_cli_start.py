@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 import subprocess
 import sys
@@ -29,6 +30,7 @@ def test_a_sigterm_while_the_command_starts_ends_it_with_status_0(monkeypatch: p
     try:
         with pytest.raises(Started):
             command.main()
+        assert gc.isenabled(), "main() left the collector paused"
         handler = seen[0]
         assert callable(handler), "no SIGTERM handler while the commands are imported"
         with pytest.raises(SystemExit) as stopped:
@@ -63,3 +65,20 @@ def test_help_imports_no_driver_settings_or_queue_library() -> None:
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stderr.strip() == "[]"
     assert "Usage: kpi-export [OPTIONS] COMMAND" in result.stdout and "--csv" in result.stdout
+
+
+def probe(code: str) -> str:
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return result.stdout.strip()
+
+
+def test_the_collector_paused_at_start_runs_again_when_the_work_begins() -> None:
+    """Paused while a command imports (main), on again with the start's objects frozen when its work begins
+    (app.run); on again, unfrozen, as soon as a service is named; untouched when a test runs a command."""
+    start = "import asyncio, gc, click\nfrom kpi_export.cli import app, collector\n"
+    work = "collector.pause()\napp.run(asyncio.sleep(0))\nprint(gc.isenabled(), gc.get_freeze_count() > 0)"
+    assert probe(start + work) == "True True"
+    service = "collector.pause()\napp.cli.resolve_command(click.Context(app.cli), ['worker'])\n"
+    assert probe(start + service + "print(gc.isenabled(), gc.get_freeze_count())") == "True 0"
+    in_a_test = "app.run(asyncio.sleep(0))\nprint(gc.isenabled(), gc.get_freeze_count())"
+    assert probe(start + in_a_test) == "True 0"

@@ -150,6 +150,22 @@ def test_ip_missing_or_not_text_is_null_with_a_warning(value: object) -> None:
     assert warning
 
 
+@pytest.mark.parametrize(
+    ("value", "what"),
+    [
+        (1234, "a number"),
+        (1.5, "a number"),
+        (True, "a boolean"),
+        (["1.2.3.4"], "an array"),
+        ({}, "an object"),
+    ],
+)
+def test_a_warning_names_the_type_as_json_does(value: object, what: str) -> None:
+    assert parse_ip(value)[1] == f"ip in job.data is {what}, not a string; stored as null"
+    if not isinstance(value, list | dict):
+        assert parse_filters(value)[1] == f"filters in job.data is {what}; stored as {{}}"
+
+
 def test_missing_ip_still_succeeds() -> None:
     entry = parse_job_data({"usuarioId": 1})
     assert entry.ip is None

@@ -38,11 +38,11 @@ REASONS = {
 }
 WARNINGS = re.compile(
     r"ip missing in job\.data; stored as null"
-    r"|ip in job\.data is a (int|float|bool|list|dict), not a string; stored as null"
+    r"|ip in job\.data is (a number|a boolean|an array|an object), not a string; stored as null"
     r"|ip in job\.data is not an IP address; stored as null"
     r"|filters in job\.data is a string that is not JSON; stored as \{\}"
     r"|filters in job\.data is a string holding neither an object nor an array; stored as \{\}"
-    r"|filters in job\.data is a (int|float|bool); stored as \{\}"
+    r"|filters in job\.data is (a number|a boolean); stored as \{\}"
 )
 FORMAT = re.compile(rf"[a-z0-9._-]{{1,{FORMAT_MAX_LENGTH}}}")
 

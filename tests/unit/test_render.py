@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 
 import pytest
+from rich.cells import cell_len
 from rich.console import Console
 
-from kpi_export.cli.render import MISSING, show_rows, shown, table, when_ms
+from kpi_export.cli.fit import packed, wrapped
+from kpi_export.cli.render import MISSING, attempts, counted, show_rows, shown, table, when_ms
 from kpi_export.demo.run import rows_table
 
 
@@ -52,3 +54,27 @@ def test_a_title_is_literal_text_too() -> None:
     # The title is folded to the table's width: compare it without its line breaks and spaces.
     title = "".join(line.strip() for line in text.splitlines()).replace(" ", "")
     assert "Job[link=https://evil.example]7[/link][/]\\x1b[2J" in title
+
+
+def test_counts_are_singular_or_plural() -> None:
+    assert [counted(n, "row") for n in (0, 1, 2)] == ["0 rows", "1 row", "2 rows"]
+    assert counted(1, "failed job") == "1 failed job" and counted("?", "row") == "? rows"
+
+
+def test_attempts_past_the_allowance_say_the_job_was_retried_by_hand() -> None:
+    assert attempts(1, 3) == "1/3" and attempts(1, 1) == "1/1" and attempts(2, None) == "2"
+    assert attempts(3, 1) == "3 (of 1, retried by hand)"
+
+
+def test_wrapped_keeps_to_the_cells_and_lines_given_and_says_when_it_cut() -> None:
+    console = Console(width=80)
+    lines, cut = wrapped(console, "販売" * 10, 7, 2)  # two cells a character
+    assert cut and len(lines) == 2 and lines[-1].endswith("…")
+    assert all(cell_len(line) <= 7 for line in lines), lines
+    assert wrapped(console, "a short one", 20, 2) == (["a short one"], False)
+    assert wrapped(console, "one two three", 7) == (["one two", "three"], False)
+
+
+def test_packed_never_splits_an_item() -> None:
+    assert packed(["id 1", "ip 203.0.113.7", "format csv"], 20) == ["id 1  ip 203.0.113.7", "format csv"]
+    assert packed(["a" * 30, "b"], 20) == ["a" * 30, "b"]

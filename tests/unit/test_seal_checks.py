@@ -168,3 +168,11 @@ def test_an_entry_edited_out_of_shape_is_a_finding_not_a_crash() -> None:
         huge.ids()
     findings, _ = check_chain(KEY, [replace(entries[0], row_macs=b"")])
     assert kinds(findings) == [("digest", 1)]
+
+
+def test_seals_missing_from_the_middle_are_named_singular_or_plural() -> None:
+    entries = chain((1, 2), (3, 4), (5, 6), (7, 8), (9, 10))
+    one = [f.message for f in check_chain(KEY, [entries[0], *entries[2:]])[0] if f.kind == "chain"]
+    two = [f.message for f in check_chain(KEY, [entries[0], *entries[3:]])[0] if f.kind == "chain"]
+    assert "seal 2 missing: the chain is cut before seal 3" in one
+    assert "seals 2–3 missing: the chain is cut before seal 4" in two

@@ -1,5 +1,6 @@
 """The `kpi-export` command: the click group (app.py), its commands by what they act on, and how they show
-what they found (render.py). They are imported when the command runs (`main`) or is first asked for."""
+what they found (render.py). The group is imported when the command runs (`main`) or is first asked for, and
+each module of commands when one of its commands runs (app.LazyCommands)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import signal
 import sys
 from types import FrameType, ModuleType
 from typing import Any
+
+from kpi_export.cli import collector
 
 __all__ = ["EXIT_CONFIG", "cli", "main"]
 
@@ -16,7 +19,11 @@ def main() -> None:
     own handlers, ends it cleanly (status 0), as one that arrives later does."""
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _stop_while_starting)
-    _commands().cli()
+    collector.pause()  # until the command's work begins (collector.py)
+    try:
+        _commands().cli()
+    finally:
+        collector.resume(freeze=False)  # a command that ended before its work (--help, a usage error)
 
 
 def _stop_while_starting(_signum: int, _frame: FrameType | None) -> None:
@@ -24,13 +31,7 @@ def _stop_while_starting(_signum: int, _frame: FrameType | None) -> None:
 
 
 def _commands() -> ModuleType:
-    from kpi_export.cli import (  # noqa: F401 - they add the commands
-        app,
-        db_commands,
-        integrity_commands,
-        queue_commands,
-        worker_commands,
-    )
+    from kpi_export.cli import app
 
     return app
 

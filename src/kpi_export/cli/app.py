@@ -4,14 +4,16 @@ the error boundary (a failure is one line and exit status 1)."""
 from __future__ import annotations
 
 import asyncio
-import json
+import importlib
 import logging
 import os
 import sys
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import click
+
+from kpi_export.cli import collector
 
 if TYPE_CHECKING:
     from kpi_export.config import Settings
@@ -56,7 +58,38 @@ def _debug_level() -> bool:
     return os.environ.get("LOG_LEVEL", "").upper() == "DEBUG"
 
 
-@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
+class LazyCommands(Commands):
+    """The commands are defined in modules by what they act on, each imported when one of its commands runs
+    (all of them for --help): `kpi-export stats` does not wait for the audit commands' imports."""
+
+    MODULES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "kpi_export.cli.queue_commands": ("enqueue", "job", "stats", "jobs", "retry"),
+        "kpi_export.cli.db_commands": ("db", "audit"),
+        "kpi_export.cli.integrity_commands": ("audit",),  # audit seal|verify|pseudonymise-ips
+        "kpi_export.cli.worker_commands": ("worker", "demo", "check"),
+    }
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        for module, names in self.MODULES.items():
+            if cmd_name in names:
+                importlib.import_module(module)
+        return super().get_command(ctx, cmd_name)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        if name in SERVICES:
+            collector.resume(freeze=False)  # a service runs as it always has
+        return name, command, rest
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        for module in self.MODULES:
+            importlib.import_module(module)
+        return super().list_commands(ctx)
+
+
+@click.group(cls=LazyCommands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="When a command fails, show the traceback.")
 @click.version_option(package_name="kpi-export-worker")
 @click.pass_context
@@ -65,16 +98,17 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.meta[_DEBUG] = debug
 
 
-def settings_or_exit(*, console: bool = False, process: int | None = None) -> Settings:
+def settings_or_exit(*, console: bool = False, process: int | None = None, database: bool = True) -> Settings:
     """Settings from the environment, logging set up; bad configuration exits 2 with one line. An operator
     command logs on stderr (its stdout is its output); a service (`console`) on stdout and stderr as the Node
-    original did, `process` naming the worker process under a supervisor."""
+    original did, `process` naming the worker process under a supervisor. A command that never opens the
+    database passes `database=False`: DATABASE_URL is not checked (nor SQLAlchemy imported)."""
     from kpi_export.config import load_settings
     from kpi_export.errors import ConfigError
     from kpi_export.logs import setup_logging
 
     try:
-        settings = load_settings()
+        settings = load_settings(database=database)
     except ConfigError as exc:
         click.echo(f"kpi-export: {exc}", err=True)
         sys.exit(EXIT_CONFIG)
@@ -94,11 +128,5 @@ def settings_or_exit(*, console: bool = False, process: int | None = None) -> Se
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
+    collector.resume(freeze=True)
     return asyncio.run(coro)
-
-
-def json_arg(text: str, option: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not JSON ({exc.msg})", param_hint=option) from None

@@ -14,7 +14,16 @@ import click
 
 from kpi_export.cli.app import JSON_OPTION, cli, run, settings_or_exit
 from kpi_export.cli.export_file import export_target, written_whole
-from kpi_export.cli.render import echo_json, progress_bar, shortened, show, show_rows, shown, table
+from kpi_export.cli.render import (
+    counted,
+    echo_json,
+    echo_wrapped,
+    progress_bar,
+    show,
+    show_rows,
+    shown,
+    table,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -71,6 +80,8 @@ def audit() -> None:
     """The audit table kpi_auditoria_export (who exported what, from where, when): read, seal, verify."""
 
 
+# Lines of the filters of a row that `audit list` shows: those of a few KPIs whole, a list stays a list.
+FILTERS_LINES = 2
 # usuarioId and idExport are 32-bit INTEGER columns, as Prisma's Int.
 USUARIO_ID = click.IntRange(-(2**31), 2**31 - 1)
 ID_EXPORT = click.IntRange(1, 2**31 - 1)
@@ -118,11 +129,11 @@ def audit_list(
     if csv_path is not None:
         written = run(write_csv(settings, audit_filter, limit, export, force=force))
         if export is None:
-            click.echo(f"{written} row(s) written to standard output", err=True)
+            click.echo(f"{counted(written, 'row')} written to standard output", err=True)
         elif as_json:
             echo_json({"file": str(export), "rows": written})
         else:
-            click.echo(f"{written} row(s) written to {shown(export)}")
+            click.echo(f"{counted(written, 'row')} written to {shown(export)}")
         return
     rows = run(
         with_engine(settings, lambda engine: list_rows(engine, audit_filter, limit or 50), create=False)
@@ -130,7 +141,7 @@ def audit_list(
     if as_json:
         echo_json(rows)
         return
-    show_rows(
+    cut = show_rows(
         ("idExport", "createdAt (UTC)", "usuarioId", "ip", "format", "filters"),
         [
             (
@@ -139,12 +150,15 @@ def audit_list(
                 row["usuarioId"],
                 row["ip"],
                 row["format"],
-                shortened(json.dumps(row["filters"], ensure_ascii=False)),
+                json.dumps(row["filters"], ensure_ascii=False),
             )
             for row in rows
         ],
+        last_lines=FILTERS_LINES,
     )
-    click.echo(f"{len(rows)} row(s)" + (" (--limit reached)" if len(rows) == (limit or 50) else ""))
+    click.echo(counted(len(rows), "row") + (" (--limit reached)" if len(rows) == (limit or 50) else ""))
+    if cut:
+        echo_wrapped("filters cut to fit (…): `kpi-export audit show ID` shows them whole")
 
 
 @audit.command("show")

@@ -64,7 +64,10 @@ def _database(error: BaseException, settings: Settings | None) -> str:
 
 
 def _database_hint(settings: Settings | None) -> str:
-    where = f" ({settings.database.display})" if settings else ""
+    try:
+        where = f" ({settings.database.display})" if settings else ""
+    except ValueError:  # a queue command's settings leave DATABASE_URL unchecked
+        where = ""
     return f"check that its server runs and that DATABASE_URL{where} names it"
 
 

@@ -14,7 +14,7 @@ import click
 
 from kpi_export.cli.app import EXIT_CONFIG, EXIT_FAILED, JSON_OPTION, run, settings_or_exit
 from kpi_export.cli.db_commands import ID_EXPORT, audit, when_option, with_engine
-from kpi_export.cli.render import echo_json, progress_bar, shown
+from kpi_export.cli.render import counted, echo_json, progress_bar, shown
 
 if TYPE_CHECKING:
     from kpi_export.config import Settings
@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from kpi_export.integrity import ChainEntry, SealKey
     from kpi_export.integrity.verifier import VerifyReport
 
-_AGE = re.compile(r"([0-9]{1,6})([dh])")
+_AGE = re.compile(r"([0-9]{1,6})([dh])", re.IGNORECASE)
+_DATE_LIKE = re.compile(r"[0-9]{4}-")
 
 
 def key_or_exit(settings: Settings) -> SealKey:
@@ -80,7 +81,9 @@ def audit_seal(as_json: bool) -> None:
         echo_json({"sealed": [entry_json(e) for e in sealed], "head": entry_json(head) if head else None})
         return
     for entry in sealed:
-        click.echo(f"seal {entry.seq}: idExport {entry.from_id}-{entry.to_id}, {entry.row_count} row(s)")
+        click.echo(
+            f"seal {entry.seq}: idExport {entry.from_id}-{entry.to_id}, {counted(entry.row_count, 'row')}"
+        )
     if not sealed:
         click.echo("nothing to seal")
     if head is not None:
@@ -135,6 +138,8 @@ def _show_report(report: VerifyReport, as_json: bool) -> None:
                 "segmentsChecked": report.segments_checked,
                 "rowsChecked": report.rows_checked,
                 "rowsNotSealed": report.rows_not_sealed,
+                "keyId": report.key_id,
+                "chainKeyIds": report.chain_key_ids,
                 "expectedHeadSeq": report.expected_head_seq,
                 "pseudonymisations": [entry_json(e) for e in report.pseudonymisations],
                 "findings": [
@@ -149,7 +154,7 @@ def _show_report(report: VerifyReport, as_json: bool) -> None:
         detail = _detail(entry)
         click.echo(
             f"pseudonymisation recorded in seal {entry.seq}: idExport {entry.from_id}-{entry.to_id}, "
-            f"{detail.get('rowsChanged', '?')} row(s) ip {detail.get('ip', '?')}, older than "
+            f"{counted(detail.get('rowsChanged', '?'), 'row')} ip {detail.get('ip', '?')}, older than "
             f"{detail.get('olderThan', '?')}, by {shown(entry.actor)} at "
             f"{entry.sealed_at.isoformat(timespec='seconds')}Z"
         )
@@ -158,22 +163,29 @@ def _show_report(report: VerifyReport, as_json: bool) -> None:
     listed = len(report.findings)
     total = sum(report.counts.values())
     if total > listed:
-        click.echo(f"… and {total - listed} more finding(s) not listed")
+        click.echo(f"… and {counted(total - listed, 'more finding')} not listed")
     head = f"head: seal {report.head.seq}, digest {report.head.digest}" if report.head else "no seal yet"
-    click.echo(
-        f"{report.entries} seal(s), {report.rows_checked} sealed row(s) re-read, {report.rows_not_sealed} row(s) "
-        f"not sealed yet; {head}"
-    )
+    if report.other_key:
+        click.echo(
+            f"{counted(report.entries, 'seal')} sealed with another key: the chain's key fingerprint is "
+            f"{' and '.join(report.chain_key_ids)}, AUDIT_SEAL_KEY's is {report.key_id}; no sealed row could be "
+            f"re-read, {counted(report.rows_not_sealed, 'row')} after the last seal; {head}"
+        )
+    else:
+        click.echo(
+            f"{counted(report.entries, 'seal')}, {counted(report.rows_checked, 'sealed row')} re-read, "
+            f"{counted(report.rows_not_sealed, 'row')} not sealed yet; {head}"
+        )
     if report.expected_head_seq is not None and report.head is not None:
         click.echo(
             f"the expected head is seal {report.expected_head_seq} of the chain "
-            f"({report.head.seq - report.expected_head_seq} seal(s) made since)"
+            f"({counted(report.head.seq - report.expected_head_seq, 'seal')} made since)"
         )
     if report.clean:
         click.echo("verified: no finding")
     else:
         counts = ", ".join(f"{count} {kind}" for kind, count in sorted(report.counts.items()))
-        click.echo(f"NOT VERIFIED: {total} finding(s) ({counts})")
+        click.echo(f"NOT VERIFIED: {counted(total, 'finding')} ({counts})")
 
 
 @audit.command("pseudonymise-ips")
@@ -229,29 +241,38 @@ def audit_pseudonymise_ips(older_than: str, mode: str, actor: str | None, as_jso
             )
         for segment, findings in report.refused:
             click.echo(
-                f"REFUSED: idExport {segment.from_id}-{segment.to_id} fails its seal ({findings} finding(s)): "
+                f"REFUSED: idExport {segment.from_id}-{segment.to_id} fails its seal ({counted(findings, 'finding')}): "
                 "left as it is; `kpi-export audit verify` names them"
             )
         click.echo(
-            f"{report.rows_changed} row(s) changed (ip {mode}, older than {cutoff.isoformat(timespec='seconds')}Z)"
+            f"{counted(report.rows_changed, 'row')} changed (ip {mode}, older than "
+            f"{cutoff.isoformat(timespec='seconds')}Z)"
         )
     if report.refused:
         sys.exit(EXIT_FAILED)
 
 
 def _cutoff(text: str) -> datetime:
+    from kpi_export.store.reader import parse_when
     from kpi_export.store.writer import utc_now
 
     age = _AGE.fullmatch(text.strip())
     if age is not None:
-        number, unit = int(age.group(1)), age.group(2)
+        number, unit = int(age.group(1)), age.group(2).lower()
         try:
             return utc_now() - (timedelta(days=number) if unit == "d" else timedelta(hours=number))
         except OverflowError:
             raise click.BadParameter(f"{text!r} reaches before year 1", param_hint="--older-than") from None
-    cutoff = when_option(text, "--older-than")
-    assert cutoff is not None
-    return cutoff
+    try:
+        return parse_when(text)
+    except ValueError as exc:
+        if _DATE_LIKE.match(text.strip()):  # meant as a date: its own message says what is wrong
+            raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    raise click.BadParameter(
+        f"{text!r} is neither an age nor a date: an age is a whole number of days (d) or hours (h), such as "
+        "90d or 36h; a date is 2026-03-31 or an ISO date-time such as 2026-03-31T10:00Z",
+        param_hint="--older-than",
+    )
 
 
 def _operator() -> str:

@@ -11,8 +11,12 @@ from typing import Any
 
 import click
 
-from kpi_export.cli.app import JSON_OPTION, cli, json_arg, run, settings_or_exit
+from kpi_export.cli.app import JSON_OPTION, cli, run, settings_or_exit
+from kpi_export.cli.fit import clipped
+from kpi_export.cli.json_input import json_arg
 from kpi_export.cli.render import (
+    attempts,
+    counted,
     duration,
     echo_json,
     progress_bar,
@@ -24,6 +28,8 @@ from kpi_export.cli.render import (
     when_ms,
 )
 from kpi_export.runtime.tracing_switch import tracing_wanted
+
+JOB_VALUE_LIMIT = 500  # characters of a value `job` shows without --full: about ten lines at 80 columns
 
 
 @cli.command()
@@ -56,7 +62,7 @@ def enqueue(
 
     fields = {"usuarioId": usuario_id, "ip": ip, "filters": filters_json, "format": fmt}
     payloads = _payloads(fields, data_json, from_file)
-    settings = settings_or_exit()
+    settings = settings_or_exit(database=False)
     opts: dict[str, Any] = {"attempts": attempts} if attempts else {}
     if tracing_wanted():  # the jobs carry the context of a PRODUCER span, as npm bullmq with bullmq-otel
         from kpi_export.runtime.tracing import CONTEXT_OPTION, producer_span
@@ -113,13 +119,16 @@ def _number_or_text(text: str) -> Any:
 
 @cli.command("job")
 @click.argument("job_id")
+@click.option(
+    "--full", is_flag=True, help=f"Show long values whole (else the first {JOB_VALUE_LIMIT:,} characters)."
+)
 @JSON_OPTION
-def job_command(job_id: str, as_json: bool) -> None:
-    """Show one job: state, progress, result, failure reason, attempts, times (UTC; --json: bullmq's epoch
-    milliseconds)."""
+def job_command(job_id: str, full: bool, as_json: bool) -> None:
+    """Show one job: state, data, progress, result, failure reason, attempts, times (UTC; --json: bullmq's
+    epoch milliseconds, every value whole)."""
     from kpi_export.bullmq import job_snapshot
 
-    settings = settings_or_exit()
+    settings = settings_or_exit(database=False)
     snapshot = run(job_snapshot(settings, job_id))
     if snapshot is None:
         click.echo(f"kpi-export: no job {shown(job_id)} in queue {settings.queue_name}", err=True)
@@ -129,12 +138,19 @@ def job_command(job_id: str, as_json: bool) -> None:
         return
     shown_table = table("field", "value", title=f"Job {job_id} in {settings.queue_name}")
     for field, value in snapshot.items():
-        if field in _TIMES:
+        if field == "attemptsMade":
+            continue  # shown with the attempts allowed
+        if field == "attempts":
+            shown_table.add_row(field, attempts(snapshot["attemptsMade"], value))
+        elif field in _TIMES:
             shown_table.add_row(f"{field} (UTC)", when_ms(value))
-        elif isinstance(value, str) or value is None:
+        elif value is None:
             shown_table.add_row(field, value)
         else:
-            shown_table.add_row(field, json.dumps(value, ensure_ascii=False))
+            text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+            shown_table.add_row(
+                field, text if full else clipped(text, JOB_VALUE_LIMIT, hint="--full shows all")
+            )
     show(shown_table)
 
 
@@ -144,7 +160,7 @@ def stats(as_json: bool) -> None:
     """Jobs in QUEUE_NAME by state, the workers connected, and the age of the oldest waiting job."""
     from kpi_export.bullmq import queue_stats
 
-    settings = settings_or_exit()
+    settings = settings_or_exit(database=False)
     found = run(queue_stats(settings))
     if as_json:
         echo_json(found)
@@ -178,7 +194,7 @@ def jobs(state: str, limit: int, as_json: bool) -> None:
     first)."""
     from kpi_export.bullmq import list_jobs
 
-    settings = settings_or_exit()
+    settings = settings_or_exit(database=False)
     found = run(list_jobs(settings, state, limit))
     if as_json:
         echo_json(found)
@@ -190,14 +206,14 @@ def jobs(state: str, limit: int, as_json: bool) -> None:
             (
                 job["id"],
                 when_ms(job["added"]),
-                f"{job['attemptsMade']}/{job['attempts']}" if job["attempts"] else job["attemptsMade"],
+                attempts(job["attemptsMade"], job["attempts"]),
                 f"unreadable: {job['unreadable']}" if "unreadable" in job else value_of(job),
             )
             for job in found
         ],
         title=f"{state} jobs in {settings.queue_name}",
     )
-    click.echo(f"{len(found)} job(s)" + (f" (--limit {limit})" if len(found) == limit else ""))
+    click.echo(counted(len(found), "job") + (f" (--limit {limit})" if len(found) == limit else ""))
 
 
 # The last column of `jobs`, by state: what a person looks for in jobs of that state (else their name).
@@ -223,7 +239,7 @@ def retry(job_ids: tuple[str, ...], all_failed: bool, as_json: bool) -> None:
 
     if bool(job_ids) == all_failed:
         raise click.UsageError("give job ids or --all-failed (not both)")
-    settings = settings_or_exit()
+    settings = settings_or_exit(database=False)
     if all_failed:
         with progress_bar() as progress:
             task = progress.add_task("Retrying failed jobs", total=None)
@@ -235,7 +251,7 @@ def retry(job_ids: tuple[str, ...], all_failed: bool, as_json: bool) -> None:
         if as_json:
             echo_json({"retried": retried})
         else:
-            click.echo(f"{retried} failed job(s) put back to wait")
+            click.echo(f"{counted(retried, 'failed job')} put back to wait")
         return
     outcome = run(retry_jobs(settings, list(job_ids)))
     if as_json:

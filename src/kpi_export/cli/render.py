@@ -7,16 +7,19 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.cells import cell_len
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
+from kpi_export.cli.fit import packed, wrapped
 from kpi_export.redaction import escape_controls, escape_controls_in_json
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 MISSING = "—"
 # The folding last column keeps this many characters even on a narrow terminal; the others give way.
@@ -49,27 +52,57 @@ def table(*columns: str, title: str | None = None) -> SafeTable:
     return found
 
 
-def show_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, title: str | None = None) -> None:
-    """A table when the terminal leaves its last column MIN_LAST_COLUMN characters; on a narrower one, a block
-    per row (the other values on a line, the last one below), rather than the last column in shreds."""
+def show_rows(
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    title: str | None = None,
+    last_lines: int | None = None,
+) -> bool:
+    """A table when the terminal leaves its last column MIN_LAST_COLUMN cells; on a narrower one, a block per
+    row, rather than the last column in shreds: the other values packed on lines of the terminal's width, the
+    last one below. The last value takes the room left, on at most `last_lines` lines (cut with …; all it
+    needs when None). Returns whether a value was cut."""
     console = Console()
+    cells = [[shown(value) for value in row] for row in rows]
     widths = [
-        max([cell_len(column), *(cell_len(shown(row[n])) for row in rows)])
-        for n, column in enumerate(columns)
+        max([cell_len(column), *(cell_len(row[n]) for row in cells)]) for n, column in enumerate(columns)
     ]
-    last = min(widths.pop(), MIN_LAST_COLUMN)  # short values need no more room than they take
-    if console.width >= sum(widths) + 3 * len(columns) + 1 + last:
+    last_width = widths.pop()
+    fixed = sum(widths) + 3 * len(columns) + 1  # a border before each column and after the last, padding 1+1
+    cut = False
+    if console.width >= fixed + min(last_width, MIN_LAST_COLUMN):
         found = table(*columns, title=title)
-        for row in rows:
-            found.add_row(*row)
+        for row in cells:
+            lines, shortened = wrapped(console, row[-1], console.width - fixed, last_lines)
+            cut = cut or shortened
+            found.add_row(*row[:-1], Text("\n".join(lines)))  # already shown, wrapped by hand
         console.print(found)
-        return
+        return cut
     if title:
-        console.print(Text(shown(title)))
-    for row in rows:  # a line each, which the terminal folds where it must
-        values = zip(columns[:-1], row[:-1], strict=True)
-        console.print(Text("  ".join(f"{name} {shown(value)}" for name, value in values)), soft_wrap=True)
-        console.print(Text(f"    {columns[-1]}: {shown(row[-1])}"), soft_wrap=True)
+        _print_wrapped(console, shown(title))
+    indent = "    "
+    for row in cells:
+        pairs = [f"{name} {value}" for name, value in zip(columns[:-1], row[:-1], strict=True)]
+        for line in packed(pairs, console.width):
+            _print_wrapped(console, line)
+        lines, shortened = wrapped(
+            console, f"{columns[-1]}: {row[-1]}", console.width - len(indent), last_lines
+        )
+        cut = cut or shortened
+        for line in lines:
+            console.print(Text(indent + line))
+    return cut
+
+
+def echo_wrapped(text: str) -> None:
+    """A line of the program's own words, wrapped at the terminal's width."""
+    _print_wrapped(Console(), text)
+
+
+def _print_wrapped(console: Console, text: str) -> None:
+    for line in wrapped(console, text, console.width)[0]:
+        console.print(Text(line))
 
 
 def show(renderable: Any) -> None:
@@ -78,6 +111,8 @@ def show(renderable: Any) -> None:
 
 def progress_bar() -> Progress:
     """A progress bar on a terminal's stderr (stdout stays for the result), gone when the work ends."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     console = Console(stderr=True)
     return Progress(
         TextColumn("{task.description}"),
@@ -113,5 +148,15 @@ def when_ms(timestamp_ms: int | None) -> str:
         return MISSING
 
 
-def shortened(text: str, width: int = 48) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+def counted(count: object, noun: str) -> str:
+    """A count and its noun, singular or plural: 1 row, 0 rows, 3 failed jobs. A count that is not a number
+    (a chain entry's detail edited in the database) is shown as it is, with the plural."""
+    return f"{count} {noun}" if count == 1 and isinstance(count, int) else f"{count} {noun}s"
+
+
+def attempts(made: int, allowed: int | None) -> str:
+    """Attempts made of those allowed: 1/3. A failed job retried by hand (`kpi-export retry`, bull-board) runs
+    again past its allowance: 3 (of 1, retried by hand), not 3/1."""
+    if not allowed:
+        return str(made)
+    return f"{made}/{allowed}" if made <= allowed else f"{made} (of {allowed}, retried by hand)"

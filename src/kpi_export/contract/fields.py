@@ -62,7 +62,7 @@ def parse_ip(value: object, *, present: bool = True) -> tuple[str | None, str | 
     if not isinstance(value, str):
         if not present or value is None:
             return None, "ip missing in job.data; stored as null"
-        return None, f"ip in job.data is a {type(value).__name__}, not a string; stored as null"
+        return None, f"ip in job.data is {json_type(value)}, not a string; stored as null"
     address = canonical_address(value)
     if address is None:
         return None, "ip in job.data is not an IP address; stored as null"
@@ -129,9 +129,22 @@ def parse_filters(value: object) -> tuple[JsonContainer, str | None]:
             return {}, warning
         value = decoded
     if not isinstance(value, dict | list):
-        return {}, f"filters in job.data is a {type(value).__name__}; stored as {{}}"
+        return {}, f"filters in job.data is {json_type(value)}; stored as {{}}"
     _check_size(value)
     return value, None
+
+
+def json_type(value: object) -> str:
+    """What a value of job.data is, in JSON's words, for a warning: "a number", not "a int"."""
+    if isinstance(value, bool):  # before int: a bool is an int in Python
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    return "a string" if isinstance(value, str) else "a value of another type"
 
 
 def _decode_filters(text: str) -> tuple[object, str | None]:

@@ -103,7 +103,7 @@ def _link_findings(key: SealKey, entry: ChainEntry, previous: ChainEntry | None)
         found.append(
             Finding(
                 "chain",
-                f"seal(s) {expected_seq}–{entry.seq - 1} missing: the chain is cut before seal {entry.seq}",
+                f"{_seals(expected_seq, entry.seq - 1)} missing: the chain is cut before seal {entry.seq}",
                 entry.seq,
             )
         )
@@ -127,6 +127,10 @@ def _link_findings(key: SealKey, entry: ChainEntry, previous: ChainEntry | None)
             )
         )
     return found
+
+
+def _seals(first: int, last: int) -> str:
+    return f"seal {first}" if first == last else f"seals {first}–{last}"
 
 
 def _digest_holds(key: SealKey, entry: ChainEntry) -> bool:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from kpi_export.store.table import KEY_COLUMN
+from kpi_export.store.names import KEY_COLUMN
 
 FORMAT_VERSION = 1
 ROW_MAC_BYTES = 8  # 64 bits per row: enough to name the row that changed; the entry's digest is full-length

@@ -29,10 +29,17 @@ class VerifyReport:
     findings: list[Finding] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
     expected_head_seq: int | None = None  # where --expect-head was found in the chain
+    key_id: str = ""  # the fingerprint of the key verify was given
+    chain_key_ids: list[str] = field(default_factory=list)  # those the chain's entries name, in chain order
 
     @property
     def clean(self) -> bool:
         return not self.counts
+
+    @property
+    def other_key(self) -> bool:
+        """The chain was sealed with another key than the one given: no seal nor row can be checked."""
+        return bool(self.chain_key_ids) and self.key_id not in self.chain_key_ids
 
     def add(self, findings: list[Finding]) -> None:
         for finding in findings:
@@ -58,11 +65,16 @@ async def verify(
         report.entries = len(entries)
         report.head = entries[-1] if entries else None
         report.pseudonymisations = [e for e in entries if e.kind == "pseudonymisation"]
+        report.key_id = key.key_id
+        report.chain_key_ids = list(dict.fromkeys(entry.key_id for entry in entries))
         chain_findings, segments = check_chain(key, entries)
         report.add(chain_findings)
         if expect_head is not None:
             report.add(_expected_head(report, entries, expect_head.strip().lower()))
-        sealed_to = segments[-1].to_id if segments else 0
+        if report.other_key:  # no segment could be checked: the rows no seal claims are the unsealed ones
+            sealed_to = max((e.to_id for e in entries if e.kind == "seal"), default=0)
+        else:
+            sealed_to = segments[-1].to_id if segments else 0
         report.rows_not_sealed = await chain_store.count_rows_above(conn, sealed_to)
         chosen = _chosen(segments, from_id, since)
         if not chosen:

@@ -77,11 +77,12 @@ async def seal_round(
         return known_head
     for entry in sealed:
         log.info(
-            "Audit rows %d-%d sealed (seal %d, %d rows); head digest %s",
+            "Audit rows %d-%d sealed (seal %d, %d row%s); head digest %s",
             entry.from_id,
             entry.to_id,
             entry.seq,
             entry.row_count,
+            "" if entry.row_count == 1 else "s",
             entry.digest,
             extra={
                 "event": "audit.sealed",

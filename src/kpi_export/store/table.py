@@ -22,8 +22,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Connection
 
-TABLE_NAME = "kpi_auditoria_export"
-KEY_COLUMN = "idempotencyKey"
+from kpi_export.store.names import KEY_COLUMN, TABLE_NAME
+
+__all__ = ["KEY_COLUMN", "PENDING", "TABLE_NAME", "audit_table", "metadata", "table_columns"]
+
 PENDING = 0  # codigoEstado of a new export
 
 metadata = MetaData()
