@@ -25,7 +25,8 @@ from kpi_export.demo.samples import sample_jobs
 
 async def profile(plan: Plan, jobs: int, concurrency: int, database: str, idle: bool, stacks: Path) -> None:
     place = await make_place(plan.redis_url, database, plan.postgres_url, plan.workdir, prisma_table=False)
-    queue = create_queue(place.settings())
+    settings = place.settings()
+    queue = create_queue(settings.redis, settings.queue)
     worker = RunningWorker(CONTENDERS["python"], place, concurrency, plan.workdir / "worker.log")
     spy: asyncio.subprocess.Process | None = None
     try:

@@ -30,23 +30,25 @@ async def measure(
     batches: int, batch: int, folder: Path, binary: str | None
 ) -> tuple[str, list[tuple[int, int]]]:
     with EmbeddedRedis(folder / "redis", binary=binary) as server:
-        settings = Settings(
+        settings = Settings.of(
             redis_url=SecretStr(server.url),
             database_url=SecretStr(f"file:{folder / 'audit.db'}"),
             worker_concurrency=50,
         )
-        async with opened_engine(settings.database) as engine:
+        async with opened_engine(settings.database.target) as engine:
             await upgrade(engine)
         client = redis.Redis(port=server.port)
         version = str(client.info("server")["redis_version"])
         readings = [(0, int(client.info("memory")["used_memory"]))]
         stop = StopSignals(install=False)
         worker = asyncio.create_task(run_worker(settings, stop))
-        async with opened_queue(settings) as queue:
+        async with opened_queue(settings.redis, settings.queue) as queue:
             for number in range(1, batches + 1):
                 jobs = sample_jobs(batch, seed=number)
                 for first in range(0, batch, 1000):
-                    await add_jobs(settings, "kpi-export", jobs[first : first + 1000], {})
+                    await add_jobs(
+                        settings.redis, settings.queue, "kpi-export", jobs[first : first + 1000], {}
+                    )
                 while (await job_counts(queue))["completed"] < number * batch:
                     await asyncio.sleep(0.2)  # polling a running count, not a test
                 client.memory_purge()

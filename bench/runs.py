@@ -76,7 +76,8 @@ async def measure(
         plan.redis_url, database, plan.postgres_url, plan.workdir, prisma_table=contender.runtime == "node"
     )
     log = plan.workdir / f"{contender.name}-{database}-c{concurrency}-{place.queue}.log"
-    queue = create_queue(place.settings())
+    settings = place.settings()
+    queue = create_queue(settings.redis, settings.queue)
     worker: RunningWorker | None = None
     network = contextlib.ExitStack()
     try:

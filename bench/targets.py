@@ -30,7 +30,7 @@ class Place:
     sqlite_file: Path | None = None
 
     def settings(self) -> Settings:
-        return Settings(
+        return Settings.of(
             redis_url=SecretStr(self.redis_url),
             database_url=SecretStr(self.database_url),
             queue_name=self.queue,
@@ -60,7 +60,7 @@ async def make_place(
         path = workdir / f"{tag}.db"
         place = Place(redis_url, f"file:{path}", queue, sqlite_file=path)
     if not prisma_table:
-        engine = create_engine(place.settings().database)
+        engine = create_engine(place.settings().database.target)
         try:
             await upgrade(engine)
         finally:
@@ -89,7 +89,7 @@ async def remove_place(place: Place, postgres_url: str) -> None:
 
 async def audit_rows(place: Place) -> dict[int, tuple[int, str]]:
     """idExport -> (usuarioId, format) for every row of the run's table."""
-    engine = create_engine(place.settings().database)
+    engine = create_engine(place.settings().database.target)
     try:
         async with engine.connect() as conn:
             result = await conn.execute(

@@ -181,7 +181,7 @@ def database_url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def settings(redis_url: str, database_url: str, queue_name: str) -> Settings:
-    return Settings(
+    return Settings.of(
         redis_url=SecretStr(redis_url),
         database_url=SecretStr(database_url),
         queue_name=queue_name,
@@ -193,6 +193,6 @@ def settings(redis_url: str, database_url: str, queue_name: str) -> Settings:
 @pytest.fixture
 async def migrated(settings: Settings) -> AsyncIterator[Settings]:
     """`settings`, with the audit table made by the migrations."""
-    async with opened_engine(settings.database) as engine:
+    async with opened_engine(settings.database.target) as engine:
         await upgrade(engine)
     yield settings

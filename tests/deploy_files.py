@@ -14,12 +14,12 @@ import click
 import yaml
 
 from kpi_export.cli import cli
-from kpi_export.config import Settings
+from kpi_export.config import VARIABLES
 from tests.services import require_tool
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 KUBERNETES = DEPLOY / "kubernetes"
-SETTINGS_VARIABLES = {name.upper() for name in Settings.model_fields}
+SETTINGS_VARIABLES = set(VARIABLES)
 
 
 def render(folder: Path) -> str:

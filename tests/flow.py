@@ -39,7 +39,7 @@ async def add_jobs(
 ) -> None:
     """Add jobs start … start+count-1 in batches, `pause` seconds apart; a batch that fails (Redis
     restarting) is added again."""
-    async with opened_queue(settings) as queue:
+    async with opened_queue(settings.redis, settings.queue) as queue:
         for first in range(start, start + count, batch_size):
             batch = [
                 {"name": "kpi-export", "data": job_data(n), "opts": {"jobId": job_id(n)}}
@@ -59,18 +59,18 @@ async def add_jobs(
 
 
 async def counts(settings: Settings) -> dict[str, int]:
-    async with opened_queue(settings) as queue:
+    async with opened_queue(settings.redis, settings.queue) as queue:
         return dict(await queue.getJobCounts(*STATES))
 
 
 async def failed_reasons(settings: Settings, count: int = 3) -> list[str]:
     """A few failed jobs' reasons, for an assertion's message."""
-    async with opened_queue(settings) as queue:
+    async with opened_queue(settings.redis, settings.queue) as queue:
         return [str(job.failedReason) for job in await queue.getFailed(0, count - 1)]
 
 
 async def wait_all_finished(settings: Settings, total: int, timeout: float) -> None:
-    async with opened_queue(settings) as queue:
+    async with opened_queue(settings.redis, settings.queue) as queue:
 
         async def finished() -> bool:
             try:
@@ -84,7 +84,7 @@ async def wait_all_finished(settings: Settings, total: int, timeout: float) -> N
 
 async def stored_jobs(settings: Settings, total: int) -> dict[str, dict[str, Any]]:
     """id -> the job hash fields the checks need, read in pipelines (fast for 20,000 jobs)."""
-    client = redis_client(settings, max_connections=2)
+    client = redis_client(settings.redis, max_connections=2)
     fields = ("timestamp", "returnvalue", "failedReason", "atm", "stc", "processedOn", "finishedOn")
     found: dict[str, dict[str, Any]] = {}
     try:
@@ -92,7 +92,7 @@ async def stored_jobs(settings: Settings, total: int) -> dict[str, dict[str, Any
             ids = [job_id(n) for n in range(first, min(first + 1000, total))]
             pipe = client.pipeline(transaction=False)
             for one in ids:
-                pipe.hmget(f"{settings.queue_prefix}:{settings.queue_name}:{one}", fields)
+                pipe.hmget(f"{settings.queue.prefix}:{settings.queue.name}:{one}", fields)
             for one, values in zip(ids, await pipe.execute(), strict=True):
                 found[one] = dict(zip(fields, values, strict=True))
     finally:
@@ -105,11 +105,11 @@ async def assert_exactly_once(settings: Settings, total: int) -> dict[str, dict[
     state = await counts(settings)
     assert state == {**dict.fromkeys(STATES, 0), "completed": total}, (state, await failed_reasons(settings))
     jobs = await stored_jobs(settings, total)
-    async with opened_engine(settings.database) as engine, engine.connect() as conn:
+    async with opened_engine(settings.database.target) as engine, engine.connect() as conn:
         rows = dict((await conn.execute(select(audit_table.c.idempotencyKey, audit_table.c.idExport))).all())
         count = (await conn.execute(select(func.count()).select_from(audit_table))).scalar_one()
     assert count == len(rows) == total  # no duplicate key, no row without one
-    qualified = f"{settings.queue_prefix}:{settings.queue_name}"
+    qualified = f"{settings.queue.prefix}:{settings.queue.name}"
     for one, job in jobs.items():
         key = idempotency_key(qualified, one, int(job["timestamp"]))
         assert json.loads(job["returnvalue"]) == {"idExport": rows[key]}, (one, job)

@@ -82,19 +82,24 @@ async def mariadb_execute(url: str, *statements: str, args: list[tuple[Any, ...]
         conn.close()
 
 
+def addresses(found: tuple[tuple[str, int], ...]) -> str:
+    """host:port,host:port as REDIS_SENTINELS and REDIS_CLUSTER_NODES take them."""
+    return ",".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in found)
+
+
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment a `kpi-export` process needs to use `settings`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "QUEUE_"))}
     env.update(
-        REDIS_URL=settings.redis_url.get_secret_value() if settings.redis_url else "",
-        REDIS_SENTINELS=settings.redis_sentinels or "",
-        REDIS_SENTINEL_MASTER=settings.redis_sentinel_master or "",
-        REDIS_CLUSTER_NODES=settings.redis_cluster_nodes or "",
-        QUEUE_PREFIX=settings.queue_prefix,
-        DATABASE_URL=settings.database_url.get_secret_value(),
-        QUEUE_NAME=settings.queue_name,
-        WORKER_CONCURRENCY=str(settings.worker_concurrency),
-        SHUTDOWN_TIMEOUT=str(settings.shutdown_timeout),
+        REDIS_URL=settings.redis.url.get_secret_value() if settings.redis.url else "",
+        REDIS_SENTINELS=addresses(settings.redis.sentinels),
+        REDIS_SENTINEL_MASTER=settings.redis.sentinel_master or "",
+        REDIS_CLUSTER_NODES=addresses(settings.redis.cluster_nodes),
+        QUEUE_PREFIX=settings.queue.prefix,
+        DATABASE_URL=settings.database.url.get_secret_value(),
+        QUEUE_NAME=settings.queue.name,
+        WORKER_CONCURRENCY=str(settings.worker.concurrency),
+        SHUTDOWN_TIMEOUT=str(settings.worker.shutdown_timeout),
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)

@@ -32,9 +32,9 @@ class JobEvents:
 
     def __init__(self, settings: Settings) -> None:
         self._events = QueueEvents(
-            settings.queue_name,
+            settings.queue.name,
             {
-                "connection": redis_client(settings, max_connections=2),
+                "connection": redis_client(settings.redis, max_connections=2),
                 "lastEventId": "0-0",
                 "blockingTimeout": 1000,
             },
@@ -77,7 +77,7 @@ async def job_events(settings: Settings) -> AsyncIterator[JobEvents]:
 
 async def run_numbered_jobs(settings: Settings, count: int) -> list[tuple[str, Any]]:
     """Jobs with usuarioId 1 … count, added at once; each one's (outcome, result or reason), in that order."""
-    async with job_events(settings) as events, opened_queue(settings) as queue:
+    async with job_events(settings) as events, opened_queue(settings.redis, settings.queue) as queue:
         jobs = await queue.addBulk(
             [{"name": "kpi-export", "data": {"usuarioId": n}} for n in range(1, count + 1)]
         )
@@ -85,7 +85,7 @@ async def run_numbered_jobs(settings: Settings, count: int) -> list[tuple[str, A
 
 
 async def audit_rows(settings: Settings) -> list[Any]:
-    async with opened_engine(settings.database) as engine, engine.connect() as conn:
+    async with opened_engine(settings.database.target) as engine, engine.connect() as conn:
         return list((await conn.execute(select(audit_table).order_by(audit_table.c.idExport))).all())
 
 
@@ -103,15 +103,15 @@ async def wait_until(
 async def wait_for_workers(settings: Settings, count: int = 1, timeout: float = 20) -> None:
     """Wait until `count` workers (Python or Node) listen on the queue, found as npm bullmq's `getWorkers()`
     finds them: by the names of their Redis connections."""
-    prefix = node_client_name(settings.queue_prefix, settings.queue_name, "").removesuffix(":w:")
-    client = redis_client(settings, max_connections=1)
+    prefix = node_client_name(settings.queue.prefix, settings.queue.name, "").removesuffix(":w:")
+    client = redis_client(settings.redis, max_connections=1)
 
     async def listening() -> bool:
         names = {c["name"] for c in await client.client_list()}
         return len({n for n in names if n == prefix or n.startswith(f"{prefix}:w:")}) >= count
 
     try:
-        await wait_until(listening, timeout, what=f"{count} worker(s) on queue {settings.queue_name}")
+        await wait_until(listening, timeout, what=f"{count} worker(s) on queue {settings.queue.name}")
     finally:
         await client.aclose()
 
@@ -120,7 +120,7 @@ async def wait_for_workers(settings: Settings, count: int = 1, timeout: float = 
 async def table_locked(settings: Settings) -> AsyncIterator[None]:
     """Hold an exclusive lock on the audit table (PostgreSQL, `?schema=` URL): inserts wait, so jobs stay in
     flight until the lock is released."""
-    base, schema = settings.database_url.get_secret_value().split("?schema=")
+    base, schema = settings.database.url.get_secret_value().split("?schema=")
     conn = await asyncpg.connect(base, server_settings={"search_path": schema})
     transaction = conn.transaction()
     await transaction.start()
@@ -141,7 +141,7 @@ async def running_worker(settings: Settings) -> AsyncIterator[StopSignals]:
         yield stop
     finally:
         stop.request("test over")
-        outcome = await asyncio.wait_for(task, timeout=settings.shutdown_timeout + 10)
+        outcome = await asyncio.wait_for(task, timeout=settings.worker.shutdown_timeout + 10)
         assert outcome == 0
 
 

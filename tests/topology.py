@@ -389,13 +389,13 @@ def started(kind: Callable[[Path], T]) -> Iterator[T]:
 
 async def failover_settings(database_url: str, queue_name: str, **redis: Any) -> Settings:
     """The settings of a failover test (concurrency 20, a stop within 10 s), its audit table migrated."""
-    settings = Settings(
+    settings = Settings.of(
         database_url=SecretStr(database_url),
         queue_name=queue_name,
         worker_concurrency=20,
         shutdown_timeout=10,
         **redis,
     )
-    async with opened_engine(settings.database) as engine:
+    async with opened_engine(settings.database.target) as engine:
         await upgrade(engine)
     return settings

@@ -119,7 +119,7 @@ async def started(fleet: Fleet, count: int) -> None:
 async def slow_inserts(settings: Settings, seconds: float) -> None:
     """Each insert into the audit table takes `seconds` more, inside its transaction (a loaded database), so
     that a kill finds jobs in flight: their insert not yet committed, or committed and not yet in Redis."""
-    base, schema = settings.database_url.get_secret_value().split("?schema=")
+    base, schema = settings.database.url.get_secret_value().split("?schema=")
     conn = await asyncpg.connect(base, server_settings={"search_path": schema})
     try:
         await conn.execute(
@@ -206,7 +206,7 @@ async def test_a_redis_restart_in_the_middle_of_a_run(
 ) -> None:
     server = EmbeddedRedis(tmp_path / "redis", appendonly=True)  # jobs in Redis survive the restart
     server.start()
-    settings = migrated.model_copy(update={"redis_url": SecretStr(server.url)})
+    settings = migrated.replace(redis_url=SecretStr(server.url))
     fleet = Fleet(chaos_env(settings))
     try:
         await add_jobs(settings, chaos_jobs)

@@ -42,7 +42,7 @@ KEY_ENV = {"AUDIT_SEAL_KEY": SECRET, "AUDIT_SEAL_MIN_AGE": "0"}
 
 @pytest.fixture
 async def engine(migrated: Settings) -> AsyncIterator[AsyncEngine]:
-    async with opened_engine(migrated.database) as opened:
+    async with opened_engine(migrated.database.target) as opened:
         yield opened
 
 
@@ -205,7 +205,7 @@ async def test_rows_committed_out_of_id_order_are_never_left_outside_every_seal(
     migrated: Settings, engine: AsyncEngine
 ) -> None:
     await fill(engine, 10)
-    async with opened_engine(migrated.database) as other:
+    async with opened_engine(migrated.database.target) as other:
         late = await other.connect()
         transaction = await late.begin()
         await late.execute(insert(audit_table), python_row(100))  # takes id 11, not committed yet
@@ -241,7 +241,7 @@ async def test_three_sealers_at_once_make_one_chain(migrated: Settings, engine: 
 
     async def sealer() -> list[ChainEntry]:
         made: list[ChainEntry] = []
-        async with opened_engine(migrated.database) as own:
+        async with opened_engine(migrated.database.target) as own:
             for _ in range(6):
                 made += await seal_pending(own, KEY, min_age=0, actor=f"sealer-{id(made)}", max_rows=200)
         return made
@@ -459,7 +459,7 @@ async def test_the_worker_seals_logs_the_head_and_exports_it(migrated: Settings,
     worker = WorkerProcess(env)
     try:
         await asyncio.to_thread(worker.wait_for_line, '"worker.started"')
-        async with job_events(migrated) as events, opened_queue(migrated) as queue:
+        async with job_events(migrated) as events, opened_queue(migrated.redis, migrated.queue) as queue:
             job = await queue.add("kpi-export", {"usuarioId": 7, "ip": "203.0.113.77", "format": "pdf"})
             outcome, result = await events.finished(job.id)
         assert outcome == "completed", result
@@ -475,7 +475,7 @@ async def test_the_worker_seals_logs_the_head_and_exports_it(migrated: Settings,
         status, metrics = await get(port, "/metrics")
         assert status == 200
         assert f'digest="{head.digest}"' in metrics and "kpi_export_audit_seal_head_info" in metrics
-        assert sample(metrics, "kpi_export_audit_sealed_id", queue=migrated.queue_name) == 2
+        assert sample(metrics, "kpi_export_audit_sealed_id", queue=migrated.queue.name) == 2
     finally:
         worker.process.send_signal(signal.SIGTERM)
         status = await asyncio.to_thread(worker.wait, 30)

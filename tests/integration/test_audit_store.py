@@ -28,8 +28,8 @@ FirstDelivery = Callable[[bool], Awaitable[None]]  # finish(commit)
 
 @asynccontextmanager
 async def first_delivery_open(settings: Settings) -> AsyncIterator[FirstDelivery]:
-    url = settings.database_url.get_secret_value()
-    if settings.database.dialect == "postgresql":
+    url = settings.database.url.get_secret_value()
+    if settings.database.target.dialect == "postgresql":
         base, schema = url.split("?schema=")
         conn = await asyncpg.connect(base, server_settings={"search_path": schema})
         transaction = conn.transaction()
@@ -47,7 +47,7 @@ async def first_delivery_open(settings: Settings) -> AsyncIterator[FirstDelivery
             yield finish_pg
         finally:
             await conn.close()
-    elif settings.database.dialect == "mysql":
+    elif settings.database.target.dialect == "mysql":
         parts = urlsplit(url)
         my = await aiomysql.connect(
             host=parts.hostname,
@@ -91,7 +91,7 @@ async def first_delivery_open(settings: Settings) -> AsyncIterator[FirstDelivery
 
 async def waiting_on_a_lock(settings: Settings, application: str) -> bool:
     """PostgreSQL only (the others give no such view): is a session of `application` blocked on a lock?"""
-    conn = await asyncpg.connect(settings.database_url.get_secret_value().split("?schema=")[0])
+    conn = await asyncpg.connect(settings.database.url.get_secret_value().split("?schema=")[0])
     try:
         count = await conn.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'",
@@ -107,14 +107,14 @@ async def test_a_second_delivery_waits_for_the_first_and_agrees_with_it(
     migrated: Settings, first_commits: bool
 ) -> None:
     application = f"overlap-{uuid.uuid4().hex[:8]}"
-    url = migrated.database_url.get_secret_value()
-    if migrated.database.dialect == "postgresql":
+    url = migrated.database.url.get_secret_value()
+    if migrated.database.target.dialect == "postgresql":
         url += f"&application_name={application}"
-    engine = create_engine(migrated.model_copy(update={"database_url": SecretStr(url)}).database)
+    engine = create_engine(migrated.replace(database_url=SecretStr(url)).database.target)
     try:
         async with first_delivery_open(migrated) as finish_first:
             second = asyncio.create_task(AuditStore(engine).record(ENTRY, KEY, utc_now()))
-            if migrated.database.dialect == "postgresql":
+            if migrated.database.target.dialect == "postgresql":
 
                 async def blocked() -> bool:
                     return await waiting_on_a_lock(migrated, application)

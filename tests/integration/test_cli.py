@@ -30,7 +30,7 @@ async def test_enqueue_adds_jobs_as_a_node_producer_would(migrated: Settings) ->
     assert result.exit_code == 0, result.output
     ids = result.stdout.split()
     assert len(ids) == 2
-    async with opened_queue(migrated) as queue:
+    async with opened_queue(migrated.redis, migrated.queue) as queue:
         for job_id in ids:
             job = await queue.getJob(job_id)
             assert job.name == "kpi-export"
@@ -71,7 +71,7 @@ async def test_job_shows_state_progress_result_and_failure_as_json(migrated: Set
     assert (
         good["idempotencyKey"]
         == row.idempotencyKey
-        == idempotency_key(f"bull:{migrated.queue_name}", good_id, good["timestamp"])
+        == idempotency_key(f"bull:{migrated.queue.name}", good_id, good["timestamp"])
     )
 
     failed = json.loads((await invoke(migrated, "job", bad_id, "--json")).stdout)
@@ -81,4 +81,4 @@ async def test_job_shows_state_progress_result_and_failure_as_json(migrated: Set
 
     missing = await invoke(migrated, "job", "no-such-job")
     assert missing.exit_code == 1
-    assert f"no job no-such-job in queue {migrated.queue_name}" in missing.stderr
+    assert f"no job no-such-job in queue {migrated.queue.name}" in missing.stderr

@@ -32,7 +32,7 @@ def one_line_failure(result: Result, *words: str) -> str:
 
 @pytest.fixture
 def redis_down(settings: Settings) -> Settings:
-    return settings.model_copy(update={"redis_url": SecretStr(f"redis://:hunter22@127.0.0.1:{free_port()}")})
+    return settings.replace(redis_url=SecretStr(f"redis://:hunter22@127.0.0.1:{free_port()}"))
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -63,7 +63,7 @@ def missing_database(settings: Settings) -> Settings:
     """A PostgreSQL URL naming a database that does not exist on a server that runs."""
     require_service("PostgreSQL", POSTGRES_URL)
     url = POSTGRES_URL.rsplit("/", 1)[0] + f"/missing_{uuid.uuid4().hex[:8]}"
-    return settings.model_copy(update={"database_url": SecretStr(url)})
+    return settings.replace(database_url=SecretStr(url))
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -89,7 +89,7 @@ async def test_read_only_commands_create_no_database_file(
     settings: Settings, tmp_path: Path, command: list[str]
 ) -> None:
     typo = tmp_path / "typo.db"
-    result = await invoke(settings.model_copy(update={"database_url": SecretStr(f"file:{typo}")}), *command)
+    result = await invoke(settings.replace(database_url=SecretStr(f"file:{typo}")), *command)
     assert result.exit_code == 1, result.output
     assert not typo.exists()
     if command[0] == "check":
@@ -153,7 +153,7 @@ async def test_json_that_only_python_reads_is_a_usage_error(
     assert result.exit_code == 2, result.output
     assert f"Error: Invalid value for {message}" in result.stderr, result.stderr
     assert "--debug" not in result.stderr and len(result.stderr) < 500, result.stderr
-    async with opened_queue(migrated) as queue:
+    async with opened_queue(migrated.redis, migrated.queue) as queue:
         assert await queue.getJobCountByTypes("waiting") == 0
 
 
@@ -170,13 +170,13 @@ async def test_the_queues_own_keys_are_no_jobs(migrated: Settings, redis_url: st
     await invoke(migrated, "enqueue", "--usuario-id", "1")  # the queue's id counter, events and meta exist
     raw = redis.asyncio.Redis.from_url(redis_url)
     try:
-        await raw.set(f"bull:{migrated.queue_name}:1:lock", "a-token", ex=60)  # as while job 1 runs
+        await raw.set(f"bull:{migrated.queue.name}:1:lock", "a-token", ex=60)  # as while job 1 runs
     finally:
         await raw.aclose()
     shown = await invoke(migrated, "job", job_id)
     assert (
         shown.exit_code == 1
-        and shown.stderr == f"kpi-export: no job {job_id} in queue {migrated.queue_name}\n"
+        and shown.stderr == f"kpi-export: no job {job_id} in queue {migrated.queue.name}\n"
     )
     retried = await invoke(migrated, "retry", job_id, "--json")
     assert retried.exit_code == 1 and f'"{job_id}": "not found"' in retried.stdout

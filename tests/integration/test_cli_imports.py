@@ -59,7 +59,7 @@ def imported_by(settings: Settings, *args: str) -> list[str]:
 
 @pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 async def test_the_queue_commands_import_no_database_library(settings: Settings) -> None:
-    async with opened_queue(settings) as queue:
+    async with opened_queue(settings.redis, settings.queue) as queue:
         job = await queue.add("kpi-export", {"usuarioId": 1})
     for args in (["stats"], ["jobs", "--state", "waiting"], ["job", str(job.id)]):
         assert await asyncio.to_thread(imported_by, settings, *args) == [], args

@@ -42,7 +42,7 @@ def assert_safe(text: str) -> None:
 
 
 async def add_rows(settings: Settings, *entries: dict[str, Any]) -> list[int]:
-    engine = create_engine(settings.database)
+    engine = create_engine(settings.database.target)
     try:
         store = AuditStore(engine)
         return [
@@ -55,7 +55,11 @@ async def add_rows(settings: Settings, *entries: dict[str, Any]) -> list[int]:
 
 @sqlite_only
 async def test_hostile_ids_and_filters_are_printed_escaped(migrated: Settings) -> None:
-    async with job_events(migrated) as events, opened_queue(migrated) as queue, running_worker(migrated):
+    async with (
+        job_events(migrated) as events,
+        opened_queue(migrated.redis, migrated.queue) as queue,
+        running_worker(migrated),
+    ):
         for job_id in HOSTILE:
             await queue.add("kpi-export", {"usuarioId": "not a number"}, {"jobId": job_id})
         for job_id in HOSTILE:
@@ -90,7 +94,7 @@ async def test_missing_values_are_dashes_and_times_are_utc(migrated: Settings) -
     assert "None" not in shown.stdout
     assert re.search(r"│ ip +│ — +│", shown.stdout), shown.stdout
 
-    async with opened_queue(migrated) as queue:
+    async with opened_queue(migrated.redis, migrated.queue) as queue:
         job = await queue.add("kpi-export", {"usuarioId": 5}, {"timestamp": 1767225600000})  # 2026-01-01
     table = await invoke(migrated, "job", job.id)
     assert table.exit_code == 0, table.output
@@ -144,7 +148,7 @@ async def test_audit_list_fits_the_terminal_and_gives_the_filters_the_room_left(
 async def test_job_shortens_long_values_and_says_how_much_is_left_out(migrated: Settings) -> None:
     huge = {"usuarioId": 1, "filters": {"blob": "x" * (2 * 1024 * 1024)}}
     long = {"usuarioId": 2, "filters": {"kpis": [f"kpi-{n}" for n in range(400)]}}
-    async with opened_queue(migrated) as queue:
+    async with opened_queue(migrated.redis, migrated.queue) as queue:
         huge_job = await queue.add("kpi-export", huge)
         long_job = await queue.add("kpi-export", long)
 
@@ -167,7 +171,7 @@ async def test_job_shortens_long_values_and_says_how_much_is_left_out(migrated: 
 
 @sqlite_only
 async def test_jobs_show_a_column_that_means_something_in_each_state(migrated: Settings) -> None:
-    async with opened_queue(migrated) as queue:
+    async with opened_queue(migrated.redis, migrated.queue) as queue:
         await queue.add("export-ventas", {"usuarioId": 1})
         await queue.add("kpi-export", {"usuarioId": 2}, {"delay": 3_600_000, "timestamp": 1767225600000})
     waiting = await invoke(migrated, "jobs", "--state", "waiting")
@@ -179,11 +183,11 @@ async def test_jobs_show_a_column_that_means_something_in_each_state(migrated: S
 
 @sqlite_only
 async def test_an_unreadable_job_is_listed_with_its_reason(migrated: Settings, redis_url: str) -> None:
-    async with opened_queue(migrated) as queue:
+    async with opened_queue(migrated.redis, migrated.queue) as queue:
         readable = await queue.add("kpi-export", {"usuarioId": 1})
     raw = redis.asyncio.Redis.from_url(redis_url)
     try:
-        key = f"bull:{migrated.queue_name}"
+        key = f"bull:{migrated.queue.name}"
         await raw.hset(
             f"{key}:huge",
             mapping={"name": "kpi-export", "data": '{"usuarioId": ' + "9" * 5000 + "}", "opts": "{}",
@@ -202,7 +206,7 @@ async def test_an_unreadable_job_is_listed_with_its_reason(migrated: Settings, r
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_db_commands_name_the_schema_they_migrated(settings: Settings) -> None:
-    schema = str(settings.database.schema)
+    schema = str(settings.database.target.schema)
     upgraded = await invoke(settings, "db", "upgrade")
     assert f"?schema={schema}: migrated from nothing to " in upgraded.stdout, upgraded.output
     current = await invoke(settings, "db", "current")
@@ -214,7 +218,7 @@ async def test_enqueue_sends_numbers_as_numbers(migrated: Settings) -> None:
     given = ["42.0", "1e3", "0x1A", "1e400", "9" * 5000]
     added = [await invoke(migrated, "enqueue", "--usuario-id", text) for text in given]
     assert [result.exit_code for result in added] == [0] * len(given), [r.output for r in added]
-    async with opened_queue(migrated) as queue:
+    async with opened_queue(migrated.redis, migrated.queue) as queue:
         data = [(await queue.getJob(result.stdout.strip())).data["usuarioId"] for result in added]
     assert data == [42, 1000, "0x1A", "1e400", "9" * 5000] and type(data[0]) is int  # the rest as text
 
@@ -265,7 +269,7 @@ async def test_csv_dash_is_standard_output(migrated: Settings, tmp_path: Path) -
 async def test_an_export_stopped_midway_leaves_the_old_file_and_no_partial_one(
     migrated: Settings, tmp_path: Path
 ) -> None:
-    database = str(migrated.database.url.database)
+    database = str(migrated.database.target.url.database)
     with sqlite3.connect(database) as connection:  # enough rows that the export is stopped while it writes
         connection.executemany(
             'INSERT INTO kpi_auditoria_export ("usuarioId", ip, filters, format, "codigoEstado", "createdAt", '

@@ -33,10 +33,10 @@ async def stop_gracefully(worker: WorkerProcess) -> int:
 async def test_a_database_down_at_start_is_one_line_naming_host_and_port_then_the_worker_starts(
     settings: Settings, postgres_cluster: PostgresCluster
 ) -> None:
-    database = settings.database.url.database
+    database = settings.database.target.url.database
     with_password = postgres_cluster.url(str(database), role=PASSWORD_ROLE)
-    settings = settings.model_copy(update={"database_url": SecretStr(with_password)})
-    engine = create_engine(settings.database)
+    settings = settings.replace(database_url=SecretStr(with_password))
+    engine = create_engine(settings.database.target)
     await upgrade(engine)
     await engine.dispose()
     where = f"127.0.0.1:{postgres_cluster.port}"
@@ -46,9 +46,9 @@ async def test_a_database_down_at_start_is_one_line_naming_host_and_port_then_th
         down = await asyncio.to_thread(worker.wait_for_line, f"Database not reachable at {where} (", 30)
         postgres_cluster.start()
         await asyncio.to_thread(worker.wait_for_line, f"Database reachable at {where}", 30)
-        start = START.format(queue=settings.queue_name, concurrency=settings.worker_concurrency)
+        start = START.format(queue=settings.queue.name, concurrency=settings.worker.concurrency)
         await asyncio.to_thread(worker.wait_for_line, start, 30)
-        async with job_events(settings) as events, opened_queue(settings) as queue:
+        async with job_events(settings) as events, opened_queue(settings.redis, settings.queue) as queue:
             job = await queue.add("kpi-export", {"usuarioId": 3})
             outcome, _ = await events.finished(job.id, timeout=20)
         status = await stop_gracefully(worker)
@@ -63,7 +63,7 @@ async def test_a_database_down_at_start_is_one_line_naming_host_and_port_then_th
 
 async def waits_since(settings: Settings, since: datetime) -> bool:
     """Whether a session that began after `since` waits for a lock on the test's audit table."""
-    base, schema = settings.database_url.get_secret_value().split("?schema=")
+    base, schema = settings.database.url.get_secret_value().split("?schema=")
     conn = await asyncpg.connect(base)
     try:
         return bool(
@@ -79,7 +79,7 @@ async def waits_since(settings: Settings, since: datetime) -> bool:
 
 
 async def server_now(settings: Settings) -> datetime:
-    conn = await asyncpg.connect(settings.database_url.get_secret_value().split("?schema=")[0])
+    conn = await asyncpg.connect(settings.database.url.get_secret_value().split("?schema=")[0])
     try:
         return await conn.fetchval("SELECT clock_timestamp()")  # type: ignore[no-any-return]
     finally:
@@ -105,7 +105,7 @@ async def test_a_start_on_a_locked_table_says_it_waits_then_starts_when_the_lock
             worker.kill()
             raise
     try:
-        start = START.format(queue=migrated.queue_name, concurrency=migrated.worker_concurrency)
+        start = START.format(queue=migrated.queue.name, concurrency=migrated.worker.concurrency)
         await asyncio.to_thread(worker.wait_for_line, start, 30)
         status = await stop_gracefully(worker)
     finally:
@@ -119,7 +119,7 @@ async def test_a_start_on_a_locked_table_says_it_waits_then_starts_when_the_lock
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_a_sqlite_file_another_process_writes_is_waited_for_with_one_line(migrated: Settings) -> None:
     """In the rollback journal (Prisma's default for a SQLite file) a writer's lock keeps readers out too."""
-    holder = sqlite3.connect(str(migrated.database.url.database), isolation_level=None)
+    holder = sqlite3.connect(str(migrated.database.target.url.database), isolation_level=None)
     try:
         holder.execute("PRAGMA journal_mode=DELETE")
         holder.execute("BEGIN EXCLUSIVE")
@@ -134,7 +134,7 @@ async def test_a_sqlite_file_another_process_writes_is_waited_for_with_one_line(
     finally:
         holder.close()
     try:
-        start = START.format(queue=migrated.queue_name, concurrency=migrated.worker_concurrency)
+        start = START.format(queue=migrated.queue.name, concurrency=migrated.worker.concurrency)
         await asyncio.to_thread(worker.wait_for_line, start, 40)
         status = await stop_gracefully(worker)
     finally:

@@ -27,7 +27,7 @@ shared_postgresql = pytest.mark.parametrize("database_url", ["postgresql"], indi
 
 async def sql(settings: Settings, statements: str, *, value: bool = False) -> Any:
     """Run SQL in the test's own schema on the shared server; with `value`, return the first column."""
-    base, schema = settings.database_url.get_secret_value().split("?schema=")
+    base, schema = settings.database.url.get_secret_value().split("?schema=")
     conn = await asyncpg.connect(base, server_settings={"search_path": schema})
     try:
         return await (conn.fetchval(statements) if value else conn.execute(statements))
@@ -68,7 +68,11 @@ async def test_a_serialization_failure_a_deadlock_or_a_failover_is_retried_insid
 ) -> None:
     await inject(migrated, sqlstate, times=3)
     with caplog.at_level(logging.WARNING, logger="kpi_export"):
-        async with job_events(migrated) as events, opened_queue(migrated) as queue, running_worker(migrated):
+        async with (
+            job_events(migrated) as events,
+            opened_queue(migrated.redis, migrated.queue) as queue,
+            running_worker(migrated),
+        ):
             job = await queue.add("kpi-export", {"usuarioId": 4, "ip": "10.4.4.4"}, {"attempts": 1})
             outcome = await events.finished(job.id)
             stored = await queue.getJob(job.id)
@@ -88,7 +92,11 @@ async def test_a_constraint_violation_fails_at_once_and_the_producers_attempts_a
     migrated: Settings,
 ) -> None:
     await inject(migrated, "23514", times=1_000)  # check_violation, on every insert
-    async with job_events(migrated) as events, opened_queue(migrated) as queue, running_worker(migrated):
+    async with (
+        job_events(migrated) as events,
+        opened_queue(migrated.redis, migrated.queue) as queue,
+        running_worker(migrated),
+    ):
         job = await queue.add("kpi-export", {"usuarioId": 5}, {"attempts": 2})
         outcome = await events.finished(job.id)
         stored = await queue.getJob(job.id)
@@ -100,7 +108,11 @@ async def test_a_constraint_violation_fails_at_once_and_the_producers_attempts_a
 
 @shared_postgresql
 async def test_a_missing_table_fails_at_once_with_a_clear_reason(migrated: Settings) -> None:
-    async with job_events(migrated) as events, opened_queue(migrated) as queue, running_worker(migrated):
+    async with (
+        job_events(migrated) as events,
+        opened_queue(migrated.redis, migrated.queue) as queue,
+        running_worker(migrated),
+    ):
         first = await queue.add("kpi-export", {"usuarioId": 6})
         assert (await events.finished(first.id))[0] == "completed"  # the worker runs, past its start checks
         await sql(migrated, "ALTER TABLE kpi_auditoria_export RENAME TO kpi_auditoria_export_gone")
@@ -121,7 +133,7 @@ async def test_an_outage_longer_than_the_lock_is_retried_inside_the_job_and_its_
     worker = WorkerProcess(worker_env(migrated, LOCK_DURATION="2", DB_RETRY_WINDOW="30"))
     try:
         await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
-        async with job_events(migrated) as events, opened_queue(migrated) as queue:
+        async with job_events(migrated) as events, opened_queue(migrated.redis, migrated.queue) as queue:
             postgres_cluster.stop()
             job = await queue.add("kpi-export", {"usuarioId": 7, "ip": "10.7.7.7"}, {"attempts": 1})
             await asyncio.to_thread(worker.wait_for_line, "Transient database fault")
@@ -145,7 +157,7 @@ async def test_an_outage_longer_than_the_window_fails_the_attempt_then_the_produ
     worker = WorkerProcess(worker_env(migrated, DB_RETRY_WINDOW="1"))
     try:
         await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
-        async with job_events(migrated) as events, opened_queue(migrated) as queue:
+        async with job_events(migrated) as events, opened_queue(migrated.redis, migrated.queue) as queue:
             postgres_cluster.stop()
             job = await queue.add(
                 "kpi-export", {"usuarioId": 8}, {"attempts": 5, "backoff": {"type": "fixed", "delay": 1000}}
@@ -171,18 +183,16 @@ async def test_a_database_that_stops_answering_does_not_hold_the_job_beyond_its_
 ) -> None:
     """Behind a network that loses every packet, a write would wait for the kernel (many minutes) with the job's
     lock renewed all along; each attempt is bounded by DB_WRITE_TIMEOUT, the attempts by DB_RETRY_WINDOW."""
-    url = migrated.database_url.get_secret_value()
+    url = migrated.database.url.get_secret_value()
     async with TcpFaultProxy(5432) as proxy:
-        through_proxy = migrated.model_copy(
-            update={
-                "database_url": SecretStr(url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")),
-                "db_write_timeout": 1.0,
-                "db_retry_window": 2.0,
-            }
+        through_proxy = migrated.replace(
+            database_url=SecretStr(url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")),
+            db_write_timeout=1.0,
+            db_retry_window=2.0,
         )
         async with (
             job_events(migrated) as events,
-            opened_queue(migrated) as queue,
+            opened_queue(migrated.redis, migrated.queue) as queue,
             running_worker(through_proxy),
         ):
             warm_up = await queue.add("kpi-export", {"usuarioId": 1})
@@ -209,11 +219,11 @@ async def test_the_retries_inside_a_job_end_with_its_window_not_a_backoff_step_l
     Eight jobs at once, each with its own jitter: were the last wait not cut, at least one would run on by
     seconds (the waits near 10 s are 3.2 to 5 s)."""
     window, count = 10.0, 8
-    settings = migrated.model_copy(update={"worker_concurrency": count})
+    settings = migrated.replace(worker_concurrency=count)
     worker = WorkerProcess(worker_env(settings, DB_RETRY_WINDOW=str(window)))
     try:
         await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
-        async with job_events(settings) as events, opened_queue(settings) as queue:
+        async with job_events(settings) as events, opened_queue(settings.redis, settings.queue) as queue:
             postgres_cluster.stop()
             jobs = await queue.addBulk(
                 [

@@ -22,7 +22,7 @@ async def test_the_deployment_environment_gives_a_worker_that_passes_its_probes(
     migrated: Settings, tmp_path: Path
 ) -> None:
     container = worker_container()
-    secrets = {"REDIS_PASSWORD": "probe-test-pw", "DATABASE_URL": migrated.database_url.get_secret_value()}
+    secrets = {"REDIS_PASSWORD": "probe-test-pw", "DATABASE_URL": migrated.database.url.get_secret_value()}
     with EmbeddedRedis(tmp_path / "redis", password=secrets["REDIS_PASSWORD"]) as redis_server:
         port = free_port()
         env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "QUEUE_NAME", "LOG_FORMAT"}}

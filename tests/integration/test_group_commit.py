@@ -27,7 +27,7 @@ def entry(usuario_id: int, filters: Any = None) -> AuditEntry:
 
 @pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)  # MySQL: one insert a job
 async def test_rows_of_jobs_that_finish_together_are_written_by_one_insert(migrated: Settings) -> None:
-    engine = create_engine(migrated.database)
+    engine = create_engine(migrated.database.target)
     inserts: list[str] = []
     event.listen(
         engine.sync_engine,
@@ -47,7 +47,7 @@ async def test_rows_of_jobs_that_finish_together_are_written_by_one_insert(migra
 
 
 async def test_a_job_delivered_twice_in_one_batch_or_again_later_keeps_one_row(migrated: Settings) -> None:
-    engine = create_engine(migrated.database)
+    engine = create_engine(migrated.database.target)
     try:
         store = AuditStore(engine)
         first = await asyncio.gather(
@@ -64,7 +64,7 @@ async def test_a_job_delivered_twice_in_one_batch_or_again_later_keeps_one_row(m
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_a_row_the_database_refuses_fails_only_its_own_job(migrated: Settings) -> None:
-    engine = create_engine(migrated.database)
+    engine = create_engine(migrated.database.target)
     try:
         store = AuditStore(engine)
         bad = entry(99, {"area": "ven\u0000tas"})  # jsonb refuses a NUL character
@@ -86,18 +86,16 @@ async def test_a_transient_fault_under_a_batch_is_retried_by_each_job_inside_its
 ) -> None:
     """The worker's connection is killed while its batch waits on a lock: every job retries and completes."""
     app = f"kpi-test-{uuid.uuid4().hex[:8]}"
-    settings = migrated.model_copy(
-        update={
-            "database_url": SecretStr(f"{migrated.database_url.get_secret_value()}&application_name={app}"),
-            "worker_concurrency": 10,
-        }
+    settings = migrated.replace(
+        database_url=SecretStr(f"{migrated.database.url.get_secret_value()}&application_name={app}"),
+        worker_concurrency=10,
     )
-    admin = await asyncpg.connect(settings.database_url.get_secret_value().split("?")[0])
+    admin = await asyncpg.connect(settings.database.url.get_secret_value().split("?")[0])
     try:
         with caplog.at_level(logging.WARNING, logger="kpi_export"):
             async with (
                 job_events(settings) as events,
-                opened_queue(settings) as queue,
+                opened_queue(settings.redis, settings.queue) as queue,
                 running_worker(settings),
             ):
                 warm_up = await queue.add("kpi-export", {"usuarioId": 100})

@@ -25,7 +25,7 @@ from tests.support import job_events, running_worker, wait_until
 
 
 def with_health(settings: Settings, **update: Any) -> Settings:
-    return settings.model_copy(update={"health_port": free_port(), "health_host": "127.0.0.1", **update})
+    return settings.replace(health_port=free_port(), health_host="127.0.0.1", **update)
 
 
 async def wait_for_status(port: int, path: str, status: int, timeout: float = 20) -> Any:
@@ -47,7 +47,7 @@ async def test_livez_while_starting_running_and_through_a_redis_outage(
 ) -> None:
     port = free_port()
     settings = with_health(migrated, redis_url=SecretStr(f"redis://127.0.0.1:{port}"))
-    health = settings.health_port
+    health = settings.health.port
     assert health is not None
     server = EmbeddedRedis(tmp_path / "redis", port=port)
     try:
@@ -96,7 +96,7 @@ async def test_livez_while_starting_running_and_through_a_redis_outage(
 async def test_readyz_turns_503_while_the_database_is_stopped_and_200_when_it_is_back(
     postgres_cluster: PostgresCluster, private_postgresql_url: str, redis_url: str, queue_name: str
 ) -> None:
-    settings = Settings(
+    settings = Settings.of(
         redis_url=SecretStr(redis_url),
         database_url=SecretStr(private_postgresql_url),
         queue_name=queue_name,
@@ -106,15 +106,19 @@ async def test_readyz_turns_503_while_the_database_is_stopped_and_200_when_it_is
         health_port=free_port(),
         health_host="127.0.0.1",
     )
-    health = settings.health_port
+    health = settings.health.port
     assert health is not None
-    engine = create_engine(settings.database)
+    engine = create_engine(settings.database.target)
     try:
         await upgrade(engine)
     finally:
         await engine.dispose()
 
-    async with job_events(settings) as events, opened_queue(settings) as queue, running_worker(settings):
+    async with (
+        job_events(settings) as events,
+        opened_queue(settings.redis, settings.queue) as queue,
+        running_worker(settings),
+    ):
         await wait_for_status(health, "/readyz", 200)
 
         postgres_cluster.stop()
@@ -153,7 +157,7 @@ WHEN NEW.usuarioId = 13 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_metrics_move_as_jobs_complete_fail_and_retry(migrated: Settings, redis_url: str) -> None:
-    path = migrated.database.url.database
+    path = migrated.database.target.url.database
     assert path is not None
     with sqlite3.connect(path) as conn:  # the database itself refuses these rows
         conn.execute(REFUSE_USER_13)
@@ -161,10 +165,14 @@ async def test_metrics_move_as_jobs_complete_fail_and_retry(migrated: Settings, 
     async with RedisFaultProxy(redis_port) as proxy:
         proxy.refuse = calls_script("updateProgress")
         settings = with_health(migrated, redis_url=SecretStr(proxy.url), queue_metrics_interval=0.2)
-        health = settings.health_port
+        health = settings.health.port
         assert health is not None
-        labels = {"queue": settings.queue_name}
-        async with job_events(migrated) as events, opened_queue(migrated) as queue, running_worker(settings):
+        labels = {"queue": settings.queue.name}
+        async with (
+            job_events(migrated) as events,
+            opened_queue(migrated.redis, migrated.queue) as queue,
+            running_worker(settings),
+        ):
             await wait_for_status(health, "/livez", 200)
             assert await metric(health, "kpi_export_jobs_total", outcome="completed", **labels) == 0
             jobs = [
@@ -207,7 +215,7 @@ async def test_a_health_port_in_use_stops_the_worker_with_exit_1(migrated: Setti
     try:
         busy = server.sockets[0].getsockname()[1]
         outcome = await run_worker(
-            migrated.model_copy(update={"health_port": busy, "health_host": "127.0.0.1"}),
+            migrated.replace(health_port=busy, health_host="127.0.0.1"),
             StopSignals(install=False),
         )
     finally:

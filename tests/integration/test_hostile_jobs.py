@@ -57,7 +57,7 @@ DAMAGED: list[tuple[dict[str, bytes], str]] = [
 async def damage(settings: Settings, redis_url: str, job_id: str, fields: dict[str, bytes]) -> None:
     raw = redis.asyncio.Redis.from_url(redis_url)  # bytes in, bytes out: as a buggy producer writes them
     try:
-        await raw.hset(f"bull:{settings.queue_name}:{job_id}", mapping=fields)  # type: ignore[arg-type]
+        await raw.hset(f"bull:{settings.queue.name}:{job_id}", mapping=fields)  # type: ignore[arg-type]
     finally:
         await raw.aclose()
 
@@ -66,7 +66,7 @@ async def damage(settings: Settings, redis_url: str, job_id: str, fields: dict[s
 async def test_jobs_bullmq_cannot_decode_fail_at_once_with_the_reason(
     migrated: Settings, redis_url: str
 ) -> None:
-    async with opened_queue(migrated) as queue:
+    async with opened_queue(migrated.redis, migrated.queue) as queue:
         damaged = []
         for fields, reason in DAMAGED:
             job = await queue.add("kpi-export", {"usuarioId": 1}, {"attempts": 3})
@@ -81,7 +81,7 @@ async def test_jobs_bullmq_cannot_decode_fail_at_once_with_the_reason(
                 outcomes = [await events.finished(job_id, timeout=20) for job_id, _, _ in damaged]
                 evil_outcome = await events.finished(evil.id)
             raw = redis.asyncio.Redis.from_url(redis_url)
-            stored = [await raw.hgetall(f"bull:{migrated.queue_name}:{job_id}") for job_id, _, _ in damaged]
+            stored = [await raw.hgetall(f"bull:{migrated.queue.name}:{job_id}") for job_id, _, _ in damaged]
             await raw.aclose()
             counts = await queue.getJobCounts("active", "wait", "failed", "completed")
         finally:
@@ -107,7 +107,7 @@ async def test_jobs_bullmq_cannot_decode_fail_at_once_with_the_reason(
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_kpi_export_job_shows_an_unreadable_job_as_stored(migrated: Settings, redis_url: str) -> None:
-    async with opened_queue(migrated) as queue:
+    async with opened_queue(migrated.redis, migrated.queue) as queue:
         job = await queue.add("kpi-export", {"usuarioId": 1})
     await damage(migrated, redis_url, job.id, {"data": b'{"ip": "\xff"'})
     result = await asyncio.to_thread(
@@ -157,8 +157,10 @@ class Batches:
 
     async def run(self, batch: list[Any]) -> None:
         seen = len(self.worker.lines)
-        engine = create_engine(self.settings.database)  # one per batch: each batch has its own event loop
-        async with opened_queue(self.settings) as queue:
+        engine = create_engine(
+            self.settings.database.target
+        )  # one per batch: each batch has its own event loop
+        async with opened_queue(self.settings.redis, self.settings.queue) as queue:
             jobs = await queue.addBulk([{"name": "kpi-export", "data": data} for data in batch])
             self.total += len(jobs)
 

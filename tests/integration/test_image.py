@@ -57,9 +57,9 @@ def test_the_image_carries_the_worker_and_no_build_tool(built: str) -> None:
 async def test_the_image_migrates_and_runs_the_worker_read_only_and_stops_on_sigterm(
     built: str, settings: Settings
 ) -> None:
-    settings = settings.model_copy(update={"worker_concurrency": 3})
-    database_url = settings.database_url.get_secret_value()
-    redis_url = settings.redis_url.get_secret_value() if settings.redis_url else ""
+    settings = settings.replace(worker_concurrency=3)
+    database_url = settings.database.url.get_secret_value()
+    redis_url = settings.redis.url.get_secret_value() if settings.redis.url else ""
     environment = ["-e", f"DATABASE_URL={database_url}"]
     await asyncio.to_thread(image.run, *image.container(built, "db", "upgrade", options=environment))
     health = free_port()
@@ -69,7 +69,7 @@ async def test_the_image_migrates_and_runs_the_worker_read_only_and_stops_on_sig
         "-e",
         f"REDIS_URL={redis_url}",
         "-e",
-        f"QUEUE_NAME={settings.queue_name}",
+        f"QUEUE_NAME={settings.queue.name}",
         "-e",
         "WORKER_CONCURRENCY=3",
         "-e",
@@ -78,7 +78,7 @@ async def test_the_image_migrates_and_runs_the_worker_read_only_and_stops_on_sig
     worker = WorkerProcess({}, command=image.container(built, name=name, options=options))
     try:
         line = await asyncio.to_thread(worker.wait_for_line, "Worker escuchando", 60)
-        async with job_events(settings) as events, opened_queue(settings) as queue:
+        async with job_events(settings) as events, opened_queue(settings.redis, settings.queue) as queue:
             good = [await queue.add("kpi-export", {"usuarioId": n, "ip": "203.0.113.7"}) for n in (1, 2)]
             bad = await queue.add("kpi-export", {"usuarioId": "abc"})
             outcomes = [await events.finished(job.id) for job in (*good, bad)]
@@ -91,7 +91,7 @@ async def test_the_image_migrates_and_runs_the_worker_read_only_and_stops_on_sig
         worker.kill()
         image.run(image.podman(), "rm", "--force", name, check=False)
     rows = await audit_rows(settings)
-    assert line == START.format(queue=settings.queue_name, concurrency=3)
+    assert line == START.format(queue=settings.queue.name, concurrency=3)
     assert [outcome for outcome, _ in outcomes] == ["completed", "completed", "failed"]
     assert sorted(result["idExport"] for _, result in outcomes[:2]) == sorted(row.idExport for row in rows)
     assert (ready, user, healthy.returncode, status) == (200, "10001", 0, 0), worker.output

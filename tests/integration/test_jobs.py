@@ -27,7 +27,11 @@ async def test_a_valid_job_gives_one_row_progress_and_result(migrated: Settings)
         "filters": json.dumps(FILTERS),
         "format": " XLSX",
     }
-    async with job_events(migrated) as events, opened_queue(migrated) as queue, running_worker(migrated):
+    async with (
+        job_events(migrated) as events,
+        opened_queue(migrated.redis, migrated.queue) as queue,
+        running_worker(migrated),
+    ):
         job = await queue.add("kpi-export", data)
         outcome, result = await events.finished(job.id)
         stored = await queue.getJob(job.id)
@@ -51,7 +55,11 @@ async def test_a_valid_job_gives_one_row_progress_and_result(migrated: Settings)
 
 
 async def test_invalid_usuario_id_fails_once_without_retry_and_without_row(migrated: Settings) -> None:
-    async with job_events(migrated) as events, opened_queue(migrated) as queue, running_worker(migrated):
+    async with (
+        job_events(migrated) as events,
+        opened_queue(migrated.redis, migrated.queue) as queue,
+        running_worker(migrated),
+    ):
         job = await queue.add("kpi-export", {"usuarioId": "0x1A", "ip": "1.2.3.4"}, {"attempts": 3})
         outcome, reason = await events.finished(job.id)
         stored = await queue.getJob(job.id)
@@ -66,7 +74,11 @@ async def test_invalid_usuario_id_fails_once_without_retry_and_without_row(migra
 
 
 async def test_a_redelivered_job_keeps_its_row_and_id(migrated: Settings) -> None:
-    async with job_events(migrated) as events, opened_queue(migrated) as queue, running_worker(migrated):
+    async with (
+        job_events(migrated) as events,
+        opened_queue(migrated.redis, migrated.queue) as queue,
+        running_worker(migrated),
+    ):
         job = await queue.add("kpi-export", {"usuarioId": 7, "ip": "10.0.0.1", "format": "pdf"})
         first = await events.finished(job.id)
         await (await queue.getJob(job.id)).retry("completed")  # back to wait: the same job, a second run
@@ -90,9 +102,9 @@ async def test_failed_progress_updates_are_a_warning_a_minute_and_the_jobs_compl
     port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
     async with RedisFaultProxy(port) as proxy:
         proxy.refuse = calls_script("updateProgress")
-        through_proxy = migrated.model_copy(update={"redis_url": SecretStr(proxy.url)})
+        through_proxy = migrated.replace(redis_url=SecretStr(proxy.url))
         with caplog.at_level(logging.WARNING, logger="kpi_export"):
-            async with job_events(migrated) as events, opened_queue(migrated) as queue:
+            async with job_events(migrated) as events, opened_queue(migrated.redis, migrated.queue) as queue:
                 async with running_worker(through_proxy):
                     jobs = [
                         await queue.add("kpi-export", {"usuarioId": n, "ip": "10.0.0.9"}) for n in range(1, 6)
@@ -120,7 +132,11 @@ async def test_jobs_without_an_ip_give_one_warning_a_minute(
     migrated: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="kpi_export"):
-        async with job_events(migrated) as events, opened_queue(migrated) as queue, running_worker(migrated):
+        async with (
+            job_events(migrated) as events,
+            opened_queue(migrated.redis, migrated.queue) as queue,
+            running_worker(migrated),
+        ):
             jobs = [await queue.add("kpi-export", {"usuarioId": n}) for n in range(1, 7)]
             outcomes = [await events.finished(job.id) for job in jobs]
     assert {outcome for outcome, _ in outcomes} == {"completed"}
@@ -137,7 +153,11 @@ async def test_progress_goes_out_just_before_the_completion_also_after_redis_los
     loads them again and the job completes as before."""
     client = Redis.from_url(redis_url, decode_responses=True)
     try:
-        async with job_events(migrated) as events, opened_queue(migrated) as queue, running_worker(migrated):
+        async with (
+            job_events(migrated) as events,
+            opened_queue(migrated.redis, migrated.queue) as queue,
+            running_worker(migrated),
+        ):
             first = await queue.add("kpi-export", {"usuarioId": 1})
             assert (await events.finished(first.id))[0] == "completed"
             await client.script_flush()
@@ -146,7 +166,7 @@ async def test_progress_goes_out_just_before_the_completion_also_after_redis_los
             stored = await queue.getJob(second.id)
         stream = [
             {str(k): str(v) for k, v in (fields or {}).items()}
-            for _, fields in await client.xrange(f"bull:{migrated.queue_name}:events") or []
+            for _, fields in await client.xrange(f"bull:{migrated.queue.name}:events") or []
         ]
     finally:
         await client.aclose()
@@ -167,7 +187,11 @@ async def test_warnings_for_a_bad_ip_and_filters_do_not_fail_the_job(
     migrated: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="kpi_export"):
-        async with job_events(migrated) as events, opened_queue(migrated) as queue, running_worker(migrated):
+        async with (
+            job_events(migrated) as events,
+            opened_queue(migrated.redis, migrated.queue) as queue,
+            running_worker(migrated),
+        ):
             job = await queue.add("kpi-export", {"usuarioId": 3, "ip": "not-an-ip", "filters": 17})
             outcome, _ = await events.finished(job.id)
     row = (await audit_rows(migrated))[0]
@@ -187,12 +211,10 @@ async def test_a_steady_stream_at_high_concurrency_costs_a_few_fetches_per_job(
     fetches = ScriptCalls("moveToActive")
     async with RedisFaultProxy(port) as proxy:
         proxy.refuse = fetches
-        through_proxy = migrated.model_copy(
-            update={"redis_url": SecretStr(proxy.url), "worker_concurrency": 20}
-        )
+        through_proxy = migrated.replace(redis_url=SecretStr(proxy.url), worker_concurrency=20)
         async with (
             job_events(migrated) as events,
-            opened_queue(migrated) as queue,
+            opened_queue(migrated.redis, migrated.queue) as queue,
             running_worker(through_proxy),
         ):
             for n in range(1, 11):  # one at a time, each after the last has finished
@@ -210,16 +232,14 @@ async def test_on_a_backlog_each_completion_brings_the_next_job(migrated: Settin
     fetches = ScriptCalls("moveToActive")
     async with (
         RedisFaultProxy(port) as proxy,
-        opened_queue(migrated) as queue,
+        opened_queue(migrated.redis, migrated.queue) as queue,
         job_events(migrated) as events,
     ):
         proxy.refuse = fetches
         await queue.pause()
         jobs = await queue.addBulk([{"name": "kpi-export", "data": {"usuarioId": n}} for n in range(1, 51)])
         await queue.resume()
-        through_proxy = migrated.model_copy(
-            update={"redis_url": SecretStr(proxy.url), "worker_concurrency": 2}
-        )
+        through_proxy = migrated.replace(redis_url=SecretStr(proxy.url), worker_concurrency=2)
         async with running_worker(through_proxy):
             outcomes = [await events.finished(job.id) for job in jobs]
     assert [outcome for outcome, _ in outcomes] == ["completed"] * 50
@@ -234,9 +254,9 @@ async def test_a_completion_whose_reply_is_lost_is_found_done_and_the_job_comple
     first_completion = FirstCall(calls_script("moveToFinished"))
     async with RedisFaultProxy(port) as proxy:
         proxy.cut_after = first_completion
-        through_proxy = migrated.model_copy(update={"redis_url": SecretStr(proxy.url)})
+        through_proxy = migrated.replace(redis_url=SecretStr(proxy.url))
         with caplog.at_level(logging.WARNING, logger="kpi_export"):
-            async with job_events(migrated) as events, opened_queue(migrated) as queue:
+            async with job_events(migrated) as events, opened_queue(migrated.redis, migrated.queue) as queue:
                 async with running_worker(through_proxy):
                     job = await queue.add("kpi-export", {"usuarioId": 5, "ip": "10.0.0.5"})
                     outcome, result = await events.finished(job.id)
@@ -254,8 +274,12 @@ async def test_redis_over_a_unix_socket(migrated: Settings, tmp_path: Path) -> N
     """REDIS_URL=unix://… (no TCP keepalive to set on such a socket): the worker and the commands connect."""
     socket = tmp_path / "redis.sock"
     with EmbeddedRedis(tmp_path / "redis", config={"unixsocket": str(socket), "unixsocketperm": "700"}):
-        local = migrated.model_copy(update={"redis_url": SecretStr(f"unix://{socket}")})
-        async with job_events(local) as events, opened_queue(local) as queue, running_worker(local):
+        local = migrated.replace(redis_url=SecretStr(f"unix://{socket}"))
+        async with (
+            job_events(local) as events,
+            opened_queue(local.redis, local.queue) as queue,
+            running_worker(local),
+        ):
             job = await queue.add("kpi-export", {"usuarioId": 3, "ip": "10.0.0.3"})
             outcome = await events.finished(job.id)
         stats = await invoke(local, "stats", "--json")

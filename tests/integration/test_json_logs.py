@@ -26,16 +26,14 @@ DATABASE_SECRET = "pg-S3cret-pw"
 async def test_json_lines_carry_the_job_fields_and_never_a_secret(migrated: Settings, tmp_path: Path) -> None:
     # PostgreSQL trusts local connections here: the password in the URL is sent nowhere, but the worker
     # holds it like any other and must never print it.
-    database_url = migrated.database_url.get_secret_value().replace(
+    database_url = migrated.database.url.get_secret_value().replace(
         "postgres@", f"postgres:{DATABASE_SECRET}@"
     )
     server = EmbeddedRedis(tmp_path / "redis", password=REDIS_SECRET)
     server.start()
-    settings = migrated.model_copy(
-        update={
-            "redis_url": SecretStr(f"redis://:{REDIS_SECRET}@127.0.0.1:{server.port}"),
-            "database_url": SecretStr(database_url),
-        }
+    settings = migrated.replace(
+        redis_url=SecretStr(f"redis://:{REDIS_SECRET}@127.0.0.1:{server.port}"),
+        database_url=SecretStr(database_url),
     )
     health = free_port()
     env = worker_env(
@@ -51,7 +49,7 @@ async def test_json_lines_carry_the_job_fields_and_never_a_secret(migrated: Sett
     worker = WorkerProcess(env)
     try:
         await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
-        async with job_events(settings) as events, opened_queue(settings) as queue:
+        async with job_events(settings) as events, opened_queue(settings.redis, settings.queue) as queue:
             good = await queue.add("kpi-export", {"usuarioId": 42, "ip": "203.0.113.7"})
             bad = await queue.add("kpi-export", {"usuarioId": f"{REDIS_SECRET}\nforged"}, {"attempts": 2})
             await events.finished(good.id)
@@ -81,7 +79,7 @@ async def test_json_lines_carry_the_job_fields_and_never_a_secret(migrated: Sett
     completed = only("job.completed")
     assert {k: completed[k] for k in ("job_id", "queue", "idExport", "outcome")} == {
         "job_id": good.id,
-        "queue": settings.queue_name,
+        "queue": settings.queue.name,
         "idExport": row.idExport,
         "outcome": "completed",
     }
@@ -89,7 +87,7 @@ async def test_json_lines_carry_the_job_fields_and_never_a_secret(migrated: Sett
     failed = only("job.failed")
     assert {k: failed[k] for k in ("job_id", "queue", "idExport", "outcome", "attempt", "attempts")} == {
         "job_id": bad.id,
-        "queue": settings.queue_name,
+        "queue": settings.queue.name,
         "idExport": None,
         "outcome": "failed",  # invalid data: never retried, whatever the attempts
         "attempt": 1,
@@ -97,7 +95,7 @@ async def test_json_lines_carry_the_job_fields_and_never_a_secret(migrated: Sett
     }
     assert failed["message"] == f"Job {bad.id} failed: usuarioId inválido en job.data (final, not retried)"
     started = only("worker.started")
-    assert started["message"] == f'Worker escuchando cola "{settings.queue_name}" (concurrency=4)'
+    assert started["message"] == f'Worker escuchando cola "{settings.queue.name}" (concurrency=4)'
     assert only("redis.lost")["message"].startswith(
         f"Redis connection lost at redis://127.0.0.1:{server.port}"
     )

@@ -73,8 +73,10 @@ def test_bad_configuration_stops_at_start_with_one_line_and_status_2(
 
 
 def test_a_missing_table_stops_the_worker_with_what_to_run(settings: Settings) -> None:
-    if settings.database.dialect == "sqlite":  # a database without the table, as a server has before upgrade
-        sqlite3.connect(str(settings.database.url.database)).close()
+    if (
+        settings.database.target.dialect == "sqlite"
+    ):  # a database without the table, as a server has before upgrade
+        sqlite3.connect(str(settings.database.target.url.database)).close()
     result = run_cli(worker_env(settings), "worker")
     assert result.returncode == 1
     assert "run `kpi-export db upgrade` with the same DATABASE_URL" in result.stderr
@@ -99,7 +101,7 @@ async def test_start_line_then_an_idle_worker_stops_within_a_second(migrated: Se
     worker = WorkerProcess(worker_env(migrated))
     try:
         line = await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
-        assert line == START.format(queue=migrated.queue_name, concurrency=migrated.worker_concurrency)
+        assert line == START.format(queue=migrated.queue.name, concurrency=migrated.worker.concurrency)
         started = time.monotonic()
         worker.process.send_signal(signal.SIGTERM)
         status = await asyncio.to_thread(worker.wait, 10)
@@ -126,11 +128,11 @@ async def test_log_timestamps_puts_the_utc_time_first(migrated: Settings) -> Non
         worker.kill()
     stamp, _, text = line.partition(" ")
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stamp), line
-    assert text == START.format(queue=migrated.queue_name, concurrency=migrated.worker_concurrency)
+    assert text == START.format(queue=migrated.queue.name, concurrency=migrated.worker.concurrency)
 
 
 async def wait_until_active(settings: Settings, job_id: str) -> None:
-    async with opened_queue(settings) as queue:
+    async with opened_queue(settings.redis, settings.queue) as queue:
 
         async def active() -> bool:
             return bool(await queue.getJobState(job_id) == "active")
@@ -143,7 +145,7 @@ async def test_sigterm_lets_a_two_second_job_finish_then_exits_0(migrated: Setti
     worker = WorkerProcess(worker_env(migrated))
     try:
         await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
-        async with job_events(migrated) as events, opened_queue(migrated) as queue:
+        async with job_events(migrated) as events, opened_queue(migrated.redis, migrated.queue) as queue:
             async with table_locked(migrated):
                 job = await queue.add("kpi-export", {"usuarioId": 21, "ip": "10.2.2.2"})
                 await wait_until_active(migrated, job.id)
@@ -166,15 +168,13 @@ async def test_sigterm_lets_a_two_second_job_finish_then_exits_0(migrated: Setti
 async def test_an_immediate_stop_leaves_the_job_to_another_worker_and_one_row(
     migrated: Settings, stop: str
 ) -> None:
-    settings = migrated.model_copy(
-        update={"lock_duration": 2.0, "shutdown_timeout": 1.0 if "timeout" in stop else 30}
-    )
+    settings = migrated.replace(lock_duration=2.0, shutdown_timeout=1.0 if "timeout" in stop else 30)
     env = worker_env(settings, LOCK_DURATION="2")
     first = WorkerProcess(env)
     second: WorkerProcess | None = None
     try:
         await asyncio.to_thread(first.wait_for_line, "Worker escuchando")
-        async with job_events(settings) as events, opened_queue(settings) as queue:
+        async with job_events(settings) as events, opened_queue(settings.redis, settings.queue) as queue:
             async with table_locked(settings):
                 job = await queue.add("kpi-export", {"usuarioId": 22, "ip": "10.2.2.3"})
                 await wait_until_active(settings, job.id)
@@ -195,7 +195,7 @@ async def test_an_immediate_stop_leaves_the_job_to_another_worker_and_one_row(
             second.wait(15)
             second.kill()
     assert status == 0, first.output
-    assert stopped_after < settings.shutdown_timeout + 3
+    assert stopped_after < settings.worker.shutdown_timeout + 3
     assert "Stopping with 1 job(s) in flight" in first.output
     rows = await audit_rows(settings)
     assert len(rows) == 1
@@ -205,13 +205,13 @@ async def test_an_immediate_stop_leaves_the_job_to_another_worker_and_one_row(
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_a_redis_down_at_start_is_waited_for_with_one_line(migrated: Settings, tmp_path: Path) -> None:
     port = free_port()
-    settings = migrated.model_copy(update={"redis_url": SecretStr(f"redis://127.0.0.1:{port}")})
+    settings = migrated.replace(redis_url=SecretStr(f"redis://127.0.0.1:{port}"))
     worker = WorkerProcess(worker_env(settings))
     try:
         await asyncio.to_thread(worker.wait_for_line, "Redis not reachable at redis://127.0.0.1")
         with EmbeddedRedis(tmp_path / "redis", port=port):
             await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
-            async with job_events(settings) as events, opened_queue(settings) as queue:
+            async with job_events(settings) as events, opened_queue(settings.redis, settings.queue) as queue:
                 job = await queue.add("kpi-export", {"usuarioId": 5, "ip": "10.0.0.5"})
                 outcome, _ = await events.finished(job.id)
             worker.process.send_signal(signal.SIGTERM)
@@ -226,7 +226,11 @@ async def test_a_redis_down_at_start_is_waited_for_with_one_line(migrated: Setti
 @pytest.mark.slow
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_a_job_added_after_30_s_of_idle_time_is_picked_up_within_a_second(migrated: Settings) -> None:
-    async with job_events(migrated) as events, opened_queue(migrated) as queue, running_worker(migrated):
+    async with (
+        job_events(migrated) as events,
+        opened_queue(migrated.redis, migrated.queue) as queue,
+        running_worker(migrated),
+    ):
         await asyncio.sleep(30)  # the idle time under test, not a wait for a result
         job = await queue.add("kpi-export", {"usuarioId": 30, "ip": "10.3.3.3"})
         outcome, _ = await events.finished(job.id, timeout=5)
@@ -241,7 +245,7 @@ async def test_a_redis_restart_gives_one_line_when_lost_one_when_back_and_work_g
 ) -> None:
     server = EmbeddedRedis(tmp_path / "redis")
     server.start()
-    settings = migrated.model_copy(update={"redis_url": SecretStr(server.url)})
+    settings = migrated.replace(redis_url=SecretStr(server.url))
     worker = WorkerProcess(worker_env(settings))
     try:
         await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
@@ -249,7 +253,7 @@ async def test_a_redis_restart_gives_one_line_when_lost_one_when_back_and_work_g
         await asyncio.to_thread(worker.wait_for_line, "Redis connection lost at")
         server.start()
         await asyncio.to_thread(worker.wait_for_line, "Redis reachable again")
-        async with job_events(settings) as events, opened_queue(settings) as queue:
+        async with job_events(settings) as events, opened_queue(settings.redis, settings.queue) as queue:
             job = await queue.add("kpi-export", {"usuarioId": 8, "ip": "10.0.0.8"})
             outcome, _ = await events.finished(job.id, timeout=20)
         worker.process.send_signal(signal.SIGTERM)
@@ -273,13 +277,11 @@ async def test_redis_host_port_and_password_and_a_wrong_password(migrated: Setti
             REDIS_PORT=str(server.port),
             REDIS_PASSWORD="s3cr3t-pw",
         )
-        settings = migrated.model_copy(
-            update={"redis_url": SecretStr(f"redis://:s3cr3t-pw@127.0.0.1:{server.port}")}
-        )
+        settings = migrated.replace(redis_url=SecretStr(f"redis://:s3cr3t-pw@127.0.0.1:{server.port}"))
         worker = WorkerProcess(env)
         try:
             await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
-            async with job_events(settings) as events, opened_queue(settings) as queue:
+            async with job_events(settings) as events, opened_queue(settings.redis, settings.queue) as queue:
                 job = await queue.add("kpi-export", {"usuarioId": 9})
                 outcome, _ = await events.finished(job.id)
             worker.process.send_signal(signal.SIGTERM)
@@ -369,8 +371,12 @@ def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
 async def test_a_rediss_url_reaches_redis_over_tls(migrated: Settings, tls_redis: tuple[int, Path]) -> None:
     port, ca = tls_redis
     url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}"
-    settings = migrated.model_copy(update={"redis_url": SecretStr(url)})
-    async with job_events(settings) as events, opened_queue(settings) as queue, running_worker(settings):
+    settings = migrated.replace(redis_url=SecretStr(url))
+    async with (
+        job_events(settings) as events,
+        opened_queue(settings.redis, settings.queue) as queue,
+        running_worker(settings),
+    ):
         job = await queue.add("kpi-export", {"usuarioId": 11, "ip": "10.0.0.11"})
         outcome, result = await events.finished(job.id)
     rows = await audit_rows(settings)
@@ -386,7 +392,7 @@ async def test_redis_lost_as_the_processing_loop_starts_is_waited_for(
     port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
     async with RedisFaultProxy(port) as proxy:
         proxy.cut = lambda command: command[:2] == [b"CLIENT", b"SETNAME"]
-        settings = migrated.model_copy(update={"redis_url": SecretStr(proxy.url)})
+        settings = migrated.replace(redis_url=SecretStr(proxy.url))
         worker = WorkerProcess(worker_env(settings))
         try:
             await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
@@ -398,7 +404,7 @@ async def test_redis_lost_as_the_processing_loop_starts_is_waited_for(
             await wait_until(retried, timeout=20, what="retries of naming the connections")
             assert worker.process.poll() is None, worker.output
             proxy.cut = lambda _command: False
-            async with job_events(migrated) as events, opened_queue(migrated) as queue:
+            async with job_events(migrated) as events, opened_queue(migrated.redis, migrated.queue) as queue:
                 job = await queue.add("kpi-export", {"usuarioId": 6, "ip": "10.0.0.6"})
                 outcome, _ = await events.finished(job.id, timeout=20)
             worker.process.send_signal(signal.SIGTERM)
@@ -412,7 +418,7 @@ async def test_redis_lost_as_the_processing_loop_starts_is_waited_for(
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_a_stop_while_the_database_does_not_answer_at_start_is_immediate(migrated: Settings) -> None:
-    url = migrated.database_url.get_secret_value()
+    url = migrated.database.url.get_secret_value()
     async with TcpFaultProxy(5432) as proxy:
         proxy.stalled = True  # connections open, nothing comes back
         silent = url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")

@@ -42,7 +42,7 @@ def db_command(database_url: str, *args: str) -> Result:
 
 
 def settings_for(database_url: str) -> Settings:
-    return Settings(database_url=SecretStr(database_url))
+    return Settings.of(database_url=SecretStr(database_url))
 
 
 async def _postgres(
@@ -116,7 +116,7 @@ def test_upgrade_creates_the_table_on_an_empty_database(database_url: str) -> No
     assert "(up to date)" in current.output
 
     async def write_twice() -> list[int]:
-        engine = create_engine(settings_for(database_url).database)
+        engine = create_engine(settings_for(database_url).database.target)
         try:
             await check_ready(engine)
             store = AuditStore(engine)
@@ -141,7 +141,7 @@ def test_upgrade_in_place_keeps_the_originals_rows_and_adds_the_key(prisma_datab
     asyncio.run(_check(settings))
 
     async def write_new_row() -> int:
-        engine = create_engine(settings.database)
+        engine = create_engine(settings.database.target)
         try:
             from kpi_export.store import utc_now
 
@@ -164,7 +164,7 @@ def test_upgrade_in_place_keeps_the_originals_rows_and_adds_the_key(prisma_datab
 
 
 async def _check(settings: Settings) -> None:
-    engine = create_engine(settings.database)
+    engine = create_engine(settings.database.target)
     try:
         await check_ready(engine)
     finally:
@@ -191,7 +191,7 @@ def test_a_database_migrated_by_a_newer_worker_is_accepted_while_the_key_column_
 
 
 async def _connect(settings: Settings) -> None:
-    engine = create_engine(settings.database, create=False)
+    engine = create_engine(settings.database.target, create=False)
     try:
         async with engine.connect():
             pass
@@ -236,7 +236,7 @@ def test_upgrades_started_together_all_succeed_and_migrate_once(database_url: st
 
 
 async def _versions(settings: Settings) -> list[str]:
-    engine = create_engine(settings.database)
+    engine = create_engine(settings.database.target)
     try:
         async with engine.connect() as conn:
             return list((await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars())

@@ -32,8 +32,8 @@ async def json_of(settings: Settings, *args: str) -> object:
 def create_empty_sqlite_file(settings: Settings) -> None:
     """What a database server has before `db upgrade`: a database without the table (the read-only commands
     create no SQLite file)."""
-    if settings.database.dialect == "sqlite":
-        sqlite3.connect(str(settings.database.url.database)).close()
+    if settings.database.target.dialect == "sqlite":
+        sqlite3.connect(str(settings.database.target.url.database)).close()
 
 
 async def test_check_exits_0_when_ready_and_1_naming_what_is_not(settings: Settings) -> None:
@@ -50,7 +50,7 @@ async def test_check_exits_0_when_ready_and_1_naming_what_is_not(settings: Setti
     assert ready.exit_code == 0, ready.output
     assert ready.stdout.splitlines()[-1] == "ready"
 
-    no_redis = settings.model_copy(update={"redis_url": SecretStr(f"redis://127.0.0.1:{free_port()}")})
+    no_redis = settings.replace(redis_url=SecretStr(f"redis://127.0.0.1:{free_port()}"))
     down = await invoke(no_redis, "check")
     assert down.exit_code == 1
     assert down.stdout.splitlines()[-1] == "not ready: redis"
@@ -63,10 +63,10 @@ async def test_db_current_and_upgrade_as_json(settings: Settings) -> None:
     assert behind.exit_code == 1
     assert json.loads(behind.stdout)["up_to_date"] is False
     upgraded = await json_of(settings, "db", "upgrade")
-    assert upgraded == {"database": settings.database.display, "before": None, "after": "0003"}
+    assert upgraded == {"database": settings.database.target.display, "before": None, "after": "0003"}
     current = await json_of(settings, "db", "current")
     assert current == {
-        "database": settings.database.display,
+        "database": settings.database.target.display,
         "current": "0003",
         "head": "0003",
         "up_to_date": True,
@@ -76,7 +76,7 @@ async def test_db_current_and_upgrade_as_json(settings: Settings) -> None:
 @sqlite_only
 async def test_stats_counts_jobs_by_state_workers_and_the_oldest_waiting_job(migrated: Settings) -> None:
     an_hour_ago = int(time.time() * 1000) - 3600_000
-    async with opened_queue(migrated) as queue:
+    async with opened_queue(migrated.redis, migrated.queue) as queue:
         waiting = [
             await queue.add("kpi-export", {"usuarioId": 1}, {"timestamp": an_hour_ago}),
             await queue.add("kpi-export", {"usuarioId": 2}),
@@ -105,7 +105,7 @@ async def test_stats_counts_jobs_by_state_workers_and_the_oldest_waiting_job(mig
     assert "oldest waiting job: 1 h 0 min ago" in table.stdout
 
     async with job_events(migrated) as events, running_worker(migrated):
-        async with opened_queue(migrated) as queue:
+        async with opened_queue(migrated.redis, migrated.queue) as queue:
             waiting.append(await queue.add("kpi-export", {"usuarioId": 5}))
         for job in waiting:
             await events.finished(job.id)
@@ -118,7 +118,11 @@ async def test_stats_counts_jobs_by_state_workers_and_the_oldest_waiting_job(mig
 
 @sqlite_only
 async def test_jobs_lists_failed_and_completed_jobs(migrated: Settings) -> None:
-    async with job_events(migrated) as events, opened_queue(migrated) as queue, running_worker(migrated):
+    async with (
+        job_events(migrated) as events,
+        opened_queue(migrated.redis, migrated.queue) as queue,
+        running_worker(migrated),
+    ):
         bad = await queue.add("kpi-export", {"usuarioId": "abc"})
         worse = await queue.add("kpi-export", {"usuarioId": -1}, {"attempts": 3})
         good = await queue.add("kpi-export", {"usuarioId": 8})
@@ -151,7 +155,11 @@ async def test_jobs_lists_failed_and_completed_jobs(migrated: Settings) -> None:
 async def test_attempts_of_a_job_retried_by_hand_are_not_shown_as_more_than_allowed(
     migrated: Settings,
 ) -> None:
-    async with job_events(migrated) as events, opened_queue(migrated) as queue, running_worker(migrated):
+    async with (
+        job_events(migrated) as events,
+        opened_queue(migrated.redis, migrated.queue) as queue,
+        running_worker(migrated),
+    ):
         job = await queue.add("kpi-export", {"usuarioId": "abc"})  # fails for good at its one attempt
         await events.finished(job.id)
         assert (await invoke(migrated, "retry", job.id)).exit_code == 0
@@ -183,11 +191,15 @@ WHEN NEW.usuarioId = 13 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END
 async def test_retry_puts_failed_jobs_back_and_they_complete_once_the_fault_is_fixed(
     migrated: Settings,
 ) -> None:
-    path = migrated.database.url.database
+    path = migrated.database.target.url.database
     assert path is not None
     with sqlite3.connect(path) as conn:
         conn.execute(REFUSE_USER_13)
-    async with job_events(migrated) as events, opened_queue(migrated) as queue, running_worker(migrated):
+    async with (
+        job_events(migrated) as events,
+        opened_queue(migrated.redis, migrated.queue) as queue,
+        running_worker(migrated),
+    ):
         jobs = [await queue.add("kpi-export", {"usuarioId": 13, "ip": f"10.0.0.{n}"}) for n in range(5)]
         done = await queue.add("kpi-export", {"usuarioId": 1})
         for job in [*jobs, done]:
@@ -237,7 +249,7 @@ ROWS = [  # usuarioId, format, createdAt (UTC)
 
 
 async def test_audit_list_filters_show_and_csv(migrated: Settings, tmp_path: Path) -> None:
-    engine = create_engine(migrated.database)
+    engine = create_engine(migrated.database.target)
     try:
         store = AuditStore(engine)
         ids = [

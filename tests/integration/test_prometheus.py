@@ -141,7 +141,7 @@ async def workers(settings: Settings, single: int, supervised: int) -> AsyncIter
 
 
 async def add_jobs(settings: Settings, count: int, first: int = 1) -> list[str]:
-    async with opened_queue(settings) as queue:
+    async with opened_queue(settings.redis, settings.queue) as queue:
         return [
             str((await queue.add("kpi-export", {"usuarioId": n})).id) for n in range(first, first + count)
         ]

@@ -32,7 +32,7 @@ async def test_connections_dropped_again_and_again_while_jobs_flow_lose_and_doub
     port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
     async with RedisFaultProxy(port) as proxy:
         # A reply lost with its connection (moveToActive's) leaves a job active until its lock expires.
-        through_proxy = migrated.model_copy(update={"redis_url": SecretStr(proxy.url), "lock_duration": 2.0})
+        through_proxy = migrated.replace(redis_url=SecretStr(proxy.url), lock_duration=2.0)
         async with running_worker(through_proxy):
             feeding = asyncio.create_task(add_jobs(migrated, total, pause=0.05))
             cuts = 0
@@ -52,7 +52,7 @@ async def test_a_redis_restart_with_jobs_in_flight_loses_and_doubles_nothing_in_
     total = 40
     server = EmbeddedRedis(tmp_path / "redis", appendonly=True)  # jobs in Redis survive its restart
     server.start()
-    settings = migrated.model_copy(update={"redis_url": SecretStr(server.url)})
+    settings = migrated.replace(redis_url=SecretStr(server.url))
     worker = WorkerProcess(worker_env(settings, LOCK_DURATION="2"))
     try:
         await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
@@ -60,7 +60,7 @@ async def test_a_redis_restart_with_jobs_in_flight_loses_and_doubles_nothing_in_
             await add_jobs(settings, total)
 
             async def in_flight() -> bool:
-                return (await counts(settings))["active"] == settings.worker_concurrency
+                return (await counts(settings))["active"] == settings.worker.concurrency
 
             await wait_until(in_flight, timeout=15, what="jobs in flight")
             server.stop()
@@ -90,7 +90,7 @@ async def test_a_redis_restart_with_jobs_in_flight_loses_and_doubles_nothing_in_
 def sqlite_locked(settings: Settings) -> Iterator[None]:
     """Hold SQLite's write lock: the worker's inserts wait in the driver's thread, where no cancellation
     reaches them (SQLite's busy timeout is 30 s)."""
-    conn = sqlite3.connect(str(settings.database.url.database), isolation_level=None)
+    conn = sqlite3.connect(str(settings.database.target.url.database), isolation_level=None)
     conn.execute("BEGIN EXCLUSIVE")
     try:
         yield
@@ -105,7 +105,7 @@ async def test_a_stop_while_redis_is_unreachable_ends_within_the_shutdown_timeou
 ) -> None:
     server = EmbeddedRedis(tmp_path / "redis")
     server.start()
-    settings = migrated.model_copy(update={"redis_url": SecretStr(server.url), "shutdown_timeout": 3.0})
+    settings = migrated.replace(redis_url=SecretStr(server.url), shutdown_timeout=3.0)
     worker = WorkerProcess(worker_env(settings))
     try:
         await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
@@ -128,7 +128,7 @@ async def test_a_stop_while_redis_is_unreachable_ends_within_the_shutdown_timeou
         worker.kill()
         server.stop()
     assert status == 0, worker.output
-    assert elapsed < settings.shutdown_timeout + 8, elapsed  # bullmq's close() alone would never end
+    assert elapsed < settings.worker.shutdown_timeout + 8, elapsed  # bullmq's close() alone would never end
     assert stopping_cpu < 1.0, stopping_cpu
     assert "Stopping with 2 job(s) in flight" in worker.output
 
@@ -140,7 +140,7 @@ async def test_a_processing_loop_that_dies_exits_1_for_a_supervisor_to_restart_i
     async with RedisFaultProxy(port) as proxy:
         # bullmq's loop starts by naming its connections; a Redis (or proxy) that refuses it kills the loop.
         proxy.refuse = lambda command: command[:2] == [b"CLIENT", b"SETNAME"]
-        through_proxy = migrated.model_copy(update={"redis_url": SecretStr(proxy.url)})
+        through_proxy = migrated.replace(redis_url=SecretStr(proxy.url))
         worker = WorkerProcess(worker_env(through_proxy))
         try:
             status = await asyncio.to_thread(worker.wait, 30)

@@ -24,10 +24,8 @@ sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 @sqlite_only
 async def test_the_worker_keeps_at_most_count_completed_and_failed_jobs(migrated: Settings) -> None:
     # One job at a time, so that the jobs finish in the order they were added.
-    settings = migrated.model_copy(
-        update={"keep_completed_count": 2, "keep_failed_count": 1, "worker_concurrency": 1}
-    )
-    async with job_events(settings) as events, opened_queue(settings) as queue:
+    settings = migrated.replace(keep_completed_count=2, keep_failed_count=1, worker_concurrency=1)
+    async with job_events(settings) as events, opened_queue(settings.redis, settings.queue) as queue:
         async with running_worker(settings):
             good = [await queue.add("kpi-export", {"usuarioId": n}) for n in range(1, 6)]
             for job in good:
@@ -44,8 +42,12 @@ async def test_the_worker_keeps_at_most_count_completed_and_failed_jobs(migrated
 
 @sqlite_only
 async def test_finished_jobs_older_than_the_age_are_removed(migrated: Settings) -> None:
-    settings = migrated.model_copy(update={"keep_completed_age": 1, "keep_failed_age": 1})
-    async with job_events(settings) as events, opened_queue(settings) as queue, running_worker(settings):
+    settings = migrated.replace(keep_completed_age=1, keep_failed_age=1)
+    async with (
+        job_events(settings) as events,
+        opened_queue(settings.redis, settings.queue) as queue,
+        running_worker(settings),
+    ):
         old = await queue.add("kpi-export", {"usuarioId": 1})
         old_failed = await queue.add("kpi-export", {"usuarioId": "x"})
         await events.finished(old.id)
@@ -62,8 +64,12 @@ async def test_finished_jobs_older_than_the_age_are_removed(migrated: Settings) 
 
 @sqlite_only
 async def test_a_job_that_sets_its_own_removal_keeps_it(migrated: Settings) -> None:
-    settings = migrated.model_copy(update={"keep_completed_count": 0})
-    async with job_events(settings) as events, opened_queue(settings) as queue, running_worker(settings):
+    settings = migrated.replace(keep_completed_count=0)
+    async with (
+        job_events(settings) as events,
+        opened_queue(settings.redis, settings.queue) as queue,
+        running_worker(settings),
+    ):
         default = await queue.add("kpi-export", {"usuarioId": 1})
         own = await queue.add("kpi-export", {"usuarioId": 2}, {"removeOnComplete": False})
         await events.finished(default.id)
@@ -87,18 +93,18 @@ async def test_the_eviction_policy_is_checked_at_start_even_where_config_is_forb
     """A managed Redis may forbid CONFIG (and more): the worker reads INFO instead, or says it cannot tell."""
     renames = [arg for command in refused for arg in ("--rename-command", command, "")]
     with EmbeddedRedis(tmp_path / "redis", config={"maxmemory-policy": policy}, extra_args=renames) as server:
-        settings = migrated.model_copy(update={"redis_url": SecretStr(server.url)})
+        settings = migrated.replace(redis_url=SecretStr(server.url))
         worker = WorkerProcess(worker_env(settings))
         client = redis.asyncio.Redis(port=server.port, decode_responses=True)
         try:
             await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
             # Python bullmq's own Queue and QueueEvents read INFO (and warn on the policy): the test uses bare
             # Redis commands through the same Lua script a producer runs.
-            async with opened_queue(settings) as queue:
+            async with opened_queue(settings.redis, settings.queue) as queue:
                 job = await queue.add("kpi-export", {"usuarioId": 4})
 
             async def completed() -> bool:
-                return await client.zscore(f"bull:{settings.queue_name}:completed", job.id) is not None
+                return await client.zscore(f"bull:{settings.queue.name}:completed", job.id) is not None
 
             await wait_until(completed, timeout=15, what="the job to complete")
             worker.process.send_signal(signal.SIGTERM)
@@ -120,7 +126,7 @@ async def test_redis_memory_is_on_metrics_and_a_redis_nearly_full_is_warned_abou
 ) -> None:
     port = free_port()
     with EmbeddedRedis(tmp_path / "redis") as server:
-        settings = migrated.model_copy(update={"redis_url": SecretStr(server.url)})
+        settings = migrated.replace(redis_url=SecretStr(server.url))
         worker = WorkerProcess(worker_env(settings, HEALTH_PORT=str(port), QUEUE_METRICS_INTERVAL="0.2"))
         client = redis.asyncio.Redis(port=server.port, decode_responses=True)
         try:

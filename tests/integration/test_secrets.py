@@ -75,15 +75,15 @@ async def test_no_password_in_logs_failed_reasons_or_cli_output(
     server = EmbeddedRedis(tmp_path / "redis", password=redis_password)
     server.start()
     redis_url = f"redis://:{redis_password}@127.0.0.1:{server.port}"
-    settings = Settings(
+    settings = Settings.of(
         redis_url=SecretStr(redis_url),
         database_url=SecretStr(postgres_cluster.url(database, role=PASSWORD_ROLE)),
         queue_name=queue_name,
         worker_concurrency=2,
         shutdown_timeout=5,
     )
-    assert database_password in settings.database_url.get_secret_value()
-    engine = create_engine(settings.database)
+    assert database_password in settings.database.url.get_secret_value()
+    engine = create_engine(settings.database.target)
     await upgrade(engine)
     await engine.dispose()
     env = worker_env(settings, DB_RETRY_WINDOW="1", LOG_LEVEL="DEBUG")
@@ -95,7 +95,7 @@ async def test_no_password_in_logs_failed_reasons_or_cli_output(
         await asyncio.to_thread(worker.wait_for_line, "Redis connection lost")
         server.start()
         await asyncio.to_thread(worker.wait_for_line, "Redis reachable again")
-        async with job_events(settings) as events, opened_queue(settings) as queue:
+        async with job_events(settings) as events, opened_queue(settings.redis, settings.queue) as queue:
             ids = [
                 (await queue.add("kpi-export", data)).id for data in ({"usuarioId": 1}, {"usuarioId": "x"})
             ]
@@ -115,7 +115,7 @@ async def test_no_password_in_logs_failed_reasons_or_cli_output(
             outputs.append(await kpi_export_in_process(env, "job", job_id, "--json"))
         outputs.append(await kpi_export_in_process(env, "db", "current"))
         outputs.append(await kpi_export_in_process(env, "enqueue", "--usuario-id", "4"))
-        bad_database = settings.database_url.get_secret_value().replace(database_password, wrong)
+        bad_database = settings.database.url.get_secret_value().replace(database_password, wrong)
         outputs.append(await asyncio.to_thread(kpi_export, {**env, "DATABASE_URL": bad_database}, "worker"))
         bad_redis = redis_url.replace(redis_password, wrong)
         outputs.append(await asyncio.to_thread(kpi_export, {**env, "REDIS_URL": bad_redis}, "worker"))

@@ -99,7 +99,7 @@ async def test_the_master_killed_mid_run_the_worker_follows_the_new_one_and_no_j
         assert state["completed"] == len(held) and state["failed"] == 0, state
         rows = await _rows_by_key(settings)
         jobs = await stored_jobs(settings, total)
-        qualified = f"{settings.queue_prefix}:{settings.queue_name}"
+        qualified = f"{settings.queue.prefix}:{settings.queue.name}"
         for one in held:
             key = idempotency_key(qualified, one, int(jobs[one]["timestamp"]))
             assert rows.get(key) == 1, (one, rows.get(key))
@@ -114,11 +114,11 @@ async def test_the_master_killed_mid_run_the_worker_follows_the_new_one_and_no_j
 
 async def _jobs_held(settings: Settings, total: int) -> list[str]:
     """The test's jobs that the new master knows."""
-    client = redis_client(settings, max_connections=1)
+    client = redis_client(settings.redis, max_connections=1)
     try:
         pipe = client.pipeline(transaction=False)
         for n in range(total):
-            pipe.exists(f"{settings.queue_prefix}:{settings.queue_name}:{job_id(n)}")
+            pipe.exists(f"{settings.queue.prefix}:{settings.queue.name}:{job_id(n)}")
         found = await pipe.execute()
     finally:
         await client.aclose()
@@ -128,7 +128,7 @@ async def _jobs_held(settings: Settings, total: int) -> list[str]:
 async def _rows_by_key(settings: Settings) -> dict[str, int]:
     """How many rows each idempotency key has."""
     key = audit_table.c.idempotencyKey
-    async with opened_engine(settings.database) as engine, engine.connect() as conn:
+    async with opened_engine(settings.database.target) as engine, engine.connect() as conn:
         return dict((await conn.execute(select(key, func.count()).group_by(key))).all())
 
 
@@ -164,5 +164,5 @@ async def test_the_operator_commands_find_the_master_through_the_sentinels(
     assert (stats["counts"]["completed"], stats["counts"]["failed"]) == (2, 1)
     assert retried == {failed[0]["id"]: "retried"}
     with sentinel_group.master().client() as master:  # on the master the sentinels name
-        assert master.hget(f"bull:{behind_sentinel.queue_name}:{good}", "returnvalue") is not None
-        assert master.hget(f"bull:{behind_sentinel.queue_name}:{bad}", "returnvalue") is not None
+        assert master.hget(f"bull:{behind_sentinel.queue.name}:{good}", "returnvalue") is not None
+        assert master.hget(f"bull:{behind_sentinel.queue.name}:{bad}", "returnvalue") is not None

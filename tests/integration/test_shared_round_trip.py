@@ -80,10 +80,10 @@ async def test_on_a_backlog_the_workers_completions_share_round_trips(
     jobs = 400
     host, port = _address(redis_url)
     with DelayProxy(host, port, rtt_ms=2) as proxy:
-        through_proxy = migrated.model_copy(
-            update={"redis_url": SecretStr(f"redis://127.0.0.1:{proxy.port}/0"), "worker_concurrency": 20}
+        through_proxy = migrated.replace(
+            redis_url=SecretStr(f"redis://127.0.0.1:{proxy.port}/0"), worker_concurrency=20
         )
-        async with opened_queue(migrated) as queue, job_events(migrated) as events:
+        async with opened_queue(migrated.redis, migrated.queue) as queue, job_events(migrated) as events:
             await queue.pause()
             added = await queue.addBulk(
                 [{"name": "kpi-export", "data": {"usuarioId": n}} for n in range(1, jobs + 1)]
@@ -107,11 +107,11 @@ async def test_a_connection_lost_inside_a_shared_pipeline_loses_and_doubles_noth
     total = 60
     first_completion_inside_a_pipeline = FirstCall(calls_script("moveToFinished"))
     _, port = _address(redis_url)
-    async with RedisFaultProxy(port) as proxy, opened_queue(migrated) as queue:
+    async with RedisFaultProxy(port) as proxy, opened_queue(migrated.redis, migrated.queue) as queue:
         proxy.cut_inside_pipeline = first_completion_inside_a_pipeline
         # The job that the lost completion fetched stays active until its lock expires.
-        through_proxy = migrated.model_copy(
-            update={"redis_url": SecretStr(proxy.url), "worker_concurrency": 10, "lock_duration": 2.0}
+        through_proxy = migrated.replace(
+            redis_url=SecretStr(proxy.url), worker_concurrency=10, lock_duration=2.0
         )
         await queue.pause()
         await add_jobs(migrated, total)
@@ -120,7 +120,7 @@ async def test_a_connection_lost_inside_a_shared_pipeline_loses_and_doubles_noth
             await wait_all_finished(migrated, total, timeout=60)
         client = Redis.from_url(redis_url, decode_responses=True)
         try:
-            stream = await client.xrange(f"bull:{migrated.queue_name}:events")
+            stream = await client.xrange(f"bull:{migrated.queue.name}:events")
         finally:
             await client.aclose()
     assert first_completion_inside_a_pipeline.matched and proxy.lost_with_cut >= 1, (
@@ -148,7 +148,7 @@ async def test_a_batch_whose_callers_are_all_cancelled_is_not_sent_again_after_t
     its callers; left running, redis-py's retry would send it again on a reconnected connection."""
     key, idle = f"{queue_name}:counter", f"{queue_name}:never"
     # Built as the worker's own client is: redis-py retries a command on a lost connection.
-    client = redis_client(Settings(redis_url=SecretStr(redis_url)), socket_timeout=None)
+    client = redis_client(Settings.of(redis_url=SecretStr(redis_url)).redis, socket_timeout=None)
     assert isinstance(client, Redis)
     checker = Redis.from_url(redis_url, decode_responses=True)
     try:

@@ -52,7 +52,7 @@ async def test_two_processes_share_the_queue_and_stop_together_on_sigterm(migrat
     assert worker.output.count("Worker stopped") == 2, worker.output
     assert "SIGTERM: stopping the 2 worker processes" in worker.output
     # The original's lines keep their exact text; the others say which process wrote them.
-    start = f'Worker escuchando cola "{migrated.queue_name}" (concurrency={migrated.worker_concurrency})'
+    start = f'Worker escuchando cola "{migrated.queue.name}" (concurrency={migrated.worker.concurrency})'
     assert worker.stdout.count(start) == 2, worker.output
     assert {"[worker 1] Worker stopped", "[worker 2] Worker stopped"} <= set(worker.stdout), worker.output
     for pid in pids:
@@ -86,7 +86,7 @@ async def test_a_worker_process_that_dies_is_restarted(migrated: Settings) -> No
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_workers_that_cannot_run_stop_the_supervisor_with_status_1(settings: Settings) -> None:
     """No table: each worker process exits 1 at once; after a few such starts the supervisor gives up."""
-    sqlite3.connect(str(settings.database.url.database)).close()  # a database without the table
+    sqlite3.connect(str(settings.database.target.url.database)).close()  # a database without the table
     worker = WorkerProcess(worker_env(settings, WORKER_PROCESSES="2"))
     try:
         status = worker.wait(60)

@@ -49,9 +49,9 @@ def with_systemd(built: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 def environment_file(folder: Path, settings: Settings) -> Path:
     """kpi-export.env.example with this test's Redis, database and queue, its comments kept."""
     values = {
-        "REDIS_URL": settings.redis_url.get_secret_value() if settings.redis_url else "",
-        "DATABASE_URL": settings.database_url.get_secret_value(),
-        "QUEUE_NAME": settings.queue_name,
+        "REDIS_URL": settings.redis.url.get_secret_value() if settings.redis.url else "",
+        "DATABASE_URL": settings.database.url.get_secret_value(),
+        "QUEUE_NAME": settings.queue.name,
         "AUDIT_SEAL_KEY": f'"{SEAL_KEY}"',
     }
     lines = []
@@ -115,7 +115,7 @@ async def test_the_documented_systemctl_commands_migrate_then_run_the_worker(
         )
         assert enabled.returncode == 0, enabled.stderr + journal(name)
         migrated = unit_property(name, UNITS[0], "ExecMainStatus")
-        async with job_events(settings) as events, opened_queue(settings) as queue:
+        async with job_events(settings) as events, opened_queue(settings.redis, settings.queue) as queue:
             first = await queue.add("kpi-export", {"usuarioId": 1})
             outcome = await events.finished(first.id, timeout=60)
             # After an upgrade: the migration again, and the worker restarted after it.

@@ -91,14 +91,16 @@ def added_while_paused(*steps: dict[str, Any]) -> list[dict[str, Any]]:
 async def produce(settings: Settings, steps: list[dict[str, Any]], timeout: float = 30) -> Produced:
     """Run the steps with npm bullmq (`producer.mjs`) against the settings' Redis (one server or a Cluster),
     prefix and queue."""
-    payload: dict[str, Any] = {"prefix": settings.queue_prefix}
-    if settings.cluster_nodes:
-        payload["clusterNodes"] = [{"host": host, "port": port} for host, port in settings.cluster_nodes]
+    payload: dict[str, Any] = {"prefix": settings.queue.prefix}
+    if settings.redis.cluster_nodes:
+        payload["clusterNodes"] = [
+            {"host": host, "port": port} for host, port in settings.redis.cluster_nodes
+        ]
     else:
-        assert settings.redis_url is not None
-        payload["redisUrl"] = settings.redis_url.get_secret_value()
+        assert settings.redis.url is not None
+        payload["redisUrl"] = settings.redis.url.get_secret_value()
     payload |= {
-        "queue": settings.queue_name,
+        "queue": settings.queue.name,
         "timeoutMs": int(timeout * 1000),
         "steps": steps,
     }

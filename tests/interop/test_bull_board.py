@@ -24,8 +24,12 @@ async def test_bull_board_shows_this_workers_jobs_and_the_worker_itself(
 ) -> None:
     browser = require_tool("chromium", "chromium")
     pictures = Path(os.environ.get("BULL_BOARD_SCREENSHOTS") or tmp_path)
-    queue_name = migrated.queue_name
-    async with job_events(migrated) as events, opened_queue(migrated) as queue, running_worker(migrated):
+    queue_name = migrated.queue.name
+    async with (
+        job_events(migrated) as events,
+        opened_queue(migrated.redis, migrated.queue) as queue,
+        running_worker(migrated),
+    ):
         good = await queue.add("kpi-export", {"usuarioId": 42, "ip": "203.0.113.7", "format": "xlsx"})
         bad = await queue.add("kpi-export", {"usuarioId": "cuarenta y dos"})
         outcomes = await events.finished(good.id), await events.finished(bad.id)
@@ -33,7 +37,7 @@ async def test_bull_board_shows_this_workers_jobs_and_the_worker_itself(
         shown = await run_node(
             "bull-board-check.mjs",
             {
-                "redisUrl": migrated.redis_url.get_secret_value() if migrated.redis_url else "",
+                "redisUrl": migrated.redis.url.get_secret_value() if migrated.redis.url else "",
                 "queue": queue_name,
                 "chromium": browser,
                 "pages": [

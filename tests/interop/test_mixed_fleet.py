@@ -69,13 +69,13 @@ async def test_node_and_python_workers_share_a_queue_and_a_table(migrated: Setti
     # Rows of the original carry no idempotency key; both workers took a share of the work.
     by_python = sum(row.idempotencyKey is not None for row in rows.values())
     print(
-        f"{migrated.database.dialect}: {VALID_JOBS + INVALID_JOBS} jobs -> {len(results)} completed, "
+        f"{migrated.database.target.dialect}: {VALID_JOBS + INVALID_JOBS} jobs -> {len(results)} completed, "
         f"{len(invalid_ids)} failed, {len(rows)} rows ({by_python} by Python, {len(rows) - by_python} by Node)"
     )
     assert 0 < by_python < VALID_JOBS
 
     # The rows of both writers seal and verify alike (a Node row: no key, createdAt from Prisma).
-    async with opened_engine(migrated.database) as engine:
+    async with opened_engine(migrated.database.target) as engine:
         sealed = await seal_pending(
             engine, SealKey("mixed-fleet-seal-key-0123456789abcdef"), min_age=0, actor="t"
         )

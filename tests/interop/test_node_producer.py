@@ -80,8 +80,8 @@ async def test_valid_jobs(migrated: Settings, consumer: Consumer) -> None:
     assert rows[completed(produced, second)].usuarioId == 7
     assert produced.job(first)["data"] == VALID  # the job keeps its data as the producer gave it
     # npm bullmq's getWorkers(), which dashboards show, finds the worker (the original has no name).
-    unnamed = node_client_name(migrated.queue_prefix, migrated.queue_name, "").removesuffix(":w:")
-    named = node_client_name(migrated.queue_prefix, migrated.queue_name, worker_name())
+    unnamed = node_client_name(migrated.queue.prefix, migrated.queue.name, "").removesuffix(":w:")
+    named = node_client_name(migrated.queue.prefix, migrated.queue.name, worker_name())
     assert produced.workers == [unnamed if is_original(consumer) else named]
 
 
@@ -119,14 +119,12 @@ async def test_attempts_and_backoff_after_a_database_fault(
     migrated: Settings, consumer: Consumer, backoff: dict[str, Any], delays: list[int]
 ) -> None:
     """The database is cut off for the first two attempts; the third one succeeds."""
-    url = migrated.database_url.get_secret_value()
+    url = migrated.database.url.get_secret_value()
     port = int(url.split("@", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
     async with TcpFaultProxy(port) as proxy:
         through_proxy = url.replace(f":{port}/", f":{proxy.port}/")
-        faulty = migrated.model_copy(
-            update={"database_url": SecretStr(through_proxy), "db_retry_window": 0.2}
-        )
-        async with consumer(faulty), opened_queue(migrated) as queue:
+        faulty = migrated.replace(database_url=SecretStr(through_proxy), db_retry_window=0.2)
+        async with consumer(faulty), opened_queue(migrated.redis, migrated.queue) as queue:
             await wait_for_workers(migrated)  # past its start-up check of the database
             proxy.block()
             job = {"attempts": 3, "backoff": backoff}
@@ -175,7 +173,7 @@ async def test_a_custom_job_id(migrated: Settings, consumer: Consumer) -> None:
     assert completed(produced, job_id) == row.idExport
     assert row.usuarioId == 42
     if not is_original(consumer):  # the idempotency key is built from the custom id
-        key = idempotency_key(f"bull:{migrated.queue_name}", job_id, produced.job(job_id)["timestamp"])
+        key = idempotency_key(f"bull:{migrated.queue.name}", job_id, produced.job(job_id)["timestamp"])
         assert row.idempotencyKey == key
 
 
@@ -202,7 +200,7 @@ async def test_remove_on_complete_and_on_fail(migrated: Settings, consumer: Cons
 @on_postgresql
 async def test_priority(migrated: Settings, consumer: Consumer) -> None:
     """One job at a time: the lower the priority number, the sooner it runs; all jobs are waiting first."""
-    one_at_a_time = migrated.model_copy(update={"worker_concurrency": 1})
+    one_at_a_time = migrated.replace(worker_concurrency=1)
     priorities = [5, 1, 3, 2, 4]
     steps = added_while_paused(*(add({**VALID, "usuarioId": p}, {"priority": p}) for p in priorities))
     async with consumer(one_at_a_time):

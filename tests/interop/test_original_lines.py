@@ -27,11 +27,11 @@ async def test_the_worker_prints_the_originals_lines_on_the_originals_streams(
     port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
     async with RedisFaultProxy(port) as proxy:
         proxy.refuse = calls_script("updateProgress")  # for the original's console.warn
-        through_proxy = migrated.model_copy(update={"redis_url": SecretStr(proxy.url)})
+        through_proxy = migrated.replace(redis_url=SecretStr(proxy.url))
         worker = WorkerProcess(worker_env(through_proxy, WORKER_CONCURRENCY="3"))
         try:
             await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
-            async with job_events(migrated) as events, opened_queue(migrated) as queue:
+            async with job_events(migrated) as events, opened_queue(migrated.redis, migrated.queue) as queue:
                 good = await queue.add("kpi-export", {"usuarioId": 42, "ip": "203.0.113.7"})
                 bad = await queue.add("kpi-export", {"usuarioId": "abc"})
                 completed = await events.finished(good.id)
@@ -46,7 +46,7 @@ async def test_the_worker_prints_the_originals_lines_on_the_originals_streams(
     node_stdout, node_stderr = await node_streams(
         "original-console.mjs",
         {
-            "queue": migrated.queue_name,
+            "queue": migrated.queue.name,
             "concurrency": 3,
             "events": [
                 {"kind": "started"},
@@ -61,7 +61,7 @@ async def test_the_worker_prints_the_originals_lines_on_the_originals_streams(
     assert (
         worker.stdout[0]
         == node_stdout[0]
-        == f'Worker escuchando cola "{migrated.queue_name}" (concurrency=3)'
+        == f'Worker escuchando cola "{migrated.queue.name}" (concurrency=3)'
     )
     assert [line for line in node_stdout if line in worker.stdout] == node_stdout, worker.output
     # On stderr, the failed job's line begins as the original's (it adds whether the job is retried), and

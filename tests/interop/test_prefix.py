@@ -17,7 +17,7 @@ on_postgresql = pytest.mark.parametrize("database_url", ["postgresql"], indirect
 async def test_a_node_producer_with_a_prefix_and_this_worker_meet_on_its_keys(
     migrated: Settings, prefix: str
 ) -> None:
-    settings = migrated.model_copy(update={"queue_prefix": prefix})
+    settings = migrated.replace(queue_prefix=prefix)
     async with running_worker(settings):
         produced = await produce(
             settings, added_while_paused(add({"usuarioId": 42, "format": "xlsx"}), add({"usuarioId": "abc"}))
@@ -32,4 +32,4 @@ async def test_a_node_producer_with_a_prefix_and_this_worker_meet_on_its_keys(
     )
     assert (bad["state"], bad["failedReason"]) == ("failed", "usuarioId inválido en job.data")
     # npm bullmq's getWorkers() finds the worker under the prefix.
-    assert produced.workers == [node_client_name(prefix, settings.queue_name, worker_name())]
+    assert produced.workers == [node_client_name(prefix, settings.queue.name, worker_name())]

@@ -30,8 +30,8 @@ OLD_ROWS = [
 
 
 async def create_prisma_table(settings: Settings) -> None:
-    url = settings.database_url.get_secret_value()
-    if settings.database.dialect == "postgresql":
+    url = settings.database.url.get_secret_value()
+    if settings.database.target.dialect == "postgresql":
         base, schema = url.split("?schema=")
         conn = await asyncpg.connect(base, server_settings={"search_path": schema})
         try:
@@ -44,11 +44,11 @@ async def create_prisma_table(settings: Settings) -> None:
 
 async def filters_as_stored(settings: Settings) -> list[str]:
     """The JSON text in the column, as a reader with plain SQL sees it."""
-    if settings.database.dialect == "postgresql":
+    if settings.database.target.dialect == "postgresql":
         query = 'SELECT "filters"::text FROM "kpi_auditoria_export" ORDER BY "idExport"'
     else:
         query = "SELECT `filters` FROM `kpi_auditoria_export` ORDER BY `idExport`"
-    engine = create_engine(settings.database)
+    engine = create_engine(settings.database.target)
     try:
         async with engine.connect() as conn:
             return [row[0] for row in await conn.execute(text(query))]
@@ -75,7 +75,7 @@ async def upgrade(settings: Settings) -> str:
 @pytest.mark.parametrize("database_url", ["postgresql", "mariadb"], indirect=True)
 async def test_a_prisma_table_with_the_originals_rows_is_upgraded_in_place(settings: Settings) -> None:
     await create_prisma_table(settings)
-    url = settings.database_url.get_secret_value()
+    url = settings.database.url.get_secret_value()
     # The original writes its rows from a process whose local time is not UTC: Prisma stores UTC anyway.
     env = {**worker_env(settings), "TZ": "America/Santiago"}
     old_ids = (await run_node("prisma-rows.mjs", {"databaseUrl": url, "write": OLD_ROWS}, env=env))["ids"]
@@ -108,5 +108,5 @@ async def test_a_prisma_table_with_the_originals_rows_is_upgraded_in_place(setti
     # The same filters, written by the original and by this worker, are the same text in the column.
     stored = await filters_as_stored(settings)
     assert stored[0] == stored[2]
-    if settings.database.dialect == "mysql":  # MariaDB keeps JSON as text: Prisma's compact UTF-8 form
+    if settings.database.target.dialect == "mysql":  # MariaDB keeps JSON as text: Prisma's compact UTF-8 form
         assert stored[0] == json.dumps(FILTERS, ensure_ascii=False, separators=(",", ":"))

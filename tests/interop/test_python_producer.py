@@ -36,10 +36,10 @@ async def enqueue(settings: Settings, *args: str) -> list[str]:
 
 async def consume(settings: Settings, count: int) -> list[dict[str, Any]]:
     """What a Node Worker is given for the next `count` jobs of the queue, oldest first."""
-    assert settings.redis_url is not None
+    assert settings.redis.url is not None
     payload = {
-        "redisUrl": settings.redis_url.get_secret_value(),
-        "queue": settings.queue_name,
+        "redisUrl": settings.redis.url.get_secret_value(),
+        "queue": settings.queue.name,
         "count": count,
     }
     seen: list[dict[str, Any]] = await run_node("consumer.mjs", payload)

@@ -24,7 +24,7 @@ LATER = 60.0
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 async def test_results_of_a_burst_stay_readable_by_id_from_node_a_minute_later(migrated: Settings) -> None:
-    settings = migrated.model_copy(update={"worker_concurrency": 50})
+    settings = migrated.replace(worker_concurrency=50)
     burst = [
         {"addBulk": [{"name": JOB_NAME, "data": {"usuarioId": n}} for n in range(start, start + 500)]}
         for start in range(1, JOBS + 1, 500)

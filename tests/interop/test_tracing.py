@@ -55,8 +55,8 @@ def traced_env(settings: Settings, receiver_url: str, **extra: str) -> dict[str,
 
 async def produce(settings: Settings, receiver: OtlpReceiver, jobs: list[dict[str, Any]]) -> dict[str, Any]:
     payload = {
-        "redisUrl": settings.redis_url.get_secret_value() if settings.redis_url else "",
-        "queue": settings.queue_name,
+        "redisUrl": settings.redis.url.get_secret_value() if settings.redis.url else "",
+        "queue": settings.queue.name,
         "otlpUrl": f"{receiver.url}/v1/traces",
         "jobs": jobs,
     }
@@ -65,7 +65,7 @@ async def produce(settings: Settings, receiver: OtlpReceiver, jobs: list[dict[st
 
 
 def job_spans(spans: list[ReceivedSpan], settings: Settings, service: str) -> list[ReceivedSpan]:
-    return [s for s in spans if s.name == f"process {settings.queue_name}" and s.service == service]
+    return [s for s in spans if s.name == f"process {settings.queue.name}" and s.service == service]
 
 
 @sqlite_only
@@ -98,7 +98,7 @@ async def test_the_worker_continues_the_producers_trace(migrated: Settings) -> N
         ("failed", "usuarioId inválido en job.data"),
     ]
     adds = {
-        s.attributes["bullmq.job.id"]: s for s in spans if s.name == f"add {migrated.queue_name}.kpi-export"
+        s.attributes["bullmq.job.id"]: s for s in spans if s.name == f"add {migrated.queue.name}.kpi-export"
     }
     by_job = {s.attributes["bullmq.job.id"]: s for s in job_spans(spans, migrated, service)}
     for job_id in (good, bad):
@@ -118,7 +118,7 @@ async def test_the_worker_continues_the_producers_trace(migrated: Settings) -> N
     assert failed.events == [("job failed", {"bullmq.job.failed.reason": "usuarioId inválido en job.data"})]
     assert (failed.status_code, failed.status_message) == (2, "usuarioId inválido en job.data")
     children = {s.name: s for s in spans if s.parent_span_id == completed.span_id}
-    assert set(children) == {"INSERT kpi_auditoria_export", f"moveToFinished {migrated.queue_name}"}
+    assert set(children) == {"INSERT kpi_auditoria_export", f"moveToFinished {migrated.queue.name}"}
     assert children["INSERT kpi_auditoria_export"].attributes["db.system"] == "sqlite"
     assert all(s.trace_id == completed.trace_id for s in children.values())
     # No job data in any attribute or event of the worker's spans: the ips are personal data.
@@ -138,8 +138,8 @@ async def test_a_node_worker_and_this_worker_give_the_same_span(migrated: Settin
         node = await run_node(
             "otel-worker.mjs",
             {
-                "redisUrl": migrated.redis_url.get_secret_value() if migrated.redis_url else "",
-                "queue": migrated.queue_name,
+                "redisUrl": migrated.redis.url.get_secret_value() if migrated.redis.url else "",
+                "queue": migrated.queue.name,
                 "otlpUrl": f"{receiver.url}/v1/traces",
                 "count": 1,
                 "name": "node-worker",
@@ -239,14 +239,14 @@ async def test_enqueue_starts_a_trace_the_worker_continues(migrated: Settings) -
             worker.kill()
     (producer,) = [s for s in spans if s.service == "kpi-export-cli"]
     (consumer,) = job_spans(spans, migrated, "kpi-export-worker-test")
-    assert (producer.name, producer.kind) == (f"add {migrated.queue_name}.kpi-export", "PRODUCER")
+    assert (producer.name, producer.kind) == (f"add {migrated.queue.name}.kpi-export", "PRODUCER")
     assert consumer.trace_id == producer.trace_id and consumer.parent_span_id == producer.span_id
 
 
 async def _add(settings: Settings, data: dict[str, Any], opts: dict[str, Any]) -> str:
     from kpi_export.bullmq import opened_queue
 
-    async with opened_queue(settings) as queue:
+    async with opened_queue(settings.redis, settings.queue) as queue:
         return str((await queue.add("kpi-export", data, opts)).id)
 
 
@@ -294,10 +294,10 @@ async def test_the_readmes_tracing_example_runs_on_the_redis_of_redis_url(
 ) -> None:
     """The example's producer takes REDIS_URL (here a private Redis, not 6379) and QUEUE_NAME; the worker
     then continues its trace."""
-    script = NODE_DIR / f"readme-producer-{migrated.queue_name}.mjs"  # beside node_modules, to import them
+    script = NODE_DIR / f"readme-producer-{migrated.queue.name}.mjs"  # beside node_modules, to import them
     script.write_text(readme_producer())
     with EmbeddedRedis(tmp_path / "redis") as server:
-        settings = migrated.model_copy(update={"redis_url": SecretStr(server.url)})
+        settings = migrated.replace(redis_url=SecretStr(server.url))
         async with otlp_receiver() as receiver, job_events(settings) as events:
             worker = WorkerProcess(traced_env(settings, receiver.url))
             try:
@@ -305,7 +305,7 @@ async def test_the_readmes_tracing_example_runs_on_the_redis_of_redis_url(
                 env = {
                     **os.environ,
                     "REDIS_URL": server.url,
-                    "QUEUE_NAME": settings.queue_name,
+                    "QUEUE_NAME": settings.queue.name,
                     "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
                 }
                 ran = await asyncio.to_thread(
@@ -318,7 +318,7 @@ async def test_the_readmes_tracing_example_runs_on_the_redis_of_redis_url(
                 )
                 assert ran.returncode == 0, ran.stderr
                 job_id = ran.stdout.split()[2]
-                assert ran.stdout == f"added job {job_id} to {settings.queue_name}\n"
+                assert ran.stdout == f"added job {job_id} to {settings.queue.name}\n"
                 outcome = await events.finished(job_id)
                 spans = await receiver.wait_for(
                     lambda found: len(job_spans(found, settings, SERVICE)) == 1, what="the worker's span"
@@ -327,5 +327,5 @@ async def test_the_readmes_tracing_example_runs_on_the_redis_of_redis_url(
                 worker.kill()
                 script.unlink()
     assert outcome[0] == "completed"
-    add = next(s for s in spans if s.name == f"add {settings.queue_name}.kpi-export")
+    add = next(s for s in spans if s.name == f"add {settings.queue.name}.kpi-export")
     assert job_spans(spans, settings, SERVICE)[0].parent_span_id == add.span_id

@@ -65,10 +65,10 @@ def test_the_workers_settings_are_settings_the_program_reads_and_valid(
     for name, value in environment.items():
         monkeypatch.setenv(name, interpolated(str(value), "s3cret"))
     settings = Settings()
-    assert settings.database.dialect == "postgresql"
+    assert settings.database.target.dialect == "postgresql"
     grace = compose()["services"]["worker"]["stop_grace_period"]
-    assert grace == f"{settings.shutdown_timeout + 5:.0f}s"  # the drain, then the SIGKILL
-    assert settings.health_port == 8080 and "127.0.0.1:8080:8080" in compose()["services"]["worker"]["ports"]
+    assert grace == f"{settings.worker.shutdown_timeout + 5:.0f}s"  # the drain, then the SIGKILL
+    assert settings.health.port == 8080 and "127.0.0.1:8080:8080" in compose()["services"]["worker"]["ports"]
 
 
 def test_redis_keeps_every_job() -> None:

@@ -41,12 +41,12 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_defaults_are_the_originals() -> None:
     settings = load_settings()
-    assert (settings.redis_host, settings.redis_port, settings.redis_password) == ("127.0.0.1", 6379, None)
-    assert settings.queue_name == "kpi-export-queue"
-    assert (settings.worker_concurrency, settings.worker_processes) == (1, 1)
-    assert settings.shutdown_timeout == 25
-    assert settings.database.dialect == "sqlite"
-    assert (settings.log_level, settings.log_format) == ("INFO", "text")
+    assert (settings.redis.host, settings.redis.port, settings.redis.password) == ("127.0.0.1", 6379, None)
+    assert settings.queue.name == "kpi-export-queue"
+    assert (settings.worker.concurrency, settings.worker.processes) == (1, 1)
+    assert settings.worker.shutdown_timeout == 25
+    assert settings.database.target.dialect == "sqlite"
+    assert (settings.logs.level, settings.logs.format) == ("INFO", "text")
 
 
 def test_values_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -57,8 +57,8 @@ def test_values_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOG_LEVEL", "debug")
     monkeypatch.setenv("REDIS_PORT", "")  # empty means unset
     settings = load_settings()
-    assert (settings.worker_concurrency, settings.queue_name, settings.redis_port) == (50, "otra-cola", 6379)
-    assert (settings.log_format, settings.log_level) == ("json", "DEBUG")
+    assert (settings.worker.concurrency, settings.queue.name, settings.redis.port) == (50, "otra-cola", 6379)
+    assert (settings.logs.format, settings.logs.level) == ("json", "DEBUG")
     assert "hunter2" not in repr(settings)
     assert settings.secrets() == ["hunter2"]
 
@@ -148,14 +148,14 @@ def test_a_bad_value_names_its_variable(
 def test_a_redis_url_with_the_parameters_redis_py_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     url = "rediss://u:pw@cache:6380/2?ssl_cert_reqs=none&socket_timeout=5&max_connections=50&protocol=2"
     monkeypatch.setenv("REDIS_URL", url)
-    assert load_settings().redis_url is not None
+    assert load_settings().redis.url is not None
     monkeypatch.setenv("REDIS_URL", "unix:///run/redis/redis.sock?db=3&health_check_interval=30")
-    assert load_settings().redis_url is not None
+    assert load_settings().redis.url is not None
 
 
 def test_settings_can_be_given_directly() -> None:
-    settings = Settings(queue_name="q", worker_concurrency=3)
-    assert (settings.queue_name, settings.worker_concurrency) == ("q", 3)
+    settings = Settings.of(queue_name="q", worker_concurrency=3)
+    assert (settings.queue.name, settings.worker.concurrency) == ("q", 3)
 
 
 def test_redis_topologies_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -163,9 +163,9 @@ def test_redis_topologies_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("REDIS_SENTINEL_MASTER", "kpi")
     monkeypatch.setenv("REDIS_SENTINEL_PASSWORD", "sentinel-secret")
     settings = load_settings()
-    assert settings.sentinels == [("10.0.0.1", 26379), ("fd00::2", 26380)]
+    assert settings.redis.sentinels == (("10.0.0.1", 26379), ("fd00::2", 26380))
     assert settings.secrets() == ["sentinel-secret"]
-    assert (settings.queue_prefix, settings.keep_completed_count, settings.keep_failed_count) == (
+    assert (settings.queue.prefix, settings.retention.completed_count, settings.retention.failed_count) == (
         "bull",
         None,
         None,

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from kpi_export.cli import EXIT_CONFIG
-from kpi_export.config import Settings
+from kpi_export.config import Settings, WorkerSettings
 from kpi_export.runtime.health import LIVEZ, METRICS, READYZ, ROUTES
 from kpi_export.runtime.readiness import CHECK_TIMEOUT
 from tests.deploy_files import (
@@ -43,7 +43,7 @@ from tests.readme import code_blocks, section
 
 
 def shutdown_timeout(value: str | None) -> float:
-    return float(value) if value is not None else Settings.model_fields["shutdown_timeout"].default
+    return float(value) if value is not None else WorkerSettings.model_fields["shutdown_timeout"].default
 
 
 # --- Kubernetes: what `kubectl apply -k deploy/kubernetes` sends (tests.deploy_files renders it) -----------
@@ -115,7 +115,7 @@ def test_every_variable_is_a_setting_and_every_value_is_valid() -> None:
     for container in every_container():
         names = {item["name"] for item in container["env"]}
         assert names <= SETTINGS_VARIABLES, names - SETTINGS_VARIABLES
-        Settings(**{name.lower(): value for name, value in literal_env(container).items()})  # type: ignore[arg-type]
+        Settings.of(**{name.lower(): value for name, value in literal_env(container).items()})
 
 
 def test_apply_writes_no_secret_and_the_documented_one_has_every_key_the_pods_read() -> None:
@@ -297,7 +297,7 @@ def test_the_systemd_unit_restarts_on_failure_and_outwaits_the_drain() -> None:
 def test_the_example_environment_files_hold_only_valid_settings(example: str) -> None:
     values = env_file(DEPLOY / example)
     assert values.keys() <= SETTINGS_VARIABLES, values.keys() - SETTINGS_VARIABLES
-    Settings(**{name.lower(): value for name, value in values.items()})  # type: ignore[arg-type]
+    Settings.of(**{name.lower(): value for name, value in values.items()})
     # Set in the unit, so that TimeoutStopSec stays above it.
     assert "SHUTDOWN_TIMEOUT" not in values
 

@@ -12,7 +12,7 @@ from redis.asyncio.connection import Connection
 from redis.exceptions import DataError
 
 from kpi_export.bullmq import redis_client
-from kpi_export.bullmq.connection import FailoverAwareConnection
+from kpi_export.bullmq.connection_classes import PackedFailoverConnection
 from kpi_export.bullmq.packing import HiredisPacking
 from kpi_export.config import Settings
 
@@ -66,11 +66,11 @@ def test_what_redis_py_refuses_is_still_refused_with_its_error(value: object) ->
 
 
 async def test_the_workers_connections_pack_with_hiredis() -> None:
-    client = redis_client(Settings(redis_url=SecretStr("redis://127.0.0.1:6379/0")))
+    client = redis_client(Settings.of(redis_url=SecretStr("redis://127.0.0.1:6379/0")).redis)
     assert isinstance(client, Redis)
     try:
         assert issubclass(client.connection_pool.connection_class, HiredisPacking)
-        assert issubclass(FailoverAwareConnection, HiredisPacking)
+        assert issubclass(PackedFailoverConnection, HiredisPacking)
     finally:
         await client.aclose()
 

@@ -10,18 +10,19 @@ from redis.asyncio.connection import SSLConnection
 from redis.asyncio.sentinel import SentinelManagedSSLConnection
 
 from kpi_export.bullmq import redis_client, redis_target
-from kpi_export.bullmq.connection import FailoverAwareConnection, SentinelRedis
+from kpi_export.bullmq.clients import SentinelRedis
+from kpi_export.bullmq.connection_classes import PackedFailoverConnection
 from kpi_export.config import Settings
 
 
 async def test_behind_sentinel_with_tls_and_passwords_from_the_url() -> None:
-    settings = Settings(
+    settings = Settings.of(
         redis_sentinels="10.0.0.1:26379,10.0.0.2:26379",
         redis_sentinel_master="kpi",
         redis_sentinel_password=SecretStr("sentinel-pw"),
         redis_url=SecretStr("rediss://app:master-pw@ignored:6380/2"),
     )
-    client = redis_client(settings)
+    client = redis_client(settings.redis)
     try:
         assert isinstance(client, SentinelRedis)
         pool = client.connection_pool
@@ -37,14 +38,14 @@ async def test_behind_sentinel_with_tls_and_passwords_from_the_url() -> None:
         assert all(issubclass(s.connection_pool.connection_class, SSLConnection) for s in sentinels)
     finally:
         await client.aclose()
-    assert redis_target(settings).display == "sentinel://10.0.0.1:26379,10.0.0.2:26379/kpi"
+    assert redis_target(settings.redis).display == "sentinel://10.0.0.1:26379,10.0.0.2:26379/kpi"
 
 
 async def test_a_cluster_takes_the_password_of_redis_password() -> None:
-    settings = Settings(
+    settings = Settings.of(
         redis_cluster_nodes="10.0.0.1:7000", queue_prefix="{kpi}", redis_password=SecretStr("cluster-pw")
     )
-    client = redis_client(settings)
+    client = redis_client(settings.redis)
     try:
         assert isinstance(client, RedisCluster)
         assert client.connection_kwargs["password"] == "cluster-pw"
@@ -54,9 +55,9 @@ async def test_a_cluster_takes_the_password_of_redis_password() -> None:
 
 @pytest.mark.parametrize("url", [None, "redis://127.0.0.1:6379/0"])
 async def test_one_server_reconnects_on_readonly(url: str | None) -> None:
-    settings = Settings(redis_url=SecretStr(url) if url else None)
-    client = redis_client(settings)
+    settings = Settings.of(redis_url=SecretStr(url) if url else None)
+    client = redis_client(settings.redis)
     try:
-        assert issubclass(client.connection_pool.connection_class, FailoverAwareConnection)  # type: ignore[union-attr]
+        assert issubclass(client.connection_pool.connection_class, PackedFailoverConnection)  # type: ignore[union-attr]
     finally:
         await client.aclose()

@@ -21,7 +21,7 @@ def test_each_process_serves_on_a_port_of_its_own() -> None:
 def test_the_last_process_port_must_exist(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HEALTH_PORT", "65534")
     monkeypatch.setenv("WORKER_PROCESSES", "2")
-    assert load_settings().health_port == 65534
+    assert load_settings().health.port == 65534
     monkeypatch.setenv("WORKER_PROCESSES", "3")
     with pytest.raises(ConfigError) as caught:
         load_settings()

@@ -6,11 +6,17 @@ What the rest of the program uses:
     add_jobs           adds jobs as a Node producer does (producer.py)
     job_snapshot, job_counts, queue_stats, list_jobs, retry_jobs, retry_all_failed
                        the operators' reads and actions (queue_reads.py)
-    redis_client, create_queue, opened_queue, redis_target, node_client_name, worker_name
-                       the Redis clients and where Redis is (connection.py)
-Inside: KpiWorker, bullmq's Worker with this project's changes (worker.py); the progress published with the
-completion (completion.py); job hashes bullmq cannot decode (unreadable.py); event translation (events.py);
-and compat.py, the list of bullmq internals all of this relies on, checked by a unit test.
+    redis_client, redis_target
+                       the Redis clients, from the Redis settings, and where Redis is (clients.py)
+    create_queue, opened_queue, node_client_name, worker_name
+                       bullmq's Queue, from the Redis and queue settings; connection names (queues.py)
+    redis_master, redis_role
+                       who the master is after a failover (failover.py)
+Inside: the connection classes that pack commands with hiredis and follow failovers
+(connection_classes.py); REDIS_URL's grammar, which the settings check (redis_url.py); KpiWorker,
+bullmq's Worker with this project's changes (worker.py); the progress published with the completion
+(completion.py); job hashes bullmq cannot decode (unreadable.py); event translation (events.py); and
+compat.py, the list of bullmq internals all of this relies on, checked by a unit test.
 
 The names are imported when first used: `kpi-export stats` needs the queue's reads, not the consumer.
 """
@@ -21,20 +27,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from kpi_export.bullmq.connection import (
-        RedisClient,
-        RedisTarget,
-        create_queue,
-        node_client_name,
-        opened_queue,
-        redis_client,
-        redis_master,
-        redis_role,
-        redis_target,
-        worker_name,
-    )
+    from kpi_export.bullmq.clients import RedisClient, RedisTarget, redis_client, redis_target
     from kpi_export.bullmq.consumer import FORCED_CLOSE_GRACE, QueueConsumer
     from kpi_export.bullmq.events import WorkerEvents
+    from kpi_export.bullmq.failover import redis_master, redis_role
     from kpi_export.bullmq.job import Completion, JobHandler, QueuedJob, attempts_allowed
     from kpi_export.bullmq.producer import add_jobs
     from kpi_export.bullmq.queue_reads import (
@@ -46,18 +42,19 @@ if TYPE_CHECKING:
         retry_all_failed,
         retry_jobs,
     )
+    from kpi_export.bullmq.queues import create_queue, node_client_name, opened_queue, worker_name
 
 _EXPORTS = {
-    "RedisClient": "kpi_export.bullmq.connection",
-    "RedisTarget": "kpi_export.bullmq.connection",
-    "create_queue": "kpi_export.bullmq.connection",
-    "node_client_name": "kpi_export.bullmq.connection",
-    "opened_queue": "kpi_export.bullmq.connection",
-    "redis_client": "kpi_export.bullmq.connection",
-    "redis_master": "kpi_export.bullmq.connection",
-    "redis_role": "kpi_export.bullmq.connection",
-    "redis_target": "kpi_export.bullmq.connection",
-    "worker_name": "kpi_export.bullmq.connection",
+    "RedisClient": "kpi_export.bullmq.clients",
+    "RedisTarget": "kpi_export.bullmq.clients",
+    "create_queue": "kpi_export.bullmq.queues",
+    "node_client_name": "kpi_export.bullmq.queues",
+    "opened_queue": "kpi_export.bullmq.queues",
+    "redis_client": "kpi_export.bullmq.clients",
+    "redis_master": "kpi_export.bullmq.failover",
+    "redis_role": "kpi_export.bullmq.failover",
+    "redis_target": "kpi_export.bullmq.clients",
+    "worker_name": "kpi_export.bullmq.queues",
     "FORCED_CLOSE_GRACE": "kpi_export.bullmq.consumer",
     "QueueConsumer": "kpi_export.bullmq.consumer",
     "WorkerEvents": "kpi_export.bullmq.events",

@@ -1,4 +1,5 @@
-"""The queue's consumer as the runtime sees it: built from the settings, run, and closed within a bound.
+"""The queue's consumer as the runtime sees it: built from the Redis, queue and retention settings, run, and
+closed within a bound.
 
 Nothing outside this package touches bullmq's Worker: the runtime gives a `JobHandler` and a `WorkerEvents`,
 runs `run()`, and stops with `close()`.
@@ -10,18 +11,14 @@ import asyncio
 import logging
 import time
 
+from kpi_export.bullmq.clients import DRAIN_DELAY, redis_client
 from kpi_export.bullmq.compat import version_problem
-from kpi_export.bullmq.connection import (
-    DRAIN_DELAY,
-    leave_old_master,
-    node_client_name,
-    redis_client,
-    worker_name,
-)
 from kpi_export.bullmq.events import WorkerEvents, attach
+from kpi_export.bullmq.failover import leave_old_master
 from kpi_export.bullmq.job import JobHandler
+from kpi_export.bullmq.queues import node_client_name, worker_name
 from kpi_export.bullmq.worker import RUN_RETRY_DELAY_MS, KpiWorker
-from kpi_export.config import Settings
+from kpi_export.config import QueueSettings, RedisSettings, RetentionSettings
 
 log = logging.getLogger(__name__)
 
@@ -37,32 +34,35 @@ IDLE_POLL = 0.1
 
 
 class QueueConsumer:
-    """Takes jobs from QUEUE_NAME, `settings.worker_concurrency` at a time, and gives each to `handler`."""
+    """Takes jobs from the queue, `concurrency` at a time, and gives each to `handler`."""
 
-    def __init__(self, settings: Settings, handler: JobHandler, events: WorkerEvents) -> None:
+    def __init__(
+        self,
+        handler: JobHandler,
+        events: WorkerEvents,
+        *,
+        redis: RedisSettings,
+        queue: QueueSettings,
+        retention: RetentionSettings,
+        concurrency: int,
+    ) -> None:
         if problem := version_problem():
             log.warning(
                 "%s: run `make test-latest` before relying on it", problem, extra={"event": "bullmq.version"}
             )
         # The worker's own client has no socket timeout (see connection.py).
-        client = redis_client(settings, max_connections=settings.worker_concurrency + 5, socket_timeout=None)
+        client = redis_client(redis, max_connections=concurrency + 5, socket_timeout=None)
         self._client = client
         name = worker_name()
-        lock_ms = int(settings.lock_duration * 1000)
-        keep_completed: dict[str, int] = {"age": settings.keep_completed_age}
-        if settings.keep_completed_count is not None:
-            keep_completed["count"] = settings.keep_completed_count
-        keep_failed: dict[str, int] = {"age": settings.keep_failed_age}
-        if settings.keep_failed_count is not None:
-            keep_failed["count"] = settings.keep_failed_count
+        lock_ms = int(queue.lock_duration * 1000)
         self._worker = KpiWorker(
-            settings.queue_name,
+            queue.name,
             handler,
             {
                 "autorun": False,
                 "connection": client,
-                "prefix": settings.queue_prefix,
-                "concurrency": settings.worker_concurrency,
+                "prefix": queue.prefix,
+                "concurrency": concurrency,
                 "drainDelay": DRAIN_DELAY,
                 "runRetryDelay": RUN_RETRY_DELAY_MS,
                 "lockDuration": lock_ms,
@@ -70,11 +70,11 @@ class QueueConsumer:
                 "maxStalledCount": MAX_STALLED_COUNT,
                 "name": name,
                 # Applied by bullmq to the jobs that carry no removeOnComplete/removeOnFail of their own.
-                "removeOnComplete": keep_completed,
-                "removeOnFail": keep_failed,
+                "removeOnComplete": retention.keep_completed(),
+                "removeOnFail": retention.keep_failed(),
             },
         )
-        self._worker.clientName = node_client_name(settings.queue_prefix, settings.queue_name, name)
+        self._worker.clientName = node_client_name(queue.prefix, queue.name, name)
         attach(self._worker, events)
 
     async def run(self) -> None:

@@ -7,20 +7,22 @@ from typing import Any
 from bullmq import Job, Queue
 from redis.asyncio.cluster import RedisCluster
 
-from kpi_export.bullmq.connection import opened_queue
-from kpi_export.config import Settings
+from kpi_export.bullmq.queues import opened_queue
+from kpi_export.config import QueueSettings, RedisSettings
 
 
-async def add_jobs(settings: Settings, name: str, payloads: list[Any], opts: dict[str, Any]) -> list[str]:
+async def add_jobs(
+    redis: RedisSettings, queue: QueueSettings, name: str, payloads: list[Any], opts: dict[str, Any]
+) -> list[str]:
     """Add one job per payload, in one transaction (on a Cluster one after the other); returns their ids."""
-    async with opened_queue(settings) as queue:
-        jobs = [_job_as_node_adds_it(queue, name, data, opts) for data in payloads]
-        if isinstance(queue.client, RedisCluster):
+    async with opened_queue(redis, queue) as opened:
+        jobs = [_job_as_node_adds_it(opened, name, data, opts) for data in payloads]
+        if isinstance(opened.client, RedisCluster):
             # redis-py's cluster pipeline refuses EVALSHA, which Queue.addBulk's transaction sends: one by one.
             for job in jobs:
-                await queue.backend.addJob(job)
+                await opened.backend.addJob(job)
         else:
-            await queue.backend.addJobs(jobs)  # what Queue.addBulk does (mirrors bullmq 3.4 `Queue.addBulk`)
+            await opened.backend.addJobs(jobs)  # what Queue.addBulk does (mirrors bullmq 3.4 `Queue.addBulk`)
         return [str(job.id) for job in jobs]
 
 

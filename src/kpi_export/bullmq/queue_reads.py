@@ -9,22 +9,22 @@ from typing import Any
 from bullmq import Job, Queue
 from redis.exceptions import RedisError, ResponseError
 
-from kpi_export.bullmq.connection import node_client_name, opened_queue
 from kpi_export.bullmq.job import attempts_allowed
+from kpi_export.bullmq.queues import node_client_name, opened_queue
 from kpi_export.bullmq.unreadable import unreadable_job_reason
-from kpi_export.config import Settings
+from kpi_export.config import QueueSettings, RedisSettings
 from kpi_export.contract import idempotency_key
 
 
-async def job_snapshot(settings: Settings, job_id: str) -> dict[str, Any] | None:
+async def job_snapshot(redis: RedisSettings, queue: QueueSettings, job_id: str) -> dict[str, Any] | None:
     """One job as an operator wants to see it, or None when the queue has no such job."""
-    async with opened_queue(settings) as queue:
-        raw = await _job_hash(queue, job_id)
+    async with opened_queue(redis, queue) as opened:
+        raw = await _job_hash(opened, job_id)
         if raw is None:
             return None
-        job = _decoded(queue, job_id, raw)
+        job = _decoded(opened, job_id, raw)
         if isinstance(job, str):  # a hash bullmq cannot decode: show it as stored
-            return {"id": job_id, "state": await queue.getJobState(job_id), "unreadable": job, "hash": raw}
+            return {"id": job_id, "state": await opened.getJobState(job_id), "unreadable": job, "hash": raw}
         state = await job.getState()
         return {
             "id": job.id,
@@ -39,7 +39,7 @@ async def job_snapshot(settings: Settings, job_id: str) -> dict[str, Any] | None
             "timestamp": job.timestamp,
             "processedOn": job.processedOn or None,
             "finishedOn": job.finishedOn or None,
-            "idempotencyKey": idempotency_key(queue.qualifiedName, job.id, job.timestamp),
+            "idempotencyKey": idempotency_key(opened.qualifiedName, job.id, job.timestamp),
         }
 
 
@@ -84,15 +84,15 @@ async def job_counts(queue: Queue) -> dict[str, int]:
     return {state: int(counts.get(state, 0)) for state in JOB_STATES}
 
 
-async def queue_stats(settings: Settings) -> dict[str, Any]:
+async def queue_stats(redis: RedisSettings, queue: QueueSettings) -> dict[str, Any]:
     """Job counts by state, the workers connected, and how long the oldest waiting job has waited."""
-    async with opened_queue(settings, max_connections=2) as queue:
-        counts = await job_counts(queue)
-        oldest = await queue.getJobs(["waiting"], 0, 0, True)
-        workers = await _workers(queue)
+    async with opened_queue(redis, queue, max_connections=2) as opened:
+        counts = await job_counts(opened)
+        oldest = await opened.getJobs(["waiting"], 0, 0, True)
+        workers = await _workers(opened)
     now_ms = _now_ms()
     return {
-        "queue": settings.queue_name,
+        "queue": queue.name,
         "counts": counts,
         "workers": workers,
         "oldest_waiting_age_s": round((now_ms - oldest[0].timestamp) / 1000, 1) if oldest else None,
@@ -119,14 +119,16 @@ async def _workers(queue: Queue) -> list[dict[str, Any]] | None:
     return sorted(workers.values(), key=lambda worker: str(worker["name"]))
 
 
-async def list_jobs(settings: Settings, state: str, limit: int) -> list[dict[str, Any]]:
+async def list_jobs(
+    redis: RedisSettings, queue: QueueSettings, state: str, limit: int
+) -> list[dict[str, Any]]:
     """The newest `limit` jobs in `state` (oldest first for the states that wait), in one round trip. A job
     bullmq cannot read is listed with the reason (`unreadable`), not allowed to fail the whole list."""
-    async with opened_queue(settings, max_connections=2) as queue:
+    async with opened_queue(redis, queue, max_connections=2) as opened:
         oldest_first = state in ("waiting", "prioritized", "delayed", "paused")
-        found = await queue.backend.scripts.getJobs([state], 0, limit - 1, oldest_first)
+        found = await opened.backend.scripts.getJobs([state], 0, limit - 1, oldest_first)
     return [
-        _listed(queue, job_id, dict(zip(fields[::2], fields[1::2], strict=True)))
+        _listed(opened, job_id, dict(zip(fields[::2], fields[1::2], strict=True)))
         for jobs_of_state in found
         for job_id, fields in jobs_of_state
     ][:limit]
@@ -166,13 +168,13 @@ def _int_or_none(text: object) -> int | None:
         return None
 
 
-async def retry_jobs(settings: Settings, job_ids: list[str]) -> dict[str, str]:
+async def retry_jobs(redis: RedisSettings, queue: QueueSettings, job_ids: list[str]) -> dict[str, str]:
     """Put failed jobs back to wait; for each id: "retried", "not found" or "not failed (STATE)"."""
     outcome: dict[str, str] = {}
-    async with opened_queue(settings, max_connections=2) as queue:
+    async with opened_queue(redis, queue, max_connections=2) as opened:
         for job_id in job_ids:
-            raw = await _job_hash(queue, job_id)
-            job = "not found" if raw is None else _decoded(queue, job_id, raw)
+            raw = await _job_hash(opened, job_id)
+            job = "not found" if raw is None else _decoded(opened, job_id, raw)
             if isinstance(job, str):
                 outcome[job_id] = job if raw is None else f"not retried: {job}"
                 continue
@@ -185,17 +187,19 @@ async def retry_jobs(settings: Settings, job_ids: list[str]) -> dict[str, str]:
     return outcome
 
 
-async def retry_all_failed(settings: Settings, progress: Callable[[int, int], None]) -> int:
+async def retry_all_failed(
+    redis: RedisSettings, queue: QueueSettings, progress: Callable[[int, int], None]
+) -> int:
     """Put every job that had failed when this started back to wait, in batches; `progress(done, total)` after
     each batch. Jobs that fail again meanwhile are not retried twice. Returns how many were retried."""
-    async with opened_queue(settings, max_connections=2) as queue:
+    async with opened_queue(redis, queue, max_connections=2) as opened:
         started_ms = _now_ms()
-        failed_key = queue.toKey("failed")
-        total = int(await queue.client.zcount(failed_key, "-inf", started_ms))
+        failed_key = opened.toKey("failed")
+        total = int(await opened.client.zcount(failed_key, "-inf", started_ms))
         progress(0, total)
         while True:
-            cursor = await queue.backend.retryJobs("failed", RETRY_BATCH, started_ms)
-            left = int(await queue.client.zcount(failed_key, "-inf", started_ms))
+            cursor = await opened.backend.retryJobs("failed", RETRY_BATCH, started_ms)
+            left = int(await opened.client.zcount(failed_key, "-inf", started_ms))
             progress(total - left, total)
             if not cursor or str(cursor) == "0":
                 return total - left

@@ -113,11 +113,11 @@ def settings_or_exit(*, console: bool = False, process: int | None = None, datab
         click.echo(f"kpi-export: {exc}", err=True)
         sys.exit(EXIT_CONFIG)
     setup_logging(
-        settings.log_level,
-        settings.log_format,
+        settings.logs.level,
+        settings.logs.format,
         settings.secrets(),
         stream=None if console else sys.stderr,
-        timestamps=settings.log_timestamps,
+        timestamps=settings.logs.timestamps,
         process=process,
     )
     logging.captureWarnings(True)

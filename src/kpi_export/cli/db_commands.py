@@ -47,7 +47,7 @@ def upgrade(as_json: bool) -> None:
 
     settings = settings_or_exit()
     before, after = run(with_engine(settings, run_upgrade))
-    target = settings.database.display
+    target = settings.database.target.display
     if as_json:
         echo_json({"database": target, "before": before, "after": after})
     elif before == after:
@@ -66,11 +66,18 @@ def current(as_json: bool) -> None:
     now, head = run(with_engine(settings, current_revision, create=False)), head_revision()
     if as_json:
         echo_json(
-            {"database": settings.database.display, "current": now, "head": head, "up_to_date": now == head}
+            {
+                "database": settings.database.target.display,
+                "current": now,
+                "head": head,
+                "up_to_date": now == head,
+            }
         )
     else:
         state = "up to date" if now == head else "run `kpi-export db upgrade`"
-        click.echo(f"{settings.database.display}: at {now or 'nothing'}, this worker needs {head} ({state})")
+        click.echo(
+            f"{settings.database.target.display}: at {now or 'nothing'}, this worker needs {head} ({state})"
+        )
     if now != head:
         sys.exit(1)
 
@@ -192,7 +199,7 @@ async def with_engine(
     """`create=False` for the commands that only read: they never leave a new SQLite file behind."""
     from kpi_export.store import opened_engine
 
-    async with opened_engine(settings.database, pool_size=1, create=create) as engine:
+    async with opened_engine(settings.database.target, pool_size=1, create=create) as engine:
         return await use(engine)
 
 

@@ -65,7 +65,7 @@ def _database(error: BaseException, settings: Settings | None) -> str:
 
 def _database_hint(settings: Settings | None) -> str:
     try:
-        where = f" ({settings.database.display})" if settings else ""
+        where = f" ({settings.database.target.display})" if settings else ""
     except ValueError:  # a queue command's settings leave DATABASE_URL unchecked
         where = ""
     return f"check that its server runs and that DATABASE_URL{where} names it"
@@ -74,6 +74,6 @@ def _database_hint(settings: Settings | None) -> str:
 def _redis_where(settings: Settings | None) -> str:
     if settings is None:
         return "the address the settings give"
-    from kpi_export.bullmq.connection import redis_target
+    from kpi_export.bullmq.clients import redis_target
 
-    return redis_target(settings).display
+    return redis_target(settings.redis).display

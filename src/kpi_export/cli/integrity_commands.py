@@ -27,7 +27,7 @@ _DATE_LIKE = re.compile(r"[0-9]{4}-")
 
 
 def key_or_exit(settings: Settings) -> SealKey:
-    key = settings.seal_key
+    key = settings.audit.key
     if key is None:
         click.echo(
             "kpi-export: AUDIT_SEAL_KEY is not set: the seals are made and checked with it (the key they were "
@@ -72,7 +72,7 @@ def audit_seal(as_json: bool) -> None:
     key = key_or_exit(settings)
 
     async def go(engine: Any) -> tuple[list[ChainEntry], ChainEntry | None]:
-        sealed = await seal_pending(engine, key, min_age=settings.audit_seal_min_age, actor=_operator())
+        sealed = await seal_pending(engine, key, min_age=settings.audit.seal_min_age, actor=_operator())
         head, _ = await read_head(engine)
         return sealed, head
 
@@ -212,7 +212,7 @@ def audit_pseudonymise_ips(older_than: str, mode: str, actor: str | None, as_jso
 
     cutoff = _cutoff(older_than)
     settings = settings_or_exit()
-    key = settings.seal_key
+    key = settings.audit.key
     report = run(
         with_engine(
             settings,

@@ -67,10 +67,14 @@ def enqueue(
     if tracing_wanted():  # the jobs carry the context of a PRODUCER span, as npm bullmq with bullmq-otel
         from kpi_export.runtime.tracing import CONTEXT_OPTION, producer_span
 
-        with producer_span(settings.queue_name, name, len(payloads) * count) as context:
-            ids = run(add_jobs(settings, name, payloads * count, opts | {CONTEXT_OPTION: context}))
+        with producer_span(settings.queue.name, name, len(payloads) * count) as context:
+            ids = run(
+                add_jobs(
+                    settings.redis, settings.queue, name, payloads * count, opts | {CONTEXT_OPTION: context}
+                )
+            )
     else:
-        ids = run(add_jobs(settings, name, payloads * count, opts))
+        ids = run(add_jobs(settings.redis, settings.queue, name, payloads * count, opts))
     for job_id in ids:
         click.echo(shown(job_id))
 
@@ -129,14 +133,14 @@ def job_command(job_id: str, full: bool, as_json: bool) -> None:
     from kpi_export.bullmq import job_snapshot
 
     settings = settings_or_exit(database=False)
-    snapshot = run(job_snapshot(settings, job_id))
+    snapshot = run(job_snapshot(settings.redis, settings.queue, job_id))
     if snapshot is None:
-        click.echo(f"kpi-export: no job {shown(job_id)} in queue {settings.queue_name}", err=True)
+        click.echo(f"kpi-export: no job {shown(job_id)} in queue {settings.queue.name}", err=True)
         sys.exit(1)
     if as_json:
         echo_json(snapshot)
         return
-    shown_table = table("field", "value", title=f"Job {job_id} in {settings.queue_name}")
+    shown_table = table("field", "value", title=f"Job {job_id} in {settings.queue.name}")
     for field, value in snapshot.items():
         if field == "attemptsMade":
             continue  # shown with the attempts allowed
@@ -161,11 +165,11 @@ def stats(as_json: bool) -> None:
     from kpi_export.bullmq import queue_stats
 
     settings = settings_or_exit(database=False)
-    found = run(queue_stats(settings))
+    found = run(queue_stats(settings.redis, settings.queue))
     if as_json:
         echo_json(found)
         return
-    shown_table = table("state", "jobs", title=f"Queue {settings.queue_name}")
+    shown_table = table("state", "jobs", title=f"Queue {settings.queue.name}")
     for state, count in found["counts"].items():
         shown_table.add_row(state, f"{count:,}")
     show(shown_table)
@@ -195,7 +199,7 @@ def jobs(state: str, limit: int, as_json: bool) -> None:
     from kpi_export.bullmq import list_jobs
 
     settings = settings_or_exit(database=False)
-    found = run(list_jobs(settings, state, limit))
+    found = run(list_jobs(settings.redis, settings.queue, state, limit))
     if as_json:
         echo_json(found)
         return
@@ -211,7 +215,7 @@ def jobs(state: str, limit: int, as_json: bool) -> None:
             )
             for job in found
         ],
-        title=f"{state} jobs in {settings.queue_name}",
+        title=f"{state} jobs in {settings.queue.name}",
     )
     click.echo(counted(len(found), "job") + (f" (--limit {limit})" if len(found) == limit else ""))
 
@@ -247,13 +251,13 @@ def retry(job_ids: tuple[str, ...], all_failed: bool, as_json: bool) -> None:
             def advance(done: int, total: int) -> None:
                 progress.update(task, completed=done, total=total)
 
-            retried = run(retry_all_failed(settings, advance))
+            retried = run(retry_all_failed(settings.redis, settings.queue, advance))
         if as_json:
             echo_json({"retried": retried})
         else:
             click.echo(f"{counted(retried, 'failed job')} put back to wait")
         return
-    outcome = run(retry_jobs(settings, list(job_ids)))
+    outcome = run(retry_jobs(settings.redis, settings.queue, list(job_ids)))
     if as_json:
         echo_json(outcome)
     else:

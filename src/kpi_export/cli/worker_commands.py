@@ -68,9 +68,9 @@ def check(as_json: bool) -> None:
     settings = settings_or_exit()
 
     async def go() -> Readiness:
-        client = redis_client(settings, max_connections=1)
+        client = redis_client(settings.redis, max_connections=1)
         try:
-            async with opened_engine(settings.database, pooled=False, create=False) as engine:
+            async with opened_engine(settings.database.target, pooled=False, create=False) as engine:
                 return await check_readiness(client, engine)
         except DatabaseMissing as exc:
             return await check_readiness_without_database(client, str(exc))

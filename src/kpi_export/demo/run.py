@@ -44,7 +44,7 @@ def run_demo(total: int, workdir: Path) -> int:
             "WORKER_CONCURRENCY": str(CONCURRENCY),
             "LOG_FORMAT": "text",
         }
-        settings = Settings(
+        settings = Settings.of(
             redis_url=SecretStr(env["REDIS_URL"]),
             database_url=SecretStr(env["DATABASE_URL"]),
             queue_name=env["QUEUE_NAME"],
@@ -82,7 +82,7 @@ def run_demo(total: int, workdir: Path) -> int:
 
 
 async def _migrate(settings: Settings) -> None:
-    async with opened_engine(settings.database) as engine:
+    async with opened_engine(settings.database.target) as engine:
         await upgrade(engine)
 
 
@@ -103,9 +103,9 @@ def _first_line_with(path: Path, text: str) -> str:
 async def _enqueue_and_follow(
     settings: Settings, jobs: list[dict[str, Any]], console: Console
 ) -> Counter[str]:
-    await add_jobs(settings, "kpi-export", jobs, {"attempts": 3})
+    await add_jobs(settings.redis, settings.queue, "kpi-export", jobs, {"attempts": 3})
     counts: Counter[str] = Counter()
-    async with opened_queue(settings) as queue:
+    async with opened_queue(settings.redis, settings.queue) as queue:
         with Progress(
             TextColumn("[bold]Processing"),
             BarColumn(),
@@ -129,10 +129,10 @@ async def _enqueue_and_follow(
 
 
 async def _summarise(settings: Settings, total: int) -> tuple[int, list[dict[str, Any]], Counter[str]]:
-    async with opened_engine(settings.database) as engine:
+    async with opened_engine(settings.database.target) as engine:
         rows = await count_rows(engine, AuditFilter())
         sample = await list_rows(engine, AuditFilter(), 5)
-    failed = await list_jobs(settings, "failed", total)
+    failed = await list_jobs(settings.redis, settings.queue, "failed", total)
     return rows, sample, Counter(job["failedReason"] for job in failed)
 
 

@@ -91,13 +91,13 @@ async def serve_health(
     """Start /livez, /readyz and /metrics on HEALTH_PORT; what must be closed at the end goes to `closers`.
     Readiness uses connections of its own (a fresh database connection per check), so that a busy worker
     pool cannot make a probe wait."""
-    assert settings.health_port is not None
-    client = redis_client(settings, max_connections=4)  # a few probes may ask at once
-    engine = create_engine(settings.database, pooled=False, create=False)
+    assert settings.health.port is not None
+    client = redis_client(settings.redis, max_connections=4)  # a few probes may ask at once
+    engine = create_engine(settings.database.target, pooled=False, create=False)
     closers += [client.aclose, engine.dispose]
     server = HealthServer(
-        host=settings.health_host,
-        port=settings.health_port,
+        host=settings.health.host,
+        port=settings.health.port,
         liveness=liveness,
         readiness=lambda: check_readiness(client, engine),
         metrics=metrics,

@@ -67,54 +67,63 @@ async def run_worker(
     database are up."""
     stop = stop or StopSignals()
     throttle = Throttle()
-    metrics = WorkerMetrics(settings.queue_name)
+    metrics = WorkerMetrics(settings.queue.name)
     lifecycle = Lifecycle()
     metrics.watch_running(lambda: lifecycle.state() == "running")
     watch = RedisWatch(
-        redis_client(settings, max_connections=1),
-        redis_target(settings),
+        redis_client(settings.redis, max_connections=1),
+        redis_target(settings.redis),
         on_reconnect=metrics.redis_reconnected,
     )
     # The worker never creates a SQLite file: a mistyped path is refused at start, not made into an empty one.
-    engine = create_engine(settings.database, pool_size=min(settings.worker_concurrency, 20), create=False)
-    store = AuditStore(engine, timeout=settings.db_write_timeout)
+    engine = create_engine(
+        settings.database.target, pool_size=min(settings.worker.concurrency, 20), create=False
+    )
+    store = AuditStore(engine, timeout=settings.database.write_timeout)
     background: list[asyncio.Task[None]] = []
     tracing: JobTracing | None = None
     closers: list[Closer] = []
     try:
-        require_existing(settings.database)
-        if settings.health_port is not None:
+        require_existing(settings.database.target)
+        if settings.health.port is not None:
             await serve_health(settings, lifecycle.state, metrics, closers)
         if not await watch.wait_until_up(stop.requested):
             return 0
         await check_eviction_policy(watch.client)
-        if not await wait_for_database(engine, settings.database, stop.requested):
+        if not await wait_for_database(engine, settings.database.target, stop.requested):
             return 0
         watch.start()
-        memory_client = redis_client(settings, max_connections=1)
+        memory_client = redis_client(settings.redis, max_connections=1)
         closers.append(memory_client.aclose)
-        memory = MemoryWatch(memory_client, metrics, settings.queue_metrics_interval)
+        memory = MemoryWatch(memory_client, metrics, settings.health.queue_metrics_interval)
         background.append(asyncio.create_task(memory.run(), name="redis-memory"))
-        if settings.health_port is not None:
-            queue = create_queue(settings, max_connections=1)
+        if settings.health.port is not None:
+            queue = create_queue(settings.redis, settings.queue, max_connections=1)
             closers.append(queue.close)
-            refresh = refresh_queue_depth(queue, metrics, settings.queue_metrics_interval)
+            refresh = refresh_queue_depth(queue, metrics, settings.health.queue_metrics_interval)
             background.append(asyncio.create_task(refresh))
         background += _start_sealing(settings, metrics, throttle, closers)
         deps = JobDeps(
             store,
-            settings.db_retry_window,
+            settings.database.retry_window,
             throttle,
-            database=settings.database.address,
+            database=settings.database.target.address,
             metrics=metrics,
-            ip_mode=settings.audit_ip_mode,
+            ip_mode=settings.audit.ip_mode,
         )
         handler: JobHandler = functools.partial(process_job, deps=deps)
-        events: WorkerEvents = JobEventLog(settings.queue_name, throttle, metrics, watch)
+        events: WorkerEvents = JobEventLog(settings.queue.name, throttle, metrics, watch)
         tracing = _start_tracing(settings, throttle, deps, metrics)
         if tracing is not None:
             handler, events = tracing.handler(handler), tracing.events(events)
-        consumer = QueueConsumer(settings, handler, events)
+        consumer = QueueConsumer(
+            handler,
+            events,
+            redis=settings.redis,
+            queue=settings.queue,
+            retention=settings.retention,
+            concurrency=settings.worker.concurrency,
+        )
         watch.on_failover = functools.partial(_recover_after_failover, consumer)
         if started is not None:
             started()
@@ -136,16 +145,16 @@ def _start_sealing(
     settings: Settings, metrics: WorkerMetrics, throttle: Throttle, closers: list[Closer]
 ) -> list[asyncio.Task[None]]:
     """The sealer's task, on an engine of its own, when AUDIT_SEAL_KEY is set; else nothing at all."""
-    key = settings.seal_key
+    key = settings.audit.key
     if key is None:
         return []
-    engine = create_engine(settings.database, pool_size=1, create=False)
+    engine = create_engine(settings.database.target, pool_size=1, create=False)
     closers.append(engine.dispose)
     sealing = run_sealing(
         engine,
         key,
-        interval=settings.audit_seal_interval,
-        min_age=settings.audit_seal_min_age,
+        interval=settings.audit.seal_interval,
+        min_age=settings.audit.seal_min_age,
         actor=worker_name(),
         metrics=metrics,
         throttle=throttle,
@@ -163,7 +172,9 @@ def _start_tracing(
     from kpi_export.runtime.tracing import start_tracing
 
     try:
-        tracing = start_tracing(settings.queue_name, worker_name(), settings.database.dialect, throttle)
+        tracing = start_tracing(
+            settings.queue.name, worker_name(), settings.database.target.dialect, throttle
+        )
     except ValueError as exc:  # an OTEL_BSP_* or sampler value the SDK refuses
         log.warning("Tracing off: %s", describe(exc), extra={"event": "tracing.off"})
         return None
@@ -204,9 +215,9 @@ async def _supervise(
     lifecycle.run_task = run
     log.info(
         START_LINE,
-        settings.queue_name,
-        settings.worker_concurrency,
-        extra={"event": "worker.started", "queue": settings.queue_name},
+        settings.queue.name,
+        settings.worker.concurrency,
+        extra={"event": "worker.started", "queue": settings.queue.name},
     )
     stopping = asyncio.create_task(stop.requested.wait())
     await asyncio.wait({run, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -221,7 +232,7 @@ async def _supervise(
         stopping.cancel()
         await consumer.close(abandon=True)
         return 1
-    if await consumer.close(timeout=settings.shutdown_timeout, forced=stop.forced):
+    if await consumer.close(timeout=settings.worker.shutdown_timeout, forced=stop.forced):
         await asyncio.wait({run}, timeout=FORCED_CLOSE_GRACE)
     log.info("Worker stopped", extra={"event": "worker.stopped"})
     return 0

@@ -14,11 +14,11 @@ from kpi_export.config import Settings
 
 def run_worker_process(settings: Settings) -> NoReturn:
     """Run until stopped, then exit with the worker's status."""
-    if settings.worker_processes > 1:
+    if settings.worker.processes > 1:
         from kpi_export.runtime.supervisor import become_supervisor
 
         become_supervisor(
-            settings.worker_processes, settings.log_level, settings.log_format, settings.log_timestamps
+            settings.worker.processes, settings.logs.level, settings.logs.format, settings.logs.timestamps
         )
 
     from kpi_export.runtime.lifecycle import run_worker

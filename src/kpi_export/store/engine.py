@@ -51,7 +51,7 @@ def create_engine(
 async def opened_engine(
     target: DatabaseTarget, *, pool_size: int = 5, pooled: bool = True, create: bool = True
 ) -> AsyncIterator[AsyncEngine]:
-    """`async with opened_engine(settings.database) as engine:` an engine, disposed of at the end.
+    """`async with opened_engine(settings.database.target) as engine:` an engine, disposed of at the end.
 
     `create=False` (the commands that only read): a SQLite file that does not exist is DatabaseMissing, not
     a new empty database left behind by a typo in DATABASE_URL."""

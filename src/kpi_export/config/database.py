@@ -1,0 +1,46 @@
+"""Where the audit table lives (DATABASE_URL, as a Prisma app writes it: its grammar is store/url.py's) and
+how long a job waits for it."""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings
+
+from kpi_export.config.base import GROUP_CONFIG, HOUR
+from kpi_export.config.redis import url_passwords
+
+if TYPE_CHECKING:
+    from kpi_export.store.url import DatabaseTarget
+
+DEFAULT_DATABASE_URL = "file:./kpi_export.db"
+
+
+class DatabaseSettings(BaseSettings):
+    model_config = GROUP_CONFIG
+
+    url: SecretStr = Field(SecretStr(DEFAULT_DATABASE_URL), validation_alias="DATABASE_URL")
+    # How long a transient fault (connection lost, failover, deadlock) is retried inside a job.
+    retry_window: float = Field(30.0, ge=0, le=HOUR, validation_alias="DB_RETRY_WINDOW")
+    # One attempt at the audit write (or a connection) that takes longer is abandoned and retried: a database
+    # behind a network that drops packets would otherwise hold the job, and its lock, for many minutes.
+    write_timeout: float = Field(15.0, gt=0, le=HOUR, validation_alias="DB_WRITE_TIMEOUT")
+
+    @property
+    def target(self) -> DatabaseTarget:
+        """DATABASE_URL parsed (once per URL) into what SQLAlchemy is given. Raises ValueError with a message
+        free of secrets. Parsed on first use: a command that never opens the database never imports
+        SQLAlchemy."""
+        return _parsed(self.url.get_secret_value())
+
+    def secrets(self) -> list[str]:
+        return url_passwords(self.url)
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed(url: str) -> DatabaseTarget:
+    from kpi_export.store.url import parse_database_url
+
+    return parse_database_url(url)
