@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 NODE_DIR := tests/interop
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 
-.PHONY: install run test lint unit screenshots bench profile lock test-latest clean
+.PHONY: install run test lint unit docs docs-serve screenshots bench profile lock test-latest clean
 
 # The locked packages, then the project itself (editable, no dependency of its own resolved again).
 define install_locked
@@ -54,6 +54,14 @@ lint: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
+
+# The documentation site (mkdocs.yml): built strictly into site/ (a broken link or anchor fails it; make test
+# builds it too), or served at http://127.0.0.1:8000 while you edit.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 # The README's bull-board pictures (docs/), taken by the test that reads bull-board in Chromium.
 screenshots: $(STAMP) $(NODE_STAMP)
@@ -112,5 +120,5 @@ test-latest: $(NODE_STAMP)
 	KPI_TEST_LATEST=1 $(LATEST)/bin/pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) $(TOOLS) $(LATEST) .demo .pytest_cache .mypy_cache .ruff_cache $(NODE_DIR)/node_modules $(NODE_BASELINE)/node_modules \
+	rm -rf $(VENV) $(TOOLS) $(LATEST) site .demo .pytest_cache .mypy_cache .ruff_cache $(NODE_DIR)/node_modules $(NODE_BASELINE)/node_modules \
 		$(NODE_BASELINE)/dist

@@ -30,7 +30,7 @@ def settings_table() -> str:
     for group, info in Settings.model_fields.items():
         model = info.annotation
         assert model is not None
-        parts += [f"### {group.capitalize()}\n", "| variable | default | accepted | description |", "|---|---|---|---|"]
+        parts += [f"## {group.capitalize()}\n", "| variable | default | accepted | description |", "|---|---|---|---|"]
         for field in model.model_fields.values():  # type: ignore[attr-defined]
             variable = field.validation_alias
             row = (f"`{variable}`", _default(field), _accepted(field), _cell(field.description or ""))

@@ -22,9 +22,9 @@ from kpi_export.bullmq import opened_queue
 from kpi_export.config import Settings
 from kpi_export.demo.embedded_redis import free_port
 from tests.deploy_files import DEPLOY
+from tests.docs import Page, code_blocks
 from tests.pgcluster import PostgresCluster
 from tests.promql import panel_queries, variable_queries
-from tests.readme import code_blocks, section
 from tests.services import require_tool, worker_env
 from tests.support import WorkerProcess, wait_until
 
@@ -205,13 +205,15 @@ async def test_prometheus_answers_every_dashboard_query_and_sees_the_database_go
     assert all("Traceback" not in worker.output for worker in started)
 
 
-async def test_the_readmes_relabeling_gives_pods_found_by_annotation_the_job_the_alerts_select(
+async def test_the_documented_relabeling_gives_pods_found_by_annotation_the_job_the_alerts_select(
     tmp_path: Path,
 ) -> None:
-    """Annotation discovery's job is kubernetes-pods; the README's rule renames it for the workers' pods only."""
+    """Annotation discovery's job is kubernetes-pods; the docs' rule renames it for the workers' pods only."""
     binary = require_tool("prometheus", "prometheus")
     relabeling = next(
-        block for block in code_blocks(section("### Kubernetes"), "yaml") if "target_label: job" in block
+        block
+        for block in code_blocks(Page.of("production/deployment.md").section("### Kubernetes"), "yaml")
+        if "target_label: job" in block
     )
     worker_down = next(rule for rule in rules() if rule.get("alert") == "KpiExportWorkerDown")
     found = re.search(r"up\{[^}]*\}", str(worker_down["expr"]))

@@ -18,9 +18,9 @@ from pydantic import SecretStr
 
 from kpi_export.config import Settings
 from kpi_export.demo.embedded_redis import EmbeddedRedis, free_port
+from tests.docs import Page
 from tests.interop.node import NODE_DIR, run_node
 from tests.otlp import OtlpReceiver, ReceivedSpan, otlp_receiver
-from tests.readme import README
 from tests.services import worker_env
 from tests.support import WorkerProcess, audit_rows, invoke, job_events
 
@@ -281,21 +281,23 @@ async def test_the_processing_time_histogram_carries_trace_ids_as_exemplars(migr
     assert " # {" not in plain  # Prometheus' text format has no exemplars
 
 
-def readme_producer() -> str:
-    """The producer.mjs of the README's tracing example, as written there."""
-    text = README.read_text()
+def documented_producer() -> str:
+    """The producer.mjs of the tracing page's example, as written there."""
+    text = Page.of("operating/tracing.md").text
     start = text.index("cat > producer.mjs <<'JS'\n") + len("cat > producer.mjs <<'JS'\n")
     return text[start : text.index("\nJS\n", start) + 1]
 
 
 @sqlite_only
-async def test_the_readmes_tracing_example_runs_on_the_redis_of_redis_url(
+async def test_the_documented_tracing_example_runs_on_the_redis_of_redis_url(
     migrated: Settings, tmp_path: Path
 ) -> None:
     """The example's producer takes REDIS_URL (here a private Redis, not 6379) and QUEUE_NAME; the worker
     then continues its trace."""
-    script = NODE_DIR / f"readme-producer-{migrated.queue.name}.mjs"  # beside node_modules, to import them
-    script.write_text(readme_producer())
+    script = (
+        NODE_DIR / f"documented-producer-{migrated.queue.name}.mjs"
+    )  # beside node_modules, to import them
+    script.write_text(documented_producer())
     with EmbeddedRedis(tmp_path / "redis") as server:
         settings = migrated.replace(redis_url=SecretStr(server.url))
         async with otlp_receiver() as receiver, job_events(settings) as events:

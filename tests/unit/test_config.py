@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
@@ -20,12 +19,11 @@ SPEC_VARIABLES = {
     "DATABASE_DIRECT_URL",
 }  # fmt: skip
 NOT_READ_YET = {"DATABASE_DIRECT_URL"}
-# This worker's own, beyond the contract (README, Configuration).
+# This worker's own, beyond the contract (docs/configuration.md, generated from the settings).
 OWN_VARIABLES = {
     "WORKER_PROCESSES", "DB_RETRY_WINDOW", "DB_WRITE_TIMEOUT", "LOCK_DURATION", "HEALTH_HOST",
     "QUEUE_METRICS_INTERVAL", "KEEP_COMPLETED_AGE", "KEEP_COMPLETED_COUNT", "KEEP_FAILED_AGE", "KEEP_FAILED_COUNT",
 }  # fmt: skip
-README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.fixture(autouse=True)
@@ -37,13 +35,6 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_settings_read_the_contracts_variables_and_this_workers_own_no_other() -> None:
     assert set(VARIABLES) == (SPEC_VARIABLES - NOT_READ_YET) | OWN_VARIABLES
     assert len(VARIABLES) == len(set(VARIABLES))  # no variable read by two groups
-
-
-def test_the_readmes_configuration_table_lists_every_variable() -> None:
-    section = README.read_text().split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
-    rows = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
-    listed = {name for row in rows for name in re.findall(r"`([A-Z][A-Z_]+)`", row)}
-    assert listed == set(VARIABLES), listed ^ set(VARIABLES)
 
 
 def test_each_group_reads_the_variables_of_its_concern() -> None:

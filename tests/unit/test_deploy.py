@@ -39,7 +39,7 @@ from tests.deploy_files import (
     the,
     worker_container,
 )
-from tests.readme import code_blocks, section
+from tests.docs import Page, code_blocks
 
 
 def shutdown_timeout(value: str | None) -> float:
@@ -124,7 +124,9 @@ def test_apply_writes_no_secret_and_the_documented_one_has_every_key_the_pods_re
     references = {(ref["name"], ref["key"]) for c in every_container() for ref in secret_references(c)}
     assert references
     documented = {
-        "README.md": secret_commands(section("### Kubernetes")),
+        "docs/production/deployment.md": secret_commands(
+            Page.of("production/deployment.md").section("### Kubernetes")
+        ),
         "kustomization.yaml": secret_commands(
             (KUBERNETES / "kustomization.yaml").read_text(encoding="utf-8")
         ),
@@ -200,9 +202,11 @@ def test_prometheus_scrapes_each_pod_once_through_the_podmonitor() -> None:
         assert (endpoint["port"] in port_names, endpoint["path"]) == (True, METRICS)
 
 
-def test_the_readmes_kustomization_without_the_operator_scrapes_by_annotation(tmp_path: Path) -> None:
+def test_the_documented_kustomization_without_the_operator_scrapes_by_annotation(tmp_path: Path) -> None:
     kustomization_block = next(
-        block for block in code_blocks(section("### Kubernetes"), "yaml") if block.startswith("resources:")
+        block
+        for block in code_blocks(Page.of("production/deployment.md").section("### Kubernetes"), "yaml")
+        if block.startswith("resources:")
     )
     for name in yaml.safe_load(kustomization_block)["resources"]:
         shutil.copy(KUBERNETES / name, tmp_path / name)

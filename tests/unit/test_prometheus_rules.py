@@ -12,8 +12,8 @@ import yaml
 
 from kpi_export.runtime.metrics import WorkerMetrics
 from tests.deploy_files import DEPLOY, the
+from tests.docs import Page, code_blocks
 from tests.promql import metric_names, panel_queries, variable_names, variable_queries
-from tests.readme import README, anchors, code_blocks, section
 from tests.services import require_tool
 
 RULES = DEPLOY / "prometheus" / "kpi-export-rules.yaml"
@@ -68,13 +68,14 @@ def test_a_rule_reads_only_recordings_made_before_it_in_its_own_group() -> None:
                 made.add(str(rule["record"]))
 
 
-def test_every_alert_says_what_and_links_its_runbook_in_the_readme() -> None:
-    sections = anchors()
+def test_every_alert_says_what_and_links_its_runbook_on_the_alerts_page() -> None:
+    page = "docs/operating/alerts.md"
+    sections = Page.of("operating/alerts.md").anchors()
     for rule in alerts():
         annotations = rule["annotations"]
         assert isinstance(annotations, dict) and annotations["summary"] and annotations["description"]
         link = str(annotations["runbook_url"])
-        assert link.startswith("README.md#") and link.removeprefix("README.md#") in sections, link
+        assert link.startswith(f"{page}#") and link.removeprefix(f"{page}#") in sections, link
 
 
 def test_the_kubernetes_prometheusrule_holds_the_same_rules() -> None:
@@ -94,12 +95,12 @@ def job_matches(operator: str, value: str, job: str) -> bool:
 
 def test_the_alerts_select_the_podmonitors_job_and_not_annotation_discoverys() -> None:
     """The Operator names a PodMonitor's job <namespace>/<name>; annotation discovery's job is kubernetes-pods,
-    unless it is relabelled as the README says."""
+    unless it is relabelled as the deployment page says."""
     podmonitor = the("PodMonitor")["metadata"]["name"]
     operator_jobs = [f"{namespace}/{podmonitor}" for namespace in ("default", "monitoring", "kpi-export")]
     relabelled = {
         rule["replacement"]
-        for block in code_blocks(section("### Kubernetes"), "yaml")
+        for block in code_blocks(Page.of("production/deployment.md").section("### Kubernetes"), "yaml")
         for rule in yaml.safe_load(block)
         if isinstance(rule, dict) and rule.get("target_label") == "job"
     }
@@ -155,14 +156,6 @@ def test_every_metric_of_the_worker_has_a_panel() -> None:
     for family, series in sorted(worker_series().items()):
         if family.startswith("kpi_export_"):
             assert series & shown, f"{family} has no panel"
-
-
-def test_every_metric_of_the_worker_is_in_the_readmes_table() -> None:
-    rows = "\n".join(line for line in README.read_text().splitlines() if line.startswith("| `kpi_export_"))
-    listed = set(re.findall(r"`(kpi_export_\w+)", rows))
-    for family, series in sorted(worker_series().items()):
-        if family.startswith("kpi_export_"):
-            assert listed & (series | {family}), f"{family} is not in the README's metrics table"
 
 
 @pytest.mark.parametrize(

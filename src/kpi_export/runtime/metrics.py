@@ -43,13 +43,13 @@ class WorkerMetrics:
         labels = ["queue"]
         self._jobs = Counter(
             "kpi_export_jobs",
-            "Job attempts finished, by outcome (completed, failed for good, failed and retried by bullmq).",
+            "Job attempts finished, by outcome: completed, failed (for good), retried (failed, and bullmq runs it again).",
             [*labels, "outcome"],
             registry=self.registry,
         )
         self._retried_inside = Counter(
             "kpi_export_jobs_retried_inside",
-            "Jobs whose audit write met a transient database fault and was retried inside the job.",
+            "Jobs whose audit write met a transient database fault and was retried inside the job (DB_RETRY_WINDOW).",
             labels,
             registry=self.registry,
         )
@@ -87,7 +87,8 @@ class WorkerMetrics:
         )
         self._queue_jobs = Gauge(
             "kpi_export_queue_jobs",
-            "Jobs in the queue by state, as last read from Redis (every QUEUE_METRICS_INTERVAL seconds).",
+            "Jobs in the queue by state (waiting, prioritized and paused included; active; delayed; failed), as last read "
+            "from Redis (every QUEUE_METRICS_INTERVAL seconds).",
             [*labels, "state"],
             registry=self.registry,
         )
@@ -124,19 +125,19 @@ class WorkerMetrics:
         labels = [self.queue]
         self._seal_head = Info(
             "kpi_export_audit_seal_head",
-            "The audit seal chain's head: its seq and digest, a copy kept outside the database.",
+            "With AUDIT_SEAL_KEY only: the audit seal chain's head, its seq and digest, a copy kept outside the database.",
             ["queue"],
             registry=self.registry,
         ).labels(*labels)
         self._sealed_id = Gauge(
             "kpi_export_audit_sealed_id",
-            "The highest idExport that the audit seals cover.",
+            "With AUDIT_SEAL_KEY only: the highest idExport the seals cover; flat while rows are written, sealing is stuck.",
             ["queue"],
             registry=self.registry,
         ).labels(*labels)
         self._seal_failures = Counter(
             "kpi_export_audit_seal_failures",
-            "Sealing rounds that failed (database unreachable, another key, a table kept busy).",
+            "With AUDIT_SEAL_KEY only: sealing rounds that failed (database unreachable, another key, a table kept busy).",
             ["queue"],
             registry=self.registry,
         ).labels(*labels)

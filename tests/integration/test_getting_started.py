@@ -1,5 +1,5 @@
-"""The README's "Try it by hand" works as written: its block runs as a script in a copy of the clone, with
-nothing from the test's environment but PATH, and leaves nothing behind."""
+"""The getting-started page's "Try it by hand" works as written: its block runs as a script in a copy of the
+clone, with nothing from the test's environment but PATH, and leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -10,15 +10,13 @@ import signal
 import subprocess
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.docs import ROOT, Page, code_blocks
 
 
 def try_it_by_hand() -> str:
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Try it by hand\n", 1)[1].split("\n## ", 1)[0]
-    found = re.search(r"```sh\n(.*?)```", section, re.DOTALL)
-    assert found, "no sh block in the README's Try it by hand"
-    return found.group(1)
+    blocks = code_blocks(Page.of("getting-started.md").section("## Try it by hand"), "sh")
+    assert len(blocks) == 1, "one sh block in the getting-started page's Try it by hand"
+    return blocks[0]
 
 
 def processes_started_in(folder: Path) -> list[int]:
