@@ -46,8 +46,8 @@ test: $(STAMP) $(NODE_STAMP) lint
 # The layers (pyproject.toml's [tool.importlinter]) and a ceiling on cyclomatic complexity at its worst of
 # today: rank C (11-20) for a function, B on average for a module, A for the package.
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench docs/hooks
+	$(BIN)/ruff format --check src tests bench docs/hooks
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/xenon --max-absolute C --max-modules B --max-average A src

@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-
 from prometheus_client.metrics import MetricWrapperBase
 
 from kpi_export.config import Settings
@@ -30,8 +29,12 @@ def settings_table() -> str:
     for group, info in Settings.model_fields.items():
         model = info.annotation
         assert model is not None
-        parts += [f"## {group.capitalize()}\n", "| variable | default | accepted | description |", "|---|---|---|---|"]
-        for field in model.model_fields.values():  # type: ignore[attr-defined]
+        parts += [
+            f"## {group.capitalize()}\n",
+            "| variable | default | accepted | description |",
+            "|---|---|---|---|",
+        ]
+        for field in model.model_fields.values():
             variable = field.validation_alias
             row = (f"`{variable}`", _default(field), _accepted(field), _cell(field.description or ""))
             parts.append("| " + " | ".join(row) + " |")
@@ -80,13 +83,13 @@ def metrics_table() -> str:
     metrics.watch_seals()
     rows = ["| metric | type | labels | description |", "|---|---|---|---|"]
     # The registry's collectors are the metrics themselves, whose labels are known before any sample exists.
-    for metric in list(metrics.registry._collector_to_names):  # noqa: SLF001
+    for metric in list(metrics.registry._collector_to_names):
         if not isinstance(metric, MetricWrapperBase):
             continue  # the process and platform collectors' standard series
         # A family's samples name its labels only once it has values: the metric's own names them always.
-        labels = ", ".join(f"`{label}`" for label in metric._labelnames)  # noqa: SLF001
-        name = metric._name + SUFFIXES.get(metric._type, "")  # noqa: SLF001
-        rows.append(f"| `{name}` | {metric._type} | {labels} | {_cell(metric._documentation)} |")  # noqa: SLF001
+        labels = ", ".join(f"`{label}`" for label in metric._labelnames)
+        name = metric._name + SUFFIXES.get(str(metric._type), "")
+        rows.append(f"| `{name}` | {metric._type} | {labels} | {_cell(metric._documentation)} |")
     return "\n".join(rows) + "\n"
 
 
