@@ -50,6 +50,8 @@ def _default(field: Any) -> str:
         value = value.get_secret_value()
     if isinstance(value, bool):
         return "`1`" if value else "off"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     return f"`{value}`"
 
 
@@ -67,10 +69,15 @@ def _accepted(field: Any) -> str:
     low = bounds.get("Ge", bounds.get("Gt"))
     high = bounds.get("Le", bounds.get("Lt"))
     if low is not None and high is not None:
-        return f"{'>' if 'Gt' in bounds else ''}{_number(low)} … {_number(high)}"
+        unit = "seconds, " if "float" in annotation else ""
+        return f"{unit}{'> ' if 'Gt' in bounds else ''}{_number(low)} … {_number(high)}"
     if "bool" in annotation:
         return "`1`, `true`, `0`, `false`"
-    return ""
+    if "tuple" in annotation:
+        return "`host:port`, comma-separated"
+    if "SecretStr" in annotation:
+        return "text, kept secret"
+    return "text"
 
 
 def _number(value: float) -> str:
