@@ -63,7 +63,7 @@ docs: $(STAMP)
 docs-serve: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
-# The README's bull-board pictures (docs/), taken by the test that reads bull-board in Chromium.
+# The bull-board pictures of the dashboards page (docs/), taken by the test that reads bull-board in Chromium.
 screenshots: $(STAMP) $(NODE_STAMP)
 	BULL_BOARD_SCREENSHOTS=$(CURDIR)/docs $(BIN)/pytest tests/interop/test_bull_board.py
 
