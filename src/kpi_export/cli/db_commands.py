@@ -21,9 +21,8 @@ from kpi_export.cli.render import (
     progress_bar,
     show,
     show_rows,
-    shown,
-    table,
 )
+from kpi_export.tables import shown, table
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine

@@ -14,7 +14,8 @@ import click
 
 from kpi_export.cli.app import EXIT_CONFIG, EXIT_FAILED, JSON_OPTION, run, settings_or_exit
 from kpi_export.cli.db_commands import ID_EXPORT, audit, when_option, with_engine
-from kpi_export.cli.render import counted, echo_json, progress_bar, shown
+from kpi_export.cli.render import counted, echo_json, progress_bar
+from kpi_export.tables import shown
 
 if TYPE_CHECKING:
     from kpi_export.config import Settings

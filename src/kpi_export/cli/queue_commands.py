@@ -22,12 +22,10 @@ from kpi_export.cli.render import (
     progress_bar,
     show,
     show_rows,
-    shown,
-    styled,
-    table,
     when_ms,
 )
 from kpi_export.runtime.tracing_switch import tracing_wanted
+from kpi_export.tables import shown, styled, table
 
 JOB_VALUE_LIMIT = 500  # characters of a value `job` shows without --full: about ten lines at 80 columns
 

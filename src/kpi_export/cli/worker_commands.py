@@ -8,8 +8,9 @@ from pathlib import Path
 import click
 
 from kpi_export.cli.app import JSON_OPTION, cli, run, settings_or_exit
-from kpi_export.cli.render import echo_json, show, shown, styled, table
+from kpi_export.cli.render import echo_json, show
 from kpi_export.logs import setup_logging
+from kpi_export.tables import shown, styled, table
 
 
 @cli.command()
