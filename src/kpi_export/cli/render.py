@@ -6,7 +6,7 @@ through."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -97,6 +97,14 @@ def progress_bar() -> Progress:
         transient=True,
         disable=not console.is_terminal,  # a script's log gets the result line, not a bar's last frame
     )
+
+
+def echo_result(as_json: bool, value: Any, for_person: Callable[[], None]) -> None:
+    """A command's result: `value` as JSON for a script (--json), else as `for_person` shows it."""
+    if as_json:
+        echo_json(value)
+    else:
+        for_person()
 
 
 def echo_json(value: Any) -> None:
