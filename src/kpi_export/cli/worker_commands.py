@@ -25,7 +25,7 @@ def worker(process_index: int | None) -> None:
 
     WORKER_PROCESSES=N runs N worker processes under a supervisor that forwards signals and restarts them.
     """
-    from kpi_export.runtime.process import run_worker_process
+    from kpi_export.runtime.worker_process import run_worker_process
 
     run_worker_process(settings_or_exit(console=True, process=process_index))
 

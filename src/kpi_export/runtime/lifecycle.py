@@ -29,9 +29,9 @@ from kpi_export.logs import START_LINE, Throttle, include_trace_ids
 from kpi_export.redaction import describe
 from kpi_export.runtime.database_wait import wait_for_database
 from kpi_export.runtime.health import Closer, serve_health
+from kpi_export.runtime.job_handler import JobDeps, process_job
 from kpi_export.runtime.listeners import JobEventLog
 from kpi_export.runtime.metrics import WorkerMetrics
-from kpi_export.runtime.processor import JobDeps, process_job
 from kpi_export.runtime.queue_depth import refresh_queue_depth
 from kpi_export.runtime.redis_memory import MemoryWatch, check_eviction_policy
 from kpi_export.runtime.redis_watch import RedisWatch

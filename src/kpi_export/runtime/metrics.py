@@ -1,6 +1,6 @@
 """Prometheus metrics of one worker, in a registry of its own (served on /metrics by `health.py`).
 
-The processor and the worker's event listeners feed them; the queue depth is read in the background.
+The job handler and the worker's event listeners feed them; the queue depth is read in the background.
 """
 
 from __future__ import annotations
