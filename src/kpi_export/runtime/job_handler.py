@@ -19,7 +19,7 @@ from kpi_export.redaction import describe
 from kpi_export.runtime.backoff import backoff
 from kpi_export.runtime.metrics import WorkerMetrics
 from kpi_export.store import AuditStore, utc_now
-from kpi_export.store.faults import is_transient
+from kpi_export.store.transient import is_transient
 
 log = logging.getLogger(__name__)
 
