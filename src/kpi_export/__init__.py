@@ -1,7 +1,7 @@
 """kpi-export-worker: writes one audit row per KPI export job taken from a BullMQ queue.
 
     contract/   job.data -> AuditEntry, the idempotency key (pure)
-    store/      the audit table: writer, group commit, faults, DATABASE_URL, migrations, reader
+    store/      the audit table: writer, group commit, transient faults, DATABASE_URL, migrations, reader
     bullmq/     the only package that imports bullmq: the consumer, the producer, the queue's reads
     runtime/    lifecycle, job handler, listeners, Redis watch, health, metrics, supervisor
     cli/        the `kpi-export` command

@@ -17,7 +17,7 @@ from kpi_export.bullmq import opened_queue
 from kpi_export.config import Settings
 from kpi_export.contract import AuditEntry
 from kpi_export.store import AuditStore, create_engine, utc_now
-from kpi_export.store.faults import is_transient
+from kpi_export.store.transient import is_transient
 from tests.support import audit_rows, job_events, running_worker, table_locked, wait_until
 
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import io
+from collections import Counter
 
 import pytest
 from rich.cells import cell_len
 from rich.console import Console
 
 from kpi_export.cli.fit import packed, wrapped
-from kpi_export.cli.render import MISSING, attempts, counted, show_rows, shown, table, when_ms
-from kpi_export.demo.run import rows_table
+from kpi_export.cli.render import attempts, counted, show_rows, when_ms
+from kpi_export.demo.run import rows_table, summary_table
+from kpi_export.tables import MISSING, shown, table
 
 
 def printed(renderable: object) -> str:
@@ -47,6 +49,14 @@ def test_the_demo_shows_a_row_without_ip_as_a_dash() -> None:
     }
     text = printed(rows_table([row]))
     assert "None" not in text and MISSING in text
+
+
+def test_the_demo_summary_escapes_a_hostile_failure_reason() -> None:
+    reason = "[red]x[/red]\x1b[2Jforged\nline\u202e"
+    counts = Counter(completed=0, failed=1)
+    text = printed(summary_table(1, counts, 0, Counter({reason: 1}), 0))
+    assert "[red]x[/red]\\x1b[2Jforged\\x0aline\\u202e" in text
+    assert "\x1b" not in text and "\u202e" not in text
 
 
 def test_a_title_is_literal_text_too() -> None:

@@ -31,7 +31,7 @@ def test_with_tracing_off_the_tracing_sdk_is_not_even_imported() -> None:
     """(redis-py imports OpenTelemetry's metrics API when it is installed, and records nothing unless told.)"""
     probe = (
         "import sys\n"
-        "import kpi_export.runtime.lifecycle, kpi_export.runtime.processor, kpi_export.cli.queue_commands\n"
+        "import kpi_export.runtime.lifecycle, kpi_export.runtime.job_handler, kpi_export.cli.queue_commands\n"
         "sdk = ('opentelemetry.sdk.trace', 'opentelemetry.exporter')\n"
         "print(sorted(n for n in sys.modules if n == 'kpi_export.runtime.tracing' or n.startswith(sdk)))\n"
     )

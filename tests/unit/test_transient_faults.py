@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import exc as sa_exc
 
 from kpi_export.redaction import describe
-from kpi_export.store.faults import is_lock_wait, is_transient
+from kpi_export.store.transient import is_lock_wait, is_transient
 
 
 class DriverError(Exception):

@@ -33,7 +33,7 @@ from kpi_export.config import RedisSettings
 # for a delayed job at 10 s). A socket timeout must outlast every such wait: with redis-py's default of 5 s,
 # equal to bullmq's drainDelay, an idle wait times out, redis-py's retry backs off, and a new job waits
 # seconds to be seen. The worker's own client has none at all, as ioredis has none by default: a timeout
-# costs a timer on every reply (a tenth of the worker's CPU per job), and a dead peer is found by TCP
+# costs a timer on every reply (docs/performance.md), and a dead peer is found by TCP
 # keepalive (about 45 s) while RedisWatch's pings report the outage at once. Other clients (the CLI, the
 # health checks, RedisWatch) keep SOCKET_TIMEOUT.
 DRAIN_DELAY = 5

@@ -88,11 +88,6 @@ class QueueConsumer:
         await leave_old_master(self._client)
         return await self._worker.requeue_orphans()
 
-    @property
-    def in_flight(self) -> int:
-        """Jobs being processed now."""
-        return len(self._worker.jobs)
-
     async def close(
         self, *, timeout: float = 0, forced: asyncio.Event | None = None, abandon: bool = False
     ) -> bool:

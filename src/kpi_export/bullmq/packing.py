@@ -1,5 +1,5 @@
-"""Commands packed by hiredis, in C: redis-py's asyncio connections pack each command in Python (about a tenth
-of the worker's CPU per job, most of it for moveToFinished's fifteen arguments), where its synchronous
+"""Commands packed by hiredis, in C: redis-py's asyncio connections pack each command in Python, a cost on
+every job (most of it for moveToFinished's fifteen arguments; docs/performance.md), where its synchronous
 client uses hiredis's packer when hiredis is installed."""
 
 from __future__ import annotations

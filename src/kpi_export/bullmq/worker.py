@@ -33,10 +33,9 @@ class KpiWorker(Worker):  # type: ignore[misc]
       run() names its connections is waited for instead of ending the loop.
     - Jobs are fetched only as fast as there are jobs to get. bullmq's run() starts a fetcher for every free
       slot at once, each running the moveToActive script: on a steady stream each new job set
-      `concurrency - 1` fetchers running for nothing, and the p99 latency of a 200 jobs/s stream climbed
-      (README, Performance). As Node's Worker does, fetches here start at one at a time and double while they
-      keep finding a backlog, back to one as soon as the queue is empty; no fetch runs while another waits
-      for the queue's next job.
+      `concurrency - 1` fetchers running for nothing, and the latency climbed (docs/performance.md). As
+      Node's Worker does, fetches here start at one at a time and double while they keep finding a backlog,
+      back to one as soon as the queue is empty; no fetch runs while another waits for the queue's next job.
     - Completing a job fetches the next one in the same script call (moveToFinished's fetchNext), as Node's
       Worker does, instead of a moveToActive call of its own: one Redis round trip less per job on a backlog.
     - After a failover, `requeue_orphans` puts back to wait the jobs the new master holds as active under
@@ -93,7 +92,7 @@ class KpiWorker(Worker):  # type: ignore[misc]
                 else:
                     self._window = min(self._window * 2, self._max_window)
                 # Wake only as many parked fetchers as there are free slots: waking them all at every
-                # fetch costs O(concurrency) task switches, and at concurrency 100 that showed in latency.
+                # fetch costs O(concurrency) task switches, which showed in the latency.
                 # bullmq's close() and pause() wait for every fetcher: then all must return.
                 if self.closing or self.paused:
                     self._slots.notify_all()

@@ -94,7 +94,7 @@ class LazyCommands(Commands):
 @click.version_option(package_name="kpi-export-worker")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
-    """Audit worker for KPI export jobs on a BullMQ queue. Configured by environment variables (see README)."""
+    """Audit worker for KPI export jobs on a BullMQ queue. Configured by environment variables (docs/configuration.md)."""
     ctx.meta[_DEBUG] = debug
 
 

@@ -1,9 +1,9 @@
-"""Python's garbage collector while a command starts. An operator command imports some 600 modules and lives for
-a fraction of a second: the collector's full passes over their objects during the imports, and its last one at
-exit, were a fifth of `kpi-export stats`. It is paused from the start (`main`) until the command's work begins
-(`app.run`): the objects made so far are then frozen (not traversed again, at exit neither) and it runs as
-usual, so that a long command (`audit verify`, an export) collects as before. A service (worker, demo) resumes
-it as soon as it is named, unfrozen."""
+"""Python's garbage collector while a command starts. An operator command imports hundreds of modules and lives
+briefly: the collector's full passes over their objects during the imports, and its last one at exit, were a
+good part of a short command such as `kpi-export stats` (docs/performance.md). It is paused from the start
+(`main`) until the command's work begins (`app.run`): the objects made so far are then frozen (not traversed
+again, at exit neither) and it runs as usual, so that a long command (`audit verify`, an export) collects as
+before. A service (worker, demo) resumes it as soon as it is named, unfrozen."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -16,14 +16,13 @@ from kpi_export.cli.app import JSON_OPTION, cli, run, settings_or_exit
 from kpi_export.cli.export_file import export_target, written_whole
 from kpi_export.cli.render import (
     counted,
-    echo_json,
+    echo_result,
     echo_wrapped,
     progress_bar,
     show,
     show_rows,
-    shown,
-    table,
 )
+from kpi_export.tables import shown, table
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -48,12 +47,15 @@ def upgrade(as_json: bool) -> None:
     settings = settings_or_exit()
     before, after = run(with_engine(settings, run_upgrade))
     target = settings.database.target.display
-    if as_json:
-        echo_json({"database": target, "before": before, "after": after})
-    elif before == after:
-        click.echo(f"{target}: already at migration {after}")
-    else:
-        click.echo(f"{target}: migrated from {before or 'nothing'} to {after}")
+    echo_result(
+        as_json,
+        {"database": target, "before": before, "after": after},
+        lambda: click.echo(
+            f"{target}: already at migration {after}"
+            if before == after
+            else f"{target}: migrated from {before or 'nothing'} to {after}"
+        ),
+    )
 
 
 @db.command()
@@ -64,20 +66,13 @@ def current(as_json: bool) -> None:
 
     settings = settings_or_exit()
     now, head = run(with_engine(settings, current_revision, create=False)), head_revision()
-    if as_json:
-        echo_json(
-            {
-                "database": settings.database.target.display,
-                "current": now,
-                "head": head,
-                "up_to_date": now == head,
-            }
-        )
-    else:
-        state = "up to date" if now == head else "run `kpi-export db upgrade`"
-        click.echo(
-            f"{settings.database.target.display}: at {now or 'nothing'}, this worker needs {head} ({state})"
-        )
+    target = settings.database.target.display
+    state = "up to date" if now == head else "run `kpi-export db upgrade`"
+    echo_result(
+        as_json,
+        {"database": target, "current": now, "head": head, "up_to_date": now == head},
+        lambda: click.echo(f"{target}: at {now or 'nothing'}, this worker needs {head} ({state})"),
+    )
     if now != head:
         sys.exit(1)
 
@@ -137,17 +132,20 @@ def audit_list(
         written = run(write_csv(settings, audit_filter, limit, export, force=force))
         if export is None:
             click.echo(f"{counted(written, 'row')} written to standard output", err=True)
-        elif as_json:
-            echo_json({"file": str(export), "rows": written})
         else:
-            click.echo(f"{counted(written, 'row')} written to {shown(export)}")
+            echo_result(
+                as_json,
+                {"file": str(export), "rows": written},
+                lambda: click.echo(f"{counted(written, 'row')} written to {shown(export)}"),
+            )
         return
     rows = run(
         with_engine(settings, lambda engine: list_rows(engine, audit_filter, limit or 50), create=False)
     )
-    if as_json:
-        echo_json(rows)
-        return
+    echo_result(as_json, rows, lambda: _show_listed(rows, limit or 50))
+
+
+def _show_listed(rows: list[dict[str, Any]], limit: int) -> None:
     cut = show_rows(
         ("idExport", "createdAt (UTC)", "usuarioId", "ip", "format", "filters"),
         [
@@ -163,7 +161,7 @@ def audit_list(
         ],
         last_lines=FILTERS_LINES,
     )
-    click.echo(counted(len(rows), "row") + (" (--limit reached)" if len(rows) == (limit or 50) else ""))
+    click.echo(counted(len(rows), "row") + (" (--limit reached)" if len(rows) == limit else ""))
     if cut:
         echo_wrapped("filters cut to fit (…): `kpi-export audit show ID` shows them whole")
 
@@ -180,9 +178,10 @@ def audit_show(id_export: int, as_json: bool) -> None:
     if row is None:
         click.echo(f"kpi-export: no audit row with idExport {id_export}", err=True)
         sys.exit(1)
-    if as_json:
-        echo_json(row)
-        return
+    echo_result(as_json, row, lambda: _show_row(id_export, row))
+
+
+def _show_row(id_export: int, row: dict[str, Any]) -> None:
     shown_table = table("field", "value", title=f"Audit row {id_export}")
     for name, value in row.items():
         if name == "filters":

@@ -14,12 +14,14 @@ import click
 
 from kpi_export.cli.app import EXIT_CONFIG, EXIT_FAILED, JSON_OPTION, run, settings_or_exit
 from kpi_export.cli.db_commands import ID_EXPORT, audit, when_option, with_engine
-from kpi_export.cli.render import counted, echo_json, progress_bar, shown
+from kpi_export.cli.render import counted, echo_result, progress_bar
+from kpi_export.tables import shown
 
 if TYPE_CHECKING:
     from kpi_export.config import Settings
     from kpi_export.contract.ip_privacy import IpMode
     from kpi_export.integrity import ChainEntry, SealKey
+    from kpi_export.integrity.pseudonymise import PseudonymiseReport
     from kpi_export.integrity.verifier import VerifyReport
 
 _AGE = re.compile(r"([0-9]{1,6})([dh])", re.IGNORECASE)
@@ -77,9 +79,14 @@ def audit_seal(as_json: bool) -> None:
         return sealed, head
 
     sealed, head = run(with_engine(settings, go, create=False))
-    if as_json:
-        echo_json({"sealed": [entry_json(e) for e in sealed], "head": entry_json(head) if head else None})
-        return
+    echo_result(
+        as_json,
+        {"sealed": [entry_json(e) for e in sealed], "head": entry_json(head) if head else None},
+        lambda: _show_sealed(sealed, head),
+    )
+
+
+def _show_sealed(sealed: list[ChainEntry], head: ChainEntry | None) -> None:
     for entry in sealed:
         click.echo(
             f"seal {entry.seq}: idExport {entry.from_id}-{entry.to_id}, {counted(entry.row_count, 'row')}"
@@ -123,33 +130,32 @@ def audit_verify(since: str | None, from_id: int | None, expect_head: str | None
     except KeyboardInterrupt:
         click.echo("kpi-export: verify interrupted: it changes nothing; run it again to the end", err=True)
         sys.exit(130)
-    _show_report(report, as_json)
+    echo_result(as_json, _report_json(report), lambda: _show_report(report))
     if not report.clean:
         sys.exit(EXIT_FAILED)
 
 
-def _show_report(report: VerifyReport, as_json: bool) -> None:
-    if as_json:
-        echo_json(
-            {
-                "clean": report.clean,
-                "head": entry_json(report.head) if report.head else None,
-                "seals": report.entries,
-                "segmentsChecked": report.segments_checked,
-                "rowsChecked": report.rows_checked,
-                "rowsNotSealed": report.rows_not_sealed,
-                "keyId": report.key_id,
-                "chainKeyIds": report.chain_key_ids,
-                "expectedHeadSeq": report.expected_head_seq,
-                "pseudonymisations": [entry_json(e) for e in report.pseudonymisations],
-                "findings": [
-                    {"kind": f.kind, "seq": f.seq, "idExport": f.id_export, "message": f.message}
-                    for f in report.findings
-                ],
-                "findingCounts": dict(report.counts),
-            }
-        )
-        return
+def _report_json(report: VerifyReport) -> dict[str, Any]:
+    return {
+        "clean": report.clean,
+        "head": entry_json(report.head) if report.head else None,
+        "seals": report.entries,
+        "segmentsChecked": report.segments_checked,
+        "rowsChecked": report.rows_checked,
+        "rowsNotSealed": report.rows_not_sealed,
+        "keyId": report.key_id,
+        "chainKeyIds": report.chain_key_ids,
+        "expectedHeadSeq": report.expected_head_seq,
+        "pseudonymisations": [entry_json(e) for e in report.pseudonymisations],
+        "findings": [
+            {"kind": f.kind, "seq": f.seq, "idExport": f.id_export, "message": f.message}
+            for f in report.findings
+        ],
+        "findingCounts": dict(report.counts),
+    }
+
+
+def _show_report(report: VerifyReport) -> None:
     for entry in report.pseudonymisations:
         detail = _detail(entry)
         click.echo(
@@ -226,30 +232,31 @@ def audit_pseudonymise_ips(older_than: str, mode: str, actor: str | None, as_jso
             create=False,
         )
     )
-    if as_json:
-        echo_json(
-            {
-                "rowsChanged": report.rows_changed,
-                "recorded": [entry_json(e) for e in report.recorded],
-                "refused": [{"fromId": s.from_id, "toId": s.to_id, "findings": n} for s, n in report.refused],
-            }
-        )
-    else:
-        for entry in report.recorded:
-            click.echo(
-                f"seal {entry.seq}: pseudonymisation of idExport {entry.from_id}-{entry.to_id} recorded"
-            )
-        for segment, findings in report.refused:
-            click.echo(
-                f"REFUSED: idExport {segment.from_id}-{segment.to_id} fails its seal ({counted(findings, 'finding')}): "
-                "left as it is; `kpi-export audit verify` names them"
-            )
-        click.echo(
-            f"{counted(report.rows_changed, 'row')} changed (ip {mode}, older than "
-            f"{cutoff.isoformat(timespec='seconds')}Z)"
-        )
+    echo_result(
+        as_json,
+        {
+            "rowsChanged": report.rows_changed,
+            "recorded": [entry_json(e) for e in report.recorded],
+            "refused": [{"fromId": s.from_id, "toId": s.to_id, "findings": n} for s, n in report.refused],
+        },
+        lambda: _show_pseudonymised(report, mode, cutoff),
+    )
     if report.refused:
         sys.exit(EXIT_FAILED)
+
+
+def _show_pseudonymised(report: PseudonymiseReport, mode: str, cutoff: datetime) -> None:
+    for entry in report.recorded:
+        click.echo(f"seal {entry.seq}: pseudonymisation of idExport {entry.from_id}-{entry.to_id} recorded")
+    for segment, findings in report.refused:
+        click.echo(
+            f"REFUSED: idExport {segment.from_id}-{segment.to_id} fails its seal ({counted(findings, 'finding')}): "
+            "left as it is; `kpi-export audit verify` names them"
+        )
+    click.echo(
+        f"{counted(report.rows_changed, 'row')} changed (ip {mode}, older than "
+        f"{cutoff.isoformat(timespec='seconds')}Z)"
+    )
 
 
 def _cutoff(text: str) -> datetime:

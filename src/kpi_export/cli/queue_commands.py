@@ -18,16 +18,14 @@ from kpi_export.cli.render import (
     attempts,
     counted,
     duration,
-    echo_json,
+    echo_result,
     progress_bar,
     show,
     show_rows,
-    shown,
-    styled,
-    table,
     when_ms,
 )
 from kpi_export.runtime.tracing_switch import tracing_wanted
+from kpi_export.tables import shown, styled, table
 
 JOB_VALUE_LIMIT = 500  # characters of a value `job` shows without --full: about ten lines at 80 columns
 
@@ -137,10 +135,11 @@ def job_command(job_id: str, full: bool, as_json: bool) -> None:
     if snapshot is None:
         click.echo(f"kpi-export: no job {shown(job_id)} in queue {settings.queue.name}", err=True)
         sys.exit(1)
-    if as_json:
-        echo_json(snapshot)
-        return
-    shown_table = table("field", "value", title=f"Job {job_id} in {settings.queue.name}")
+    echo_result(as_json, snapshot, lambda: _show_job(job_id, settings.queue.name, snapshot, full))
+
+
+def _show_job(job_id: str, queue: str, snapshot: dict[str, Any], full: bool) -> None:
+    shown_table = table("field", "value", title=f"Job {job_id} in {queue}")
     for field, value in snapshot.items():
         if field == "attemptsMade":
             continue  # shown with the attempts allowed
@@ -166,10 +165,11 @@ def stats(as_json: bool) -> None:
 
     settings = settings_or_exit(database=False)
     found = run(queue_stats(settings.redis, settings.queue))
-    if as_json:
-        echo_json(found)
-        return
-    shown_table = table("state", "jobs", title=f"Queue {settings.queue.name}")
+    echo_result(as_json, found, lambda: _show_stats(settings.queue.name, found))
+
+
+def _show_stats(queue: str, found: dict[str, Any]) -> None:
+    shown_table = table("state", "jobs", title=f"Queue {queue}")
     for state, count in found["counts"].items():
         shown_table.add_row(state, f"{count:,}")
     show(shown_table)
@@ -200,9 +200,10 @@ def jobs(state: str, limit: int, as_json: bool) -> None:
 
     settings = settings_or_exit(database=False)
     found = run(list_jobs(settings.redis, settings.queue, state, limit))
-    if as_json:
-        echo_json(found)
-        return
+    echo_result(as_json, found, lambda: _show_jobs(settings.queue.name, state, limit, found))
+
+
+def _show_jobs(queue: str, state: str, limit: int, found: list[dict[str, Any]]) -> None:
     last, value_of = _LAST_COLUMN.get(state, ("name", lambda job: job["name"]))
     show_rows(
         ("id", "added (UTC)", "attempts", last),
@@ -215,7 +216,7 @@ def jobs(state: str, limit: int, as_json: bool) -> None:
             )
             for job in found
         ],
-        title=f"{state} jobs in {settings.queue.name}",
+        title=f"{state} jobs in {queue}",
     )
     click.echo(counted(len(found), "job") + (f" (--limit {limit})" if len(found) == limit else ""))
 
@@ -252,18 +253,20 @@ def retry(job_ids: tuple[str, ...], all_failed: bool, as_json: bool) -> None:
                 progress.update(task, completed=done, total=total)
 
             retried = run(retry_all_failed(settings.redis, settings.queue, advance))
-        if as_json:
-            echo_json({"retried": retried})
-        else:
-            click.echo(f"{counted(retried, 'failed job')} put back to wait")
+        echo_result(
+            as_json,
+            {"retried": retried},
+            lambda: click.echo(f"{counted(retried, 'failed job')} put back to wait"),
+        )
         return
     outcome = run(retry_jobs(settings.redis, settings.queue, list(job_ids)))
-    if as_json:
-        echo_json(outcome)
-    else:
-        shown_table = table("id", "result")
-        for job_id, result in outcome.items():
-            shown_table.add_row(job_id, result if result == "retried" else styled(result, "red"))
-        show(shown_table)
+    echo_result(as_json, outcome, lambda: _show_retried(outcome))
     if any(result != "retried" for result in outcome.values()):
         sys.exit(1)
+
+
+def _show_retried(outcome: dict[str, str]) -> None:
+    shown_table = table("id", "result")
+    for job_id, result in outcome.items():
+        shown_table.add_row(job_id, result if result == "retried" else styled(result, "red"))
+    show(shown_table)

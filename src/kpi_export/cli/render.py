@@ -1,55 +1,29 @@
-"""How the commands show what they found: rich tables and progress bars, JSON, durations and times. Every
-value from Redis or the database reaches the terminal through `shown` (tables) or `echo_json`: no escape
-sequence, forged line or bidi override from a job id or a filter gets through."""
+"""How the commands show what they found: tables fitted to the terminal, progress bars, JSON, durations and
+times. Every value from Redis or the database reaches the terminal through `kpi_export.tables` (tables,
+`shown`) or `echo_json`: no escape sequence, forged line or bidi override from a job id or a filter gets
+through."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import click
 from rich.cells import cell_len
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from kpi_export.cli.fit import packed, wrapped
-from kpi_export.redaction import escape_controls, escape_controls_in_json
+from kpi_export.redaction import escape_controls_in_json
+from kpi_export.tables import MISSING, shown, table
 
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-MISSING = "—"
 # The folding last column keeps this many characters even on a narrow terminal; the others give way.
 MIN_LAST_COLUMN = 24
-
-
-class SafeTable(Table):
-    """A rich Table whose cells are literal text: markup is not read, control characters are escaped, a
-    missing value is a dash. A cell given as a `Text` (a styled one) was built with `shown` already."""
-
-    def add_row(self, *cells: Any, **kwargs: Any) -> None:
-        super().add_row(*(cell if isinstance(cell, Text) else Text(shown(cell)) for cell in cells), **kwargs)
-
-
-def shown(value: Any) -> str:
-    """A value as one line of plain text for a person: None is a dash, controls are escaped."""
-    return MISSING if value is None else escape_controls(str(value))
-
-
-def styled(value: Any, style: str) -> Text:
-    return Text(shown(value), style=style)
-
-
-def table(*columns: str, title: str | None = None) -> SafeTable:
-    """The last column takes what width is left and folds; the others keep to one line."""
-    found = SafeTable(title=Text(shown(title)) if title else None, title_justify="left")
-    for column in columns[:-1]:
-        found.add_column(column, no_wrap=True)
-    found.add_column(columns[-1], overflow="fold")
-    return found
 
 
 def show_rows(
@@ -123,6 +97,14 @@ def progress_bar() -> Progress:
         transient=True,
         disable=not console.is_terminal,  # a script's log gets the result line, not a bar's last frame
     )
+
+
+def echo_result(as_json: bool, value: Any, for_person: Callable[[], None]) -> None:
+    """A command's result: `value` as JSON for a script (--json), else as `for_person` shows it."""
+    if as_json:
+        echo_json(value)
+    else:
+        for_person()
 
 
 def echo_json(value: Any) -> None:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from kpi_export.cli.app import JSON_OPTION, cli, run, settings_or_exit
-from kpi_export.cli.render import echo_json, show, shown, styled, table
+from kpi_export.cli.render import echo_result, show
 from kpi_export.logs import setup_logging
+from kpi_export.tables import shown, styled, table
+
+if TYPE_CHECKING:
+    from kpi_export.runtime.readiness import Readiness
 
 
 @cli.command()
@@ -20,7 +25,7 @@ def worker(process_index: int | None) -> None:
 
     WORKER_PROCESSES=N runs N worker processes under a supervisor that forwards signals and restarts them.
     """
-    from kpi_export.runtime.process import run_worker_process
+    from kpi_export.runtime.worker_process import run_worker_process
 
     run_worker_process(settings_or_exit(console=True, process=process_index))
 
@@ -62,7 +67,7 @@ def check(as_json: bool) -> None:
     is migrated, else 1 (the checks /readyz makes)."""
     from kpi_export.bullmq import redis_client
     from kpi_export.errors import DatabaseMissing
-    from kpi_export.runtime.readiness import Readiness, check_readiness, check_readiness_without_database
+    from kpi_export.runtime.readiness import check_readiness, check_readiness_without_database
     from kpi_export.store import opened_engine
 
     settings = settings_or_exit()
@@ -78,14 +83,15 @@ def check(as_json: bool) -> None:
             await client.aclose()
 
     readiness = run(go())
-    if as_json:
-        echo_json(readiness.body())
-    else:
-        found = table("check", "state")
-        for name, state in readiness.checks.items():
-            found.add_row(name, state if state == "ok" else styled(state, "red"))
-        show(found)
-        if readiness.redis_master is not None:
-            click.echo(f"redis master: {shown(readiness.redis_master)} (named by the sentinels)")
-        click.echo("ready" if readiness.ready else f"not ready: {', '.join(readiness.failing)}")
+    echo_result(as_json, readiness.body(), lambda: _show_readiness(readiness))
     sys.exit(0 if readiness.ready else 1)
+
+
+def _show_readiness(readiness: Readiness) -> None:
+    found = table("check", "state")
+    for name, state in readiness.checks.items():
+        found.add_row(name, state if state == "ok" else styled(state, "red"))
+    show(found)
+    if readiness.redis_master is not None:
+        click.echo(f"redis master: {shown(readiness.redis_master)} (named by the sentinels)")
+    click.echo("ready" if readiness.ready else f"not ready: {', '.join(readiness.failing)}")

@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings
 from kpi_export.config.base import GROUP_CONFIG, HOUR
 
 # Jobs one process runs at once. Each is a task and a database slot; far above this an idle worker spends its
-# CPU polling and stops answering signals (README, Performance). WORKER_PROCESSES scales on.
+# CPU polling and stops answering signals (docs/performance.md). WORKER_PROCESSES scales on.
 MAX_WORKER_CONCURRENCY = 1000
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 

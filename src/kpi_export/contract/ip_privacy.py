@@ -4,12 +4,11 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Literal, get_args
+from typing import Literal
 
 from kpi_export.contract.fields import canonical_address
 
 IpMode = Literal["full", "truncated", "none"]
-IP_MODES: tuple[str, ...] = get_args(IpMode)
 IPV4_PREFIX = 24
 IPV6_PREFIX = 48
 

@@ -16,16 +16,16 @@ from typing import Any
 from pydantic import SecretStr
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.text import Text
 
 from kpi_export.bullmq import add_jobs, job_counts, list_jobs, opened_queue
-from kpi_export.cli.render import table
 from kpi_export.config import Settings
 from kpi_export.demo.embedded_redis import EmbeddedRedis
 from kpi_export.demo.samples import sample_jobs
 from kpi_export.store import opened_engine
 from kpi_export.store.reader import AuditFilter, count_rows, list_rows
 from kpi_export.store.schema import upgrade
+from kpi_export.tables import SafeTable, shown, table
 
 START_LINE = "Worker escuchando cola"
 CONCURRENCY = 4
@@ -72,7 +72,7 @@ def run_demo(total: int, workdir: Path) -> int:
                     worker.kill()
                     status = worker.wait()
         rows, sample, reasons = asyncio.run(_summarise(settings, total))
-    console.print(_summary(total, counts, rows, reasons, status))
+    console.print(summary_table(total, counts, rows, reasons, status))
     console.print(rows_table(sample))
     console.print(f"Worker log: {log_path}")
     ok = status == 0 and counts["completed"] == rows and counts["completed"] + counts["failed"] == total
@@ -136,21 +136,29 @@ async def _summarise(settings: Settings, total: int) -> tuple[int, list[dict[str
     return rows, sample, Counter(job["failedReason"] for job in failed)
 
 
-def _summary(total: int, counts: Counter[str], rows: int, reasons: Counter[str], status: int) -> Table:
-    table = Table(title="Summary", show_header=False)
-    table.add_column(style="bold")
-    table.add_column(justify="right")
-    table.add_row("jobs enqueued", str(total))
-    table.add_row("jobs completed", f"[green]{counts['completed']}[/]")
-    table.add_row("jobs failed (invalid data, not retried)", f"[yellow]{counts['failed']}[/]")
+def summary_table(
+    total: int, counts: Counter[str], rows: int, reasons: Counter[str], status: int
+) -> SafeTable:
+    """The failure reasons come from Redis: their cells are literal text, as in every other table."""
+    found = SafeTable(title="Summary", show_header=False)
+    found.add_column(style="bold")
+    found.add_column(justify="right")
+    found.add_row("jobs enqueued", total)
+    found.add_row("jobs completed", _coloured(counts["completed"], "green"))
+    found.add_row("jobs failed (invalid data, not retried)", _coloured(counts["failed"], "yellow"))
     for reason, count in reasons.most_common():
-        table.add_row(f"  · {reason}", str(count))
-    table.add_row("audit rows written", f"[green]{rows}[/]")
-    table.add_row("worker exit status after SIGTERM", str(status))
-    return table
+        found.add_row(f"  · {reason}", count)
+    found.add_row("audit rows written", _coloured(rows, "green"))
+    found.add_row("worker exit status after SIGTERM", status)
+    return found
 
 
-def rows_table(rows: list[dict[str, Any]]) -> Table:
+def _coloured(count: int, colour: str) -> Text:
+    # The colour on the figure alone, not on the padding that justifies it.
+    return Text.assemble((shown(count), colour))
+
+
+def rows_table(rows: list[dict[str, Any]]) -> SafeTable:
     found = table("idExport", "usuarioId", "format", "createdAt (UTC)", "ip", title="Latest audit rows")
     for row in rows:
         created = row["createdAt"].replace("T", " ").removesuffix("Z")

@@ -11,8 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from kpi_export.errors import SchemaNotReady, StartupError
 from kpi_export.redaction import describe
 from kpi_export.runtime.waiting import wait_until
-from kpi_export.store.faults import is_lock_wait, is_transient
 from kpi_export.store.schema import check_ready
+from kpi_export.store.transient import is_lock_wait, is_transient
 from kpi_export.store.url import DatabaseTarget
 
 log = logging.getLogger(__name__)

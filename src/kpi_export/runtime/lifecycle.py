@@ -29,9 +29,9 @@ from kpi_export.logs import START_LINE, Throttle, include_trace_ids
 from kpi_export.redaction import describe
 from kpi_export.runtime.database_wait import wait_for_database
 from kpi_export.runtime.health import Closer, serve_health
+from kpi_export.runtime.job_handler import JobDeps, process_job
 from kpi_export.runtime.listeners import JobEventLog
 from kpi_export.runtime.metrics import WorkerMetrics
-from kpi_export.runtime.processor import JobDeps, process_job
 from kpi_export.runtime.queue_depth import refresh_queue_depth
 from kpi_export.runtime.redis_memory import MemoryWatch, check_eviction_policy
 from kpi_export.runtime.redis_watch import RedisWatch
@@ -47,17 +47,21 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class Lifecycle:
-    """Where the worker is, for /livez: "starting" (waiting for Redis and the database), "running" (the
-    processing loop runs, also while it drains), "stopped"."""
+class ProcessingLoop:
+    """bullmq's processing loop as /livez sees it: "starting" until it starts (the worker waits for Redis and
+    the database), "running" while it runs (also while it drains), "stopped" once it has returned."""
 
     def __init__(self) -> None:
-        self.run_task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, consumer: QueueConsumer) -> asyncio.Task[None]:
+        self._task = asyncio.create_task(consumer.run(), name="bullmq-worker")
+        return self._task
 
     def state(self) -> str:
-        if self.run_task is None:
+        if self._task is None:
             return "starting"
-        return "stopped" if self.run_task.done() else "running"
+        return "stopped" if self._task.done() else "running"
 
 
 async def run_worker(
@@ -68,8 +72,8 @@ async def run_worker(
     stop = stop or StopSignals()
     throttle = Throttle()
     metrics = WorkerMetrics(settings.queue.name)
-    lifecycle = Lifecycle()
-    metrics.watch_running(lambda: lifecycle.state() == "running")
+    processing = ProcessingLoop()
+    metrics.watch_running(lambda: processing.state() == "running")
     watch = RedisWatch(
         redis_client(settings.redis, max_connections=1),
         redis_target(settings.redis),
@@ -86,7 +90,7 @@ async def run_worker(
     try:
         require_existing(settings.database.target)
         if settings.health.port is not None:
-            await serve_health(settings, lifecycle.state, metrics, closers)
+            await serve_health(settings, processing.state, metrics, closers)
         if not await watch.wait_until_up(stop.requested):
             return 0
         await check_eviction_policy(watch.client)
@@ -127,7 +131,7 @@ async def run_worker(
         watch.on_failover = functools.partial(_recover_after_failover, consumer)
         if started is not None:
             started()
-        return await _supervise(consumer, settings, stop, lifecycle)
+        return await _consume_until_stopped(consumer, processing, settings, stop)
     except StartupError as exc:
         log.error("Cannot start: %s", exc, extra={"event": "worker.cannot_start"})
         return 1
@@ -208,11 +212,11 @@ async def _recover_after_failover(consumer: QueueConsumer) -> None:
         )
 
 
-async def _supervise(
-    consumer: QueueConsumer, settings: Settings, stop: StopSignals, lifecycle: Lifecycle
+async def _consume_until_stopped(
+    consumer: QueueConsumer, processing: ProcessingLoop, settings: Settings, stop: StopSignals
 ) -> int:
-    run = asyncio.create_task(consumer.run(), name="bullmq-worker")
-    lifecycle.run_task = run
+    """Run the processing loop until a stop is asked, then drain it: 0; or until the loop breaks: 1."""
+    run = processing.start(consumer)
     log.info(
         START_LINE,
         settings.queue.name,

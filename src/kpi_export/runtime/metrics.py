@@ -1,13 +1,12 @@
 """Prometheus metrics of one worker, in a registry of its own (served on /metrics by `health.py`).
 
-The processor and the worker's event listeners feed them; the queue depth is read in the background.
+The job handler and the worker's event listeners feed them; the queue depth is read in the background.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -17,11 +16,10 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
     disable_created_metrics,
-    generate_latest,
 )
 from prometheus_client.exposition import choose_encoder
 
-__all__ = ["CONTENT_TYPE", "OUTCOMES", "QUEUE_STATES", "WorkerMetrics"]
+__all__ = ["OUTCOMES", "QUEUE_STATES", "WorkerMetrics"]
 
 # completed: the job's result is stored; failed: failed for good; retried: the attempt failed and bullmq
 # will run the job again (the producer's attempts/backoff).
@@ -182,10 +180,6 @@ class WorkerMetrics:
     def redis_memory(self, used: int, maxmemory: int) -> None:
         self._redis_used_memory.labels(self.queue).set(used)
         self._redis_maxmemory.labels(self.queue).set(maxmemory)
-
-    def render(self) -> bytes:
-        """The Prometheus text exposition of every metric."""
-        return generate_latest(self.registry)
 
     def render_for(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition the scraper asks for: OpenMetrics (which carries the exemplars) when its Accept

@@ -16,7 +16,6 @@ from kpi_export.errors import SchemaNotReady
 from kpi_export.redaction import describe
 from kpi_export.store.schema import check_ready
 
-CHECKS = ("redis", "database", "audit_table")
 OK = "ok"
 # A probe that waits longer than this for one service reports it as not ready.
 CHECK_TIMEOUT = 3.0
@@ -24,7 +23,7 @@ CHECK_TIMEOUT = 3.0
 
 @dataclass(frozen=True)
 class Readiness:
-    checks: dict[str, str]  # each of CHECKS: "ok" or why not
+    checks: dict[str, str]  # redis, database, audit_table: "ok" or why not
     redis_master: str | None = None  # behind Sentinel: the master the sentinels named
 
     @property

@@ -41,7 +41,6 @@ class RedisWatch:
         self.interval = interval
         self.up = False
         self.reached = False  # answered at least once
-        self.outages = 0  # times Redis was lost after having been reached
         self.master: str | None = None  # behind Sentinel: host:port of the master, as last found
         self.replica = False  # REDIS_URL's server answered that it is a replica
         # Called once another server is the master (the sentinels named a new one, or REDIS_URL's server is a
@@ -68,7 +67,6 @@ class RedisWatch:
             if self._lost_at is None:
                 self._lost_at = time.monotonic()
                 if self.reached:
-                    self.outages += 1
                     log.warning(
                         "Redis connection lost at %s (%s); reconnecting",
                         self.target.display,

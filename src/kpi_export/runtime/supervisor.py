@@ -8,8 +8,8 @@ crash loop (a missing table, a database refusing the credentials): after CRASH_L
 supervisor stops the others and exits 1, as a single worker would.
 
 It runs as a process of its own (`python -m kpi_export.runtime.supervisor`, which `kpi-export worker` becomes
-by exec once the settings are checked): only the standard library and the log set-up, about a sixth of the
-memory of the full command.
+by exec once the settings are checked): only the standard library and the log set-up, so that it does not hold
+the memory of the full command.
 """
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import Insert
 
 from kpi_export.contract import AuditEntry
-from kpi_export.store.faults import is_transient
 from kpi_export.store.groupcommit import GroupCommit
 from kpi_export.store.table import KEY_COLUMN, PENDING, audit_table
+from kpi_export.store.transient import is_transient
 
 
 def utc_now() -> datetime:

@@ -24,11 +24,11 @@ def run_worker_process(settings: Settings) -> NoReturn:
     from kpi_export.runtime.lifecycle import run_worker
 
     # What start-up made (modules, SQLAlchemy's and bullmq's structures) lives as long as the process: frozen,
-    # it is out of the collector's reach, and a full collection no longer pauses the worker for tens of ms.
+    # it is out of the collector's reach, and a full collection no longer pauses the worker to walk it.
     status = _fast_loop().run_until_complete(run_worker(settings, started=gc.freeze))
     # Everything is closed by now. Exit as the original did (process.exit): asyncio.run() would cancel and
     # await what is left (bullmq's close() can leave tasks that never end once cancelled), and the
-    # interpreter's own teardown adds a few hundred milliseconds to every stop.
+    # interpreter's own teardown would slow every stop.
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -36,7 +36,7 @@ def run_worker_process(settings: Settings) -> NoReturn:
 
 
 def _fast_loop() -> asyncio.AbstractEventLoop:
-    """libuv's event loop (uvloop), about 10 % less CPU per job than asyncio's own, where it is built."""
+    """libuv's event loop (uvloop), which costs less CPU per job than asyncio's own, where it is built."""
     try:
         import uvloop
     except ImportError:  # not built for this platform (Windows)

@@ -8,7 +8,7 @@ import random
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from kpi_export.bullmq import Completion, QueuedJob
 from kpi_export.contract import AuditEntry, idempotency_key, parse_job_data
@@ -19,7 +19,7 @@ from kpi_export.redaction import describe
 from kpi_export.runtime.backoff import backoff
 from kpi_export.runtime.metrics import WorkerMetrics
 from kpi_export.store import AuditStore, utc_now
-from kpi_export.store.faults import is_transient
+from kpi_export.store.transient import is_transient
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +32,10 @@ class JobDeps:
     retry_window: float  # seconds a transient database fault is retried inside the job
     throttle: Throttle
     database: str  # where the database is, for log lines: host:port, a socket, the SQLite file
-    metrics: WorkerMetrics = field(default_factory=lambda: WorkerMetrics(""))
+    metrics: WorkerMetrics
+    ip_mode: IpMode  # AUDIT_IP_MODE: how much of the client address the row keeps
     # A span around each audit write when tracing is on (tracing.py); else nothing.
     audit_span: Callable[[], AbstractContextManager[None]] = nullcontext
-    ip_mode: IpMode = "full"  # AUDIT_IP_MODE: how much of the client address the row keeps
 
     @property
     def queue(self) -> str:
