@@ -31,7 +31,9 @@ def processes_started_in(folder: Path) -> list[int]:
     return found
 
 
-def test_try_it_by_hand_runs_as_written(tmp_path: Path) -> None:
+def copy_of_the_clone(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """What a new user's clone holds for make (its Makefile, pyproject.toml, lock files, and this .venv), and
+    an environment with nothing from the test's but PATH."""
     clone = tmp_path / "clone"
     clone.mkdir()
     for name in ("Makefile", "pyproject.toml"):
@@ -43,6 +45,31 @@ def test_try_it_by_hand_runs_as_written(tmp_path: Path) -> None:
     # .venv from this copy, which has no src/ (make test, or make install, first).
     up_to_date = subprocess.run(["make", "-q", "install"], cwd=clone, env=env, check=False)
     assert up_to_date.returncode == 0, "run `make install` first: .venv is older than pyproject.toml"
+    return clone, env
+
+
+def test_make_run_runs_the_demo_and_adds_it_up(tmp_path: Path) -> None:
+    """The page's first command: an embedded Redis, SQLite, the real worker, 200 jobs, a summary, exit 0."""
+    clone, env = copy_of_the_clone(tmp_path)
+    ran = subprocess.run(
+        ["make", "run"], cwd=clone, env=env, capture_output=True, text=True, timeout=240, check=False
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert 'Worker escuchando cola "kpi-export-queue" (concurrency=4)' in ran.stdout
+    summary = {
+        re.sub(r"[│ ]+", " ", line).strip().rsplit(" ", 1)[0]: line.strip("│ ").rsplit(" ", 1)[-1].strip("│ ")
+        for line in ran.stdout.splitlines()
+        if line.startswith("│")
+    }
+    assert summary["jobs enqueued"] == "200" and summary["worker exit status after SIGTERM"] == "0", (
+        ran.stdout
+    )
+    completed, rows = int(summary["jobs completed"]), int(summary["audit rows written"])
+    assert completed == rows and completed + int(summary["jobs failed (invalid data, not retried)"]) == 200
+
+
+def test_try_it_by_hand_runs_as_written(tmp_path: Path) -> None:
+    clone, env = copy_of_the_clone(tmp_path)
     (clone / "try.sh").write_text(try_it_by_hand())
     made = sorted(path.name for path in clone.iterdir())
     temporary = tmp_path / "tmp"
