@@ -96,9 +96,9 @@ class CallQueue(Generic[T, R]):
 def _settle(future: asyncio.Future[R], outcome: R | BaseException) -> None:
     if future.done():  # its caller was cancelled meanwhile
         return
-    if isinstance(outcome, asyncio.CancelledError):
-        future.cancel()
-    elif isinstance(outcome, BaseException):
-        future.set_exception(outcome)
-    else:
+    if not isinstance(outcome, BaseException):
         future.set_result(outcome)
+    elif isinstance(outcome, asyncio.CancelledError):
+        future.cancel()
+    else:
+        future.set_exception(outcome)
