@@ -36,7 +36,9 @@ async def engine(migrated: Settings) -> AsyncIterator[AsyncEngine]:
 def rounds_on(engine: AsyncEngine) -> tuple[SealingRounds, WorkerMetrics]:
     metrics = WorkerMetrics("q")
     metrics.watch_seals()
-    rounds = SealingRounds(engine, KEY, min_age=0, actor="worker", metrics=metrics, throttle=Throttle())
+    rounds = SealingRounds(
+        engine=engine, key=KEY, min_age=0, actor="worker", metrics=metrics, throttle=Throttle()
+    )
     return rounds, metrics
 
 

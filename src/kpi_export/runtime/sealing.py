@@ -5,6 +5,7 @@ the fleet at a time; log each new seal with the head digest (event `audit.sealed
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -31,30 +32,23 @@ async def run_sealing(
 ) -> None:
     """Until cancelled: a round now, then one every `interval` seconds."""
     metrics.watch_seals()
-    rounds = SealingRounds(engine, key, min_age=min_age, actor=actor, metrics=metrics, throttle=throttle)
+    rounds = SealingRounds(
+        engine=engine, key=key, min_age=min_age, actor=actor, metrics=metrics, throttle=throttle
+    )
     await run_every(interval, rounds.seal, failed=rounds.failed)
 
 
+@dataclass(kw_only=True)
 class SealingRounds:
-    """The worker's sealing rounds. Each is given the head the last one saw: the chain must still hold it."""
+    """The worker's sealing rounds."""
 
-    def __init__(
-        self,
-        engine: AsyncEngine,
-        key: SealKey,
-        *,
-        min_age: float,
-        actor: str,
-        metrics: WorkerMetrics,
-        throttle: Throttle,
-    ) -> None:
-        self.engine = engine
-        self.key = key
-        self.min_age = min_age
-        self.actor = actor
-        self.metrics = metrics
-        self.throttle = throttle
-        self.known_head: tuple[int, str] | None = None
+    engine: AsyncEngine
+    key: SealKey
+    min_age: float
+    actor: str
+    metrics: WorkerMetrics
+    throttle: Throttle
+    known_head: tuple[int, str] | None = None  # what the last round saw: the chain must still hold it
 
     async def seal(self) -> None:
         """One round: seal what is old enough, log each new seal, export the head."""
