@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
 from kpi_export.bullmq import job_counts
 from kpi_export.redaction import describe
 from kpi_export.runtime.metrics import WorkerMetrics
+from kpi_export.runtime.periodic import run_every
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +25,13 @@ def queue_depth(counts: dict[str, int]) -> dict[str, int]:
 
 async def refresh_queue_depth(queue: Any, metrics: WorkerMetrics, interval: float) -> None:
     """Runs until cancelled; `queue` is the adapter's (create_queue), closed by the caller."""
-    while True:
-        try:
-            metrics.queue_depth(queue_depth(await job_counts(queue)))
-        except Exception as exc:  # Redis is away: RedisWatch says so; the gauges keep their last value
-            log.debug("Queue depth not read: %s", describe(exc))
-        await asyncio.sleep(interval)
+
+    async def refresh() -> None:
+        metrics.queue_depth(queue_depth(await job_counts(queue)))
+
+    await run_every(interval, refresh, failed=_not_read)
+
+
+def _not_read(exc: Exception) -> None:
+    """Redis is away (RedisWatch says so): a debug line; the gauges keep their last value."""
+    log.debug("Queue depth not read: %s", describe(exc))

@@ -3,7 +3,6 @@ keys, and a noeviction Redis refuses new jobs once it reaches its maxmemory."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -12,6 +11,7 @@ from redis.exceptions import RedisError
 from kpi_export.bullmq import RedisClient
 from kpi_export.redaction import describe
 from kpi_export.runtime.metrics import WorkerMetrics
+from kpi_export.runtime.periodic import run_every
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +65,10 @@ class MemoryWatch:
 
     async def run(self) -> None:
         """Until cancelled."""
-        while True:
-            try:
-                self.check(memory_of(await self.client.info("memory")))
-            except Exception as exc:  # Redis is away (RedisWatch says so), or INFO is refused
-                log.debug("Redis memory not read: %s", describe(exc))
-            await asyncio.sleep(self.interval)
+        await run_every(self.interval, self.read, failed=_not_read)
+
+    async def read(self) -> None:
+        self.check(memory_of(await self.client.info("memory")))
 
     def check(self, memory: tuple[int, int]) -> None:
         used, maxmemory = memory
@@ -89,6 +87,11 @@ class MemoryWatch:
             )
         elif used < REARM * maxmemory:
             self.warned = False
+
+
+def _not_read(exc: Exception) -> None:
+    """Redis is away (RedisWatch says so), or INFO is refused: a debug line."""
+    log.debug("Redis memory not read: %s", describe(exc))
 
 
 def memory_of(info: dict[str, Any]) -> tuple[int, int]:

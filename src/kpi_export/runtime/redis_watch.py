@@ -159,6 +159,8 @@ class RedisWatch:
         self._poked.set()
 
     async def _run(self) -> None:
+        # Not periodic.run_every: a poke cuts the wait short, the first check is wait_until_up's, and check()
+        # reports an outage itself, once, rather than each failed ping.
         while True:
             await is_set_within(self._poked, self.interval)
             self._poked.clear()
