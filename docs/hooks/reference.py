@@ -3,20 +3,25 @@
 A page holds a marker on a line of its own, replaced by its table:
     <!-- settings -->   every setting: its variable, default, bounds and description (kpi_export.config)
     <!-- metrics -->    every metric /metrics serves: name, type, labels, help (kpi_export.runtime.metrics)
+    <!-- modules -->    every module of the package, with the first sentence of its docstring
 The CLI reference is mkdocs-click's (`::: mkdocs-click`), from the click commands themselves.
 """
 
 from __future__ import annotations
 
+import ast
 import re
+from pathlib import Path
 from typing import Any
 
 from prometheus_client.metrics import MetricWrapperBase
 
+import kpi_export
 from kpi_export.config import Settings
 from kpi_export.runtime.metrics import WorkerMetrics
 
-MARKER = re.compile(r"^<!-- (settings|metrics) -->$", re.MULTILINE)
+MARKER = re.compile(r"^<!-- (settings|metrics|modules) -->$", re.MULTILINE)
+PACKAGE = Path(kpi_export.__file__).parent
 
 
 def on_page_markdown(markdown: str, **_: Any) -> str:
@@ -108,4 +113,26 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-TABLES = {"settings": settings_table, "metrics": metrics_table}
+def modules_table() -> str:
+    """One table per package (the top level first), a row per module, in the order of the files."""
+    parts = []
+    folders = sorted({path.parent for path in PACKAGE.rglob("*.py") if "migrations" not in path.parts})
+    for folder in folders:
+        name = "kpi_export" if folder == PACKAGE else f"{folder.relative_to(PACKAGE)}/"
+        parts += [f"### `{name}`\n", "| module | what it is |", "|---|---|"]
+        for path in sorted(folder.glob("*.py")):
+            if path.name != "__main__.py":
+                parts.append(f"| `{path.name}` | {_cell(_summary(path))} |")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def _summary(path: Path) -> str:
+    """The first sentence of a module's docstring."""
+    docstring = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+    paragraph = " ".join(docstring.split("\n\n")[0].split())
+    found = re.match(r"(.+?[.:;])(\s|$)", paragraph)
+    return (found.group(1) if found else paragraph).rstrip(".:;")
+
+
+TABLES = {"settings": settings_table, "metrics": metrics_table, "modules": modules_table}

@@ -1,5 +1,5 @@
 """REDIS_URL and the host:port lists of REDIS_SENTINELS and REDIS_CLUSTER_NODES, as the Redis clients of
-connection.py take them: pure text rules, checked when the settings are read."""
+clients.py take them: pure text rules, checked when the settings are read."""
 
 from __future__ import annotations
 
