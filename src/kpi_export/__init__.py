@@ -12,25 +12,24 @@ The names below are imported when first used, so that starting a command does no
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from kpi_export.lazy import lazy_exports
 
+# Each module, and the names this package gives of it.
 _EXPORTS = {
-    "AuditEntry": "kpi_export.contract",
-    "AuditStore": "kpi_export.store",
-    "AuditWriteError": "kpi_export.errors",
-    "ConfigError": "kpi_export.errors",
-    "InvalidJobData": "kpi_export.errors",
-    "KpiExportError": "kpi_export.errors",
-    "SchemaNotReady": "kpi_export.errors",
-    "Settings": "kpi_export.config",
-    "StartupError": "kpi_export.errors",
-    "TransientDatabaseError": "kpi_export.errors",
-    "audit_table": "kpi_export.store",
-    "idempotency_key": "kpi_export.contract",
-    "load_settings": "kpi_export.config",
-    "parse_job_data": "kpi_export.contract",
+    "kpi_export.config": ("Settings", "load_settings"),
+    "kpi_export.contract": ("AuditEntry", "idempotency_key", "parse_job_data"),
+    "kpi_export.errors": (
+        "AuditWriteError",
+        "ConfigError",
+        "InvalidJobData",
+        "KpiExportError",
+        "SchemaNotReady",
+        "StartupError",
+        "TransientDatabaseError",
+    ),
+    "kpi_export.store": ("AuditStore", "audit_table"),
 }
+# What the package gives: the names of _EXPORTS (tests/unit/test_lazy_exports.py holds the two equal).
 __all__ = [
     "AuditEntry",
     "AuditStore",
@@ -45,11 +44,7 @@ __all__ = [
     "audit_table",
     "idempotency_key",
     "load_settings",
-    "parse_job_data",
-]
+    "parse_job_data"
+]  # fmt: skip
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'kpi_export' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -23,8 +23,7 @@ The names are imported when first used: `kpi-export stats` needs the queue's rea
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from kpi_export.bullmq.clients import RedisClient, RedisTarget, redis_client, redis_target
@@ -44,33 +43,28 @@ if TYPE_CHECKING:
     )
     from kpi_export.bullmq.queues import create_queue, node_client_name, opened_queue, worker_name
 
+from kpi_export.lazy import lazy_exports
+
+# Each module, and the names this package gives of it.
 _EXPORTS = {
-    "RedisClient": "kpi_export.bullmq.clients",
-    "RedisTarget": "kpi_export.bullmq.clients",
-    "create_queue": "kpi_export.bullmq.queues",
-    "node_client_name": "kpi_export.bullmq.queues",
-    "opened_queue": "kpi_export.bullmq.queues",
-    "redis_client": "kpi_export.bullmq.clients",
-    "redis_master": "kpi_export.bullmq.failover",
-    "redis_role": "kpi_export.bullmq.failover",
-    "redis_target": "kpi_export.bullmq.clients",
-    "worker_name": "kpi_export.bullmq.queues",
-    "FORCED_CLOSE_GRACE": "kpi_export.bullmq.consumer",
-    "QueueConsumer": "kpi_export.bullmq.consumer",
-    "WorkerEvents": "kpi_export.bullmq.events",
-    "Completion": "kpi_export.bullmq.job",
-    "JobHandler": "kpi_export.bullmq.job",
-    "QueuedJob": "kpi_export.bullmq.job",
-    "attempts_allowed": "kpi_export.bullmq.job",
-    "add_jobs": "kpi_export.bullmq.producer",
-    "JOB_STATES": "kpi_export.bullmq.queue_reads",
-    "job_counts": "kpi_export.bullmq.queue_reads",
-    "job_snapshot": "kpi_export.bullmq.queue_reads",
-    "list_jobs": "kpi_export.bullmq.queue_reads",
-    "queue_stats": "kpi_export.bullmq.queue_reads",
-    "retry_all_failed": "kpi_export.bullmq.queue_reads",
-    "retry_jobs": "kpi_export.bullmq.queue_reads",
+    "kpi_export.bullmq.clients": ("RedisClient", "RedisTarget", "redis_client", "redis_target"),
+    "kpi_export.bullmq.consumer": ("FORCED_CLOSE_GRACE", "QueueConsumer"),
+    "kpi_export.bullmq.events": ("WorkerEvents",),
+    "kpi_export.bullmq.failover": ("redis_master", "redis_role"),
+    "kpi_export.bullmq.job": ("Completion", "JobHandler", "QueuedJob", "attempts_allowed"),
+    "kpi_export.bullmq.producer": ("add_jobs",),
+    "kpi_export.bullmq.queue_reads": (
+        "JOB_STATES",
+        "job_counts",
+        "job_snapshot",
+        "list_jobs",
+        "queue_stats",
+        "retry_all_failed",
+        "retry_jobs",
+    ),
+    "kpi_export.bullmq.queues": ("create_queue", "node_client_name", "opened_queue", "worker_name"),
 }
+# What the package gives: the names of _EXPORTS (tests/unit/test_lazy_exports.py holds the two equal).
 __all__ = [
     "FORCED_CLOSE_GRACE",
     "JOB_STATES",
@@ -96,11 +90,7 @@ __all__ = [
     "redis_target",
     "retry_all_failed",
     "retry_jobs",
-    "worker_name",
-]
+    "worker_name"
+]  # fmt: skip
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'kpi_export.bullmq' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -14,30 +14,16 @@ from kpi_export.integrity.digests import KEY_MIN_LENGTH, SealKey
 class AuditSettings(BaseSettings):
     model_config = GROUP_CONFIG
 
-    seal_key: SecretStr | None = Field(
-        None,
-        validation_alias="AUDIT_SEAL_KEY",
-        description="The secret (32 characters or more: `openssl rand -hex 32`) that seals the audit rows; sealing is off without it. Never logged, never stored in the database.",
-    )
-    seal_interval: float = Field(
-        60.0,
-        ge=1,
-        le=24 * HOUR,
-        validation_alias="AUDIT_SEAL_INTERVAL",
-        description="Seconds between two sealing rounds (one worker of the fleet seals at a time).",
-    )
-    seal_min_age: float = Field(
-        60.0,
-        ge=0,
-        le=30 * 24 * HOUR,
-        validation_alias="AUDIT_SEAL_MIN_AGE",
-        description="Seconds a row must have existed before it is sealed: time for the exporting application to be done with it.",
-    )
-    ip_mode: IpMode = Field(
-        "full",
-        validation_alias="AUDIT_IP_MODE",
-        description="What a new row keeps of the client address: `full`, `truncated` (IPv4 /24, IPv6 /48) or `none`.",
-    )
+    seal_key: SecretStr | None = Field(None, validation_alias="AUDIT_SEAL_KEY")
+    """The secret (32 characters or more: `openssl rand -hex 32`) that seals the audit rows; sealing is
+    off without it. Never logged, never stored in the database."""
+    seal_interval: float = Field(60.0, ge=1, le=24 * HOUR, validation_alias="AUDIT_SEAL_INTERVAL")
+    """Seconds between two sealing rounds (one worker of the fleet seals at a time)."""
+    seal_min_age: float = Field(60.0, ge=0, le=30 * 24 * HOUR, validation_alias="AUDIT_SEAL_MIN_AGE")
+    """Seconds a row must have existed before it is sealed: time for the exporting application to be
+    done with it."""
+    ip_mode: IpMode = Field("full", validation_alias="AUDIT_IP_MODE")
+    """What a new row keeps of the client address: `full`, `truncated` (IPv4 /24, IPv6 /48) or `none`."""
 
     @field_validator("seal_key")
     @classmethod

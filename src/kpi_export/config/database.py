@@ -21,25 +21,16 @@ DEFAULT_DATABASE_URL = "file:./kpi_export.db"
 class DatabaseSettings(BaseSettings):
     model_config = GROUP_CONFIG
 
-    url: SecretStr = Field(
-        SecretStr(DEFAULT_DATABASE_URL),
-        validation_alias="DATABASE_URL",
-        description="Where the audit table lives, as a Prisma app writes it: `postgresql://u:p@host:5432/db?schema=public`, `mysql://…`, `file:./dev.db` (SQLite).",
-    )
-    retry_window: float = Field(
-        30.0,
-        ge=0,
-        le=HOUR,
-        validation_alias="DB_RETRY_WINDOW",
-        description="Seconds, from a job's first attempt at the audit write, during which a transient database fault (connection lost, failover, deadlock) is retried inside the job; then the job fails.",
-    )
-    write_timeout: float = Field(
-        15.0,
-        gt=0,
-        le=HOUR,
-        validation_alias="DB_WRITE_TIMEOUT",
-        description="Seconds one attempt at the audit write (or a connection) may take before it counts as a transient fault: a database behind a network that drops packets would otherwise hold the job for minutes.",
-    )
+    url: SecretStr = Field(SecretStr(DEFAULT_DATABASE_URL), validation_alias="DATABASE_URL")
+    """Where the audit table lives, as a Prisma app writes it:
+    `postgresql://u:p@host:5432/db?schema=public`, `mysql://…`, `file:./dev.db` (SQLite)."""
+    retry_window: float = Field(30.0, ge=0, le=HOUR, validation_alias="DB_RETRY_WINDOW")
+    """Seconds, from a job's first attempt at the audit write, during which a transient database fault
+    (connection lost, failover, deadlock) is retried inside the job; then the job fails."""
+    write_timeout: float = Field(15.0, gt=0, le=HOUR, validation_alias="DB_WRITE_TIMEOUT")
+    """Seconds one attempt at the audit write (or a connection) may take before it counts as a
+    transient fault: a database behind a network that drops packets would otherwise hold the job for
+    minutes."""
 
     @property
     def target(self) -> DatabaseTarget:

@@ -17,23 +17,13 @@ HASH_TAG = re.compile(r"\{[^}]+\}")
 class QueueSettings(BaseSettings):
     model_config = GROUP_CONFIG
 
-    name: str = Field(
-        "kpi-export-queue",
-        validation_alias="QUEUE_NAME",
-        description="The BullMQ queue the worker takes its jobs from (the original's variable).",
-    )
-    prefix: str = Field(
-        "bull",
-        validation_alias="QUEUE_PREFIX",
-        description="bullmq's key `prefix`, as the Node producers set it; on a Cluster a hash tag such as `{kpi}`.",
-    )
-    lock_duration: float = Field(
-        30.0,
-        ge=1,
-        le=HOUR,
-        validation_alias="LOCK_DURATION",
-        description="Seconds after which a job whose worker died is given to another worker (bullmq's `lockDuration` and `stalledInterval`).",
-    )
+    name: str = Field("kpi-export-queue", validation_alias="QUEUE_NAME")
+    """The BullMQ queue the worker takes its jobs from (the original's variable)."""
+    prefix: str = Field("bull", validation_alias="QUEUE_PREFIX")
+    """bullmq's key `prefix`, as the Node producers set it; on a Cluster a hash tag such as `{kpi}`."""
+    lock_duration: float = Field(30.0, ge=1, le=HOUR, validation_alias="LOCK_DURATION")
+    """Seconds after which a job whose worker died is given to another worker (bullmq's `lockDuration`
+    and `stalledInterval`)."""
 
     @field_validator("name")
     @classmethod
@@ -62,34 +52,16 @@ class RetentionSettings(BaseSettings):
 
     model_config = GROUP_CONFIG
 
-    completed_age: int = Field(
-        24 * 3600,
-        ge=1,
-        le=TEN_YEARS,
-        validation_alias="KEEP_COMPLETED_AGE",
-        description="Seconds a completed job (its result) stays in Redis, for jobs that carry no `removeOnComplete` of their own.",
-    )
-    completed_count: int | None = Field(
-        None,
-        ge=0,
-        le=1_000_000_000,
-        validation_alias="KEEP_COMPLETED_COUNT",
-        description="At most this many completed jobs kept, when set; unset by default, since a count trims results that Node readers still poll for.",
-    )
-    failed_age: int = Field(
-        30 * 24 * 3600,
-        ge=1,
-        le=TEN_YEARS,
-        validation_alias="KEEP_FAILED_AGE",
-        description="Seconds a failed job stays in Redis, long enough to be looked at and retried.",
-    )
-    failed_count: int | None = Field(
-        None,
-        ge=0,
-        le=1_000_000_000,
-        validation_alias="KEEP_FAILED_COUNT",
-        description="At most this many failed jobs kept, when set.",
-    )
+    completed_age: int = Field(24 * 3600, ge=1, le=TEN_YEARS, validation_alias="KEEP_COMPLETED_AGE")
+    """Seconds a completed job (its result) stays in Redis, for jobs that carry no `removeOnComplete`
+    of their own."""
+    completed_count: int | None = Field(None, ge=0, le=1_000_000_000, validation_alias="KEEP_COMPLETED_COUNT")
+    """At most this many completed jobs kept, when set; unset by default, since a count trims results
+    that Node readers still poll for."""
+    failed_age: int = Field(30 * 24 * 3600, ge=1, le=TEN_YEARS, validation_alias="KEEP_FAILED_AGE")
+    """Seconds a failed job stays in Redis, long enough to be looked at and retried."""
+    failed_count: int | None = Field(None, ge=0, le=1_000_000_000, validation_alias="KEEP_FAILED_COUNT")
+    """At most this many failed jobs kept, when set."""
 
     def keep_completed(self) -> dict[str, int]:
         return _keep(self.completed_age, self.completed_count)

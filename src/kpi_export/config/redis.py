@@ -20,46 +20,25 @@ Addresses = Annotated[tuple[Address, ...], NoDecode]
 class RedisSettings(BaseSettings):
     model_config = GROUP_CONFIG
 
-    host: str = Field(
-        "127.0.0.1", validation_alias="REDIS_HOST", description="Redis' host (the original's variable)."
-    )
-    port: int = Field(
-        6379,
-        ge=1,
-        le=65535,
-        validation_alias="REDIS_PORT",
-        description="Redis' port (the original's variable).",
-    )
-    password: SecretStr | None = Field(
-        None,
-        validation_alias="REDIS_PASSWORD",
-        description="Redis' password (the original's variable); never logged.",
-    )
-    url: SecretStr | None = Field(
-        None,
-        validation_alias="REDIS_URL",
-        description="`redis://`, `rediss://` (TLS) or `unix://`; when set it wins over host, port and password. Behind Sentinel or on a Cluster, only its credentials and TLS options are used.",
-    )
-    sentinels: Addresses = Field(
-        (),
-        validation_alias="REDIS_SENTINELS",
-        description="`host:port,host:port,…`: Redis behind Sentinel, whose master the worker finds and follows; its password and TLS come from `REDIS_URL` or `REDIS_PASSWORD`.",
-    )
-    sentinel_master: str | None = Field(
-        None,
-        validation_alias="REDIS_SENTINEL_MASTER",
-        description="The name the sentinels watch the master by (required with `REDIS_SENTINELS`).",
-    )
-    sentinel_password: SecretStr | None = Field(
-        None,
-        validation_alias="REDIS_SENTINEL_PASSWORD",
-        description="The sentinels' own password, if they have one; never logged.",
-    )
-    cluster_nodes: Addresses = Field(
-        (),
-        validation_alias="REDIS_CLUSTER_NODES",
-        description="`host:port,…`: some nodes of a Redis Cluster (the others are found through them); needs a hash-tag `QUEUE_PREFIX`.",
-    )
+    host: str = Field("127.0.0.1", validation_alias="REDIS_HOST")
+    """Redis' host (the original's variable)."""
+    port: int = Field(6379, ge=1, le=65535, validation_alias="REDIS_PORT")
+    """Redis' port (the original's variable)."""
+    password: SecretStr | None = Field(None, validation_alias="REDIS_PASSWORD")
+    """Redis' password (the original's variable); never logged."""
+    url: SecretStr | None = Field(None, validation_alias="REDIS_URL")
+    """`redis://`, `rediss://` (TLS) or `unix://`; when set it wins over host, port and password.
+    Behind Sentinel or on a Cluster, only its credentials and TLS options are used."""
+    sentinels: Addresses = Field((), validation_alias="REDIS_SENTINELS")
+    """`host:port,host:port,…`: Redis behind Sentinel, whose master the worker finds and follows; its
+    password and TLS come from `REDIS_URL` or `REDIS_PASSWORD`."""
+    sentinel_master: str | None = Field(None, validation_alias="REDIS_SENTINEL_MASTER")
+    """The name the sentinels watch the master by (required with `REDIS_SENTINELS`)."""
+    sentinel_password: SecretStr | None = Field(None, validation_alias="REDIS_SENTINEL_PASSWORD")
+    """The sentinels' own password, if they have one; never logged."""
+    cluster_nodes: Addresses = Field((), validation_alias="REDIS_CLUSTER_NODES")
+    """`host:port,…`: some nodes of a Redis Cluster (the others are found through them); needs a hash-
+    tag `QUEUE_PREFIX`."""
 
     @field_validator("url")
     @classmethod

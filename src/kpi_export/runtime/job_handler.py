@@ -117,18 +117,17 @@ async def write_audit_row(deps: JobDeps, job: QueuedJob, entry: AuditEntry, key:
 
 def _refused(deps: JobDeps, job: QueuedJob, exc: Exception) -> Exception:
     """The job's failure; the driver's exception stays out of the chain (bullmq stores it in Redis)."""
-    if is_transient(exc):
-        log.error(
-            "Job %s: database still unavailable: %s",
-            job.id,
-            describe(exc),
-            extra={"event": "db.unavailable", "job_id": job.id, "queue": deps.queue},
-        )
-        return TransientDatabaseError(f"base de datos no disponible: {describe(exc)}")
-    log.error(
-        "Job %s: audit row refused: %s",
-        job.id,
-        describe(exc),
-        extra={"event": "db.refused", "job_id": job.id, "queue": deps.queue},
+    transient = is_transient(exc)
+    event, what = (
+        ("db.unavailable", "database still unavailable") if transient else ("db.refused", "audit row refused")
     )
+    log.error(
+        "Job %s: %s: %s",
+        job.id,
+        what,
+        describe(exc),
+        extra={"event": event, "job_id": job.id, "queue": deps.queue},
+    )
+    if transient:
+        return TransientDatabaseError(f"base de datos no disponible: {describe(exc)}")
     return AuditWriteError(f"error de base de datos: {describe(exc)}")

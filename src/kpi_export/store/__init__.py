@@ -7,23 +7,23 @@ The names below are imported when first used: the settings import `store.url` an
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from kpi_export.store.engine import create_engine, opened_engine
     from kpi_export.store.table import KEY_COLUMN, TABLE_NAME, audit_table
     from kpi_export.store.writer import AuditStore, utc_now
 
+from kpi_export.lazy import lazy_exports
+
+# Each module, and the names this package gives of it.
 _EXPORTS = {
-    "KEY_COLUMN": "kpi_export.store.names",
-    "TABLE_NAME": "kpi_export.store.names",
-    "AuditStore": "kpi_export.store.writer",
-    "audit_table": "kpi_export.store.table",
-    "create_engine": "kpi_export.store.engine",
-    "opened_engine": "kpi_export.store.engine",
-    "utc_now": "kpi_export.store.writer",
+    "kpi_export.store.engine": ("create_engine", "opened_engine"),
+    "kpi_export.store.names": ("KEY_COLUMN", "TABLE_NAME"),
+    "kpi_export.store.table": ("audit_table",),
+    "kpi_export.store.writer": ("AuditStore", "utc_now"),
 }
+# What the package gives: the names of _EXPORTS (tests/unit/test_lazy_exports.py holds the two equal).
 __all__ = [
     "KEY_COLUMN",
     "TABLE_NAME",
@@ -31,11 +31,7 @@ __all__ = [
     "audit_table",
     "create_engine",
     "opened_engine",
-    "utc_now",
-]
+    "utc_now"
+]  # fmt: skip
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'kpi_export.store' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
