@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -21,7 +20,7 @@ from kpi_export.bullmq import opened_queue
 from kpi_export.config import Settings
 from kpi_export.demo.embedded_redis import EmbeddedRedis, free_port
 from tests.faults import RedisFaultProxy, TcpFaultProxy
-from tests.services import worker_env
+from tests.services import require_tool, worker_env
 from tests.support import (
     WorkerProcess,
     audit_rows,
@@ -299,9 +298,7 @@ async def test_redis_host_port_and_password_and_a_wrong_password(migrated: Setti
 @pytest.fixture
 def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """A Redis that speaks only TLS, with a certificate of a private CA: (port, CA file)."""
-    server_binary, openssl = shutil.which("redis-server"), shutil.which("openssl")
-    if server_binary is None or openssl is None:
-        pytest.skip("a TLS test needs redis-server and openssl on PATH")
+    server_binary, openssl = require_tool("redis-server", "redis-server"), require_tool("openssl", "openssl")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         [
