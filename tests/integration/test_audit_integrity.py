@@ -21,7 +21,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kpi_export.bullmq import opened_queue
 from kpi_export.config import Settings
-from kpi_export.demo.embedded_redis import free_port
 from kpi_export.errors import SealingError
 from kpi_export.integrity import chain_store
 from kpi_export.integrity.digests import ChainEntry, SealKey, new_entry
@@ -29,6 +28,7 @@ from kpi_export.integrity.seal_table import seal_table
 from kpi_export.integrity.sealer import seal_pending
 from kpi_export.integrity.verifier import verify
 from kpi_export.store import audit_table, opened_engine, utc_now
+from tests.embedded_redis import free_port
 from tests.probes import get, sample
 from tests.services import worker_env
 from tests.support import WorkerProcess, invoke, job_events, wait_until

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from kpi_export.config import Settings
-from kpi_export.demo.embedded_redis import EmbeddedRedis, free_port
 from tests.deploy_files import literal_env, the, worker_container
+from tests.embedded_redis import EmbeddedRedis, free_port
 from tests.probes import get, sample
 from tests.support import WorkerProcess, wait_until
 

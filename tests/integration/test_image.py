@@ -15,8 +15,8 @@ import pytest
 
 from kpi_export.bullmq import opened_queue
 from kpi_export.config import Settings
-from kpi_export.demo.embedded_redis import free_port
 from tests import image
+from tests.embedded_redis import free_port
 from tests.probes import get
 from tests.support import WorkerProcess, audit_rows, job_events
 

@@ -18,7 +18,7 @@ from pydantic import SecretStr
 
 from kpi_export.bullmq import opened_queue
 from kpi_export.config import Settings
-from kpi_export.demo.embedded_redis import EmbeddedRedis, free_port
+from tests.embedded_redis import EmbeddedRedis, free_port
 from tests.faults import RedisFaultProxy, TcpFaultProxy
 from tests.services import require_tool, worker_env
 from tests.support import (

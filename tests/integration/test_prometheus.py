@@ -20,8 +20,8 @@ import yaml
 
 from kpi_export.bullmq import opened_queue
 from kpi_export.config import Settings
-from kpi_export.demo.embedded_redis import free_port
 from tests.deploy_files import DEPLOY
+from tests.embedded_redis import free_port
 from tests.pgcluster import PostgresCluster
 from tests.promql import panel_queries, variable_queries
 from tests.readme import code_blocks, section

@@ -15,7 +15,7 @@ import pytest
 from pydantic import SecretStr
 
 from kpi_export.config import Settings
-from kpi_export.demo.embedded_redis import EmbeddedRedis
+from tests.embedded_redis import EmbeddedRedis
 from tests.faults import RedisFaultProxy
 from tests.flow import add_jobs, assert_exactly_once, counts, wait_all_finished
 from tests.services import worker_env

@@ -13,7 +13,7 @@ from pydantic import SecretStr
 
 from kpi_export.bullmq import opened_queue
 from kpi_export.config import Settings
-from kpi_export.demo.embedded_redis import EmbeddedRedis, free_port
+from tests.embedded_redis import EmbeddedRedis, free_port
 from tests.probes import metric
 from tests.services import worker_env
 from tests.support import WorkerProcess, job_events, running_worker, wait_until

@@ -18,9 +18,9 @@ from pydantic import SecretStr
 from kpi_export.bullmq import opened_queue
 from kpi_export.cli import cli
 from kpi_export.config import Settings
-from kpi_export.demo.embedded_redis import EmbeddedRedis
 from kpi_export.store import create_engine
 from kpi_export.store.schema import upgrade
+from tests.embedded_redis import EmbeddedRedis
 from tests.pgcluster import PASSWORD_ROLE, PostgresCluster
 from tests.services import worker_env
 from tests.support import WorkerProcess, job_events

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from kpi_export.config import Settings
-from kpi_export.demo.embedded_redis import free_port
+from tests.embedded_redis import free_port
 from tests.flow import counts
 from tests.interop.node import JOB_NAME, produce
 from tests.probes import metric

@@ -17,7 +17,7 @@ import pytest
 from pydantic import SecretStr
 
 from kpi_export.config import Settings
-from kpi_export.demo.embedded_redis import EmbeddedRedis, free_port
+from tests.embedded_redis import EmbeddedRedis, free_port
 from tests.interop.node import NODE_DIR, run_node
 from tests.otlp import OtlpReceiver, ReceivedSpan, otlp_receiver
 from tests.readme import README
