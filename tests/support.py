@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -231,6 +231,21 @@ class WorkerProcess:
         for pipe in (self.process.stdout, self.process.stderr):
             if pipe is not None:
                 pipe.close()
+
+
+def run_kpi_export(
+    env: dict[str, str], *args: str, timeout: float = 60, command: Sequence[str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`kpi-export ARGS` run once as a process of its own, to its end (killed after `timeout` seconds), its
+    output captured as text; `command`: what runs instead of `python -m kpi_export` (a probe around it)."""
+    return subprocess.run(
+        [*(command or (sys.executable, "-m", "kpi_export")), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 async def invoke(

@@ -7,7 +7,6 @@ import re
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,23 +24,13 @@ from tests.support import (
     WorkerProcess,
     audit_rows,
     job_events,
+    run_kpi_export,
     running_worker,
     table_locked,
     wait_until,
 )
 
 START = 'Worker escuchando cola "{queue}" (concurrency={concurrency})'
-
-
-def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kpi_export", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
 
 
 @pytest.mark.parametrize(
@@ -63,7 +52,7 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
 def test_bad_configuration_stops_at_start_with_one_line_and_status_2(
     settings: Settings, variable: str, value: str
 ) -> None:
-    result = run_cli(worker_env(settings, **{variable: value}), "worker")
+    result = run_kpi_export(worker_env(settings, **{variable: value}), "worker")
     assert result.returncode == 2
     assert result.stdout == ""
     lines = result.stderr.splitlines()
@@ -76,7 +65,7 @@ def test_a_missing_table_stops_the_worker_with_what_to_run(settings: Settings) -
         settings.database.target.dialect == "sqlite"
     ):  # a database without the table, as a server has before upgrade
         sqlite3.connect(str(settings.database.target.url.database)).close()
-    result = run_cli(worker_env(settings), "worker")
+    result = run_kpi_export(worker_env(settings), "worker")
     assert result.returncode == 1
     assert "run `kpi-export db upgrade` with the same DATABASE_URL" in result.stderr
 
@@ -87,12 +76,12 @@ def test_a_mistyped_sqlite_path_stops_the_worker_and_no_file_is_made(
 ) -> None:
     typo = tmp_path / "typo.db"
     env = worker_env(settings, DATABASE_URL=f"file:{typo}")
-    result = run_cli(env, "worker")
+    result = run_kpi_export(env, "worker")
     assert result.returncode == 1
     line = f"no SQLite database at {typo} (DATABASE_URL): `kpi-export db upgrade` creates it"
     assert line in result.stderr
     assert not typo.exists()
-    assert run_cli(env, "db", "upgrade").returncode == 0  # the one command that makes the file
+    assert run_kpi_export(env, "db", "upgrade").returncode == 0  # the one command that makes the file
     assert typo.exists()
 
 
@@ -287,7 +276,7 @@ async def test_redis_host_port_and_password_and_a_wrong_password(migrated: Setti
             assert await asyncio.to_thread(worker.wait, 15) == 0
         finally:
             worker.kill()
-        refused = run_cli({**env, "REDIS_PASSWORD": "wrong-pw"}, "worker")
+        refused = run_kpi_export({**env, "REDIS_PASSWORD": "wrong-pw"}, "worker")
     assert outcome == "completed"
     assert "s3cr3t-pw" not in worker.output
     assert refused.returncode == 1

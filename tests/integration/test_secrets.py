@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from kpi_export.store.schema import upgrade
 from tests.embedded_redis import EmbeddedRedis
 from tests.pgcluster import PASSWORD_ROLE, PostgresCluster
 from tests.services import worker_env
-from tests.support import WorkerProcess, job_events
+from tests.support import WorkerProcess, job_events, run_kpi_export
 
 
 async def kpi_export_in_process(env: dict[str, str], *args: str) -> str:
@@ -32,14 +30,7 @@ async def kpi_export_in_process(env: dict[str, str], *args: str) -> str:
 
 
 def kpi_export(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "kpi_export", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_kpi_export(env, *args)
     return f"$ kpi-export {' '.join(args)} -> {result.returncode}\n{result.stdout}{result.stderr}"
 
 

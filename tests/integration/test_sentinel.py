@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,7 +19,7 @@ from kpi_export.contract import idempotency_key
 from kpi_export.store import audit_table, opened_engine
 from tests.flow import add_jobs, assert_exactly_once, counts, job_id, stored_jobs, wait_all_finished
 from tests.services import worker_env
-from tests.support import WorkerProcess, running_worker, wait_until
+from tests.support import WorkerProcess, run_kpi_export, running_worker, wait_until
 from tests.topology import MASTER_NAME, SentinelGroup, failover_settings, started
 
 START = "Worker escuchando cola"
@@ -138,10 +136,9 @@ async def test_the_operator_commands_find_the_master_through_the_sentinels(
     env = worker_env(behind_sentinel)
 
     def kpi_export(*args: str) -> Any:
-        command = [sys.executable, "-m", "kpi_export", *args]
-        result = subprocess.run(command, env=env, capture_output=True, check=False)
+        result = run_kpi_export(env, *args)
         assert result.returncode == 0, (args, result.stderr)
-        return json.loads(result.stdout) if "--json" in args else result.stdout.decode().split()
+        return json.loads(result.stdout) if "--json" in args else result.stdout.split()
 
     check = await asyncio.to_thread(kpi_export, "check", "--json")
     assert check["redis_master"] == sentinel_group.master().address

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -19,7 +17,7 @@ from tests.flow import counts
 from tests.interop.node import JOB_NAME, produce
 from tests.probes import metric
 from tests.services import worker_env
-from tests.support import WorkerProcess, audit_rows, wait_until
+from tests.support import WorkerProcess, audit_rows, run_kpi_export, wait_until
 from tests.topology import RedisClusterNodes, failover_settings, started
 
 pytestmark = pytest.mark.failover
@@ -70,13 +68,7 @@ async def test_a_node_producer_and_this_worker_meet_on_a_cluster_end_to_end(
 
         await wait_until(metrics_show_them, 20, "/metrics to count the jobs")
         assert (await metric(port, "kpi_export_redis_used_memory_bytes") or 0) > 0
-        stats = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "kpi_export", "stats", "--json"],
-            env=worker_env(settings),
-            capture_output=True,
-            text=True,
-        )
+        stats = await asyncio.to_thread(run_kpi_export, worker_env(settings), "stats", "--json")
         assert stats.returncode == 0, stats.stderr
         assert json.loads(stats.stdout)["counts"]["completed"] == total
     finally:
