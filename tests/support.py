@@ -21,10 +21,25 @@ from sqlalchemy import select
 from kpi_export.bullmq import node_client_name, opened_queue, redis_client
 from kpi_export.cli import cli
 from kpi_export.config import Settings
+from kpi_export.logs import START_LINE
 from kpi_export.runtime.lifecycle import run_worker
 from kpi_export.runtime.signals import StopSignals
 from kpi_export.store import audit_table, opened_engine
 from tests.services import worker_env
+
+# What the tests wait for before they give a worker jobs: the beginning of the original's start line, which a
+# worker prints once it listens on the queue (each process under a supervisor prints its own).
+LISTENING = "Worker escuchando"
+
+
+def start_line(settings: Settings, concurrency: int | None = None) -> str:
+    """The original's start line, in full, for `settings`' queue: `Worker escuchando cola "…" (concurrency=N)`
+    (its text is held against the Node original's in tests/interop/test_original_lines.py and written out in
+    tests/unit/test_logs.py)."""
+    return START_LINE % (
+        settings.queue.name,
+        settings.worker.concurrency if concurrency is None else concurrency,
+    )
 
 
 class JobEvents:

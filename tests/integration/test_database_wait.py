@@ -18,9 +18,8 @@ from kpi_export.store import create_engine
 from kpi_export.store.schema import upgrade
 from tests.pgcluster import PASSWORD_ROLE, PostgresCluster
 from tests.services import worker_env
-from tests.support import WorkerProcess, job_events, table_locked, wait_until
+from tests.support import LISTENING, WorkerProcess, job_events, start_line, table_locked, wait_until
 
-START = 'Worker escuchando cola "{queue}" (concurrency={concurrency})'
 LOCKED = "Waiting for the audit table: locked by another session ("
 
 
@@ -46,7 +45,7 @@ async def test_a_database_down_at_start_is_one_line_naming_host_and_port_then_th
         down = await asyncio.to_thread(worker.wait_for_line, f"Database not reachable at {where} (", 30)
         postgres_cluster.start()
         await asyncio.to_thread(worker.wait_for_line, f"Database reachable at {where}", 30)
-        start = START.format(queue=settings.queue.name, concurrency=settings.worker.concurrency)
+        start = start_line(settings)
         await asyncio.to_thread(worker.wait_for_line, start, 30)
         async with job_events(settings) as events, opened_queue(settings.redis, settings.queue) as queue:
             job = await queue.add("kpi-export", {"usuarioId": 3})
@@ -100,12 +99,12 @@ async def test_a_start_on_a_locked_table_says_it_waits_then_starts_when_the_lock
                 return await waits_since(migrated, since)
 
             await wait_until(asked_again, timeout=30, what="the worker to wait on the lock again")
-            assert "Worker escuchando" not in worker.output
+            assert LISTENING not in worker.output
         except BaseException:
             worker.kill()
             raise
     try:
-        start = START.format(queue=migrated.queue.name, concurrency=migrated.worker.concurrency)
+        start = start_line(migrated)
         await asyncio.to_thread(worker.wait_for_line, start, 30)
         status = await stop_gracefully(worker)
     finally:
@@ -126,7 +125,7 @@ async def test_a_sqlite_file_another_process_writes_is_waited_for_with_one_line(
         worker = WorkerProcess(worker_env(migrated))
         try:
             waiting = await asyncio.to_thread(worker.wait_for_line, LOCKED, 40)
-            assert "Worker escuchando" not in worker.output
+            assert LISTENING not in worker.output
         except BaseException:
             worker.kill()
             raise
@@ -134,7 +133,7 @@ async def test_a_sqlite_file_another_process_writes_is_waited_for_with_one_line(
     finally:
         holder.close()
     try:
-        start = START.format(queue=migrated.queue.name, concurrency=migrated.worker.concurrency)
+        start = start_line(migrated)
         await asyncio.to_thread(worker.wait_for_line, start, 40)
         status = await stop_gracefully(worker)
     finally:

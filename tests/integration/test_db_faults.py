@@ -20,7 +20,7 @@ from kpi_export.config import Settings
 from tests.faults import TcpFaultProxy
 from tests.pgcluster import PostgresCluster
 from tests.services import worker_env
-from tests.support import WorkerProcess, audit_rows, job_events, running_worker
+from tests.support import LISTENING, WorkerProcess, audit_rows, job_events, running_worker
 
 shared_postgresql = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
@@ -132,7 +132,7 @@ async def test_an_outage_longer_than_the_lock_is_retried_inside_the_job_and_its_
 ) -> None:
     worker = WorkerProcess(worker_env(migrated, LOCK_DURATION="2", DB_RETRY_WINDOW="30"))
     try:
-        await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
+        await asyncio.to_thread(worker.wait_for_line, LISTENING)
         async with job_events(migrated) as events, opened_queue(migrated.redis, migrated.queue) as queue:
             postgres_cluster.stop()
             job = await queue.add("kpi-export", {"usuarioId": 7, "ip": "10.7.7.7"}, {"attempts": 1})
@@ -156,7 +156,7 @@ async def test_an_outage_longer_than_the_window_fails_the_attempt_then_the_produ
 ) -> None:
     worker = WorkerProcess(worker_env(migrated, DB_RETRY_WINDOW="1"))
     try:
-        await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
+        await asyncio.to_thread(worker.wait_for_line, LISTENING)
         async with job_events(migrated) as events, opened_queue(migrated.redis, migrated.queue) as queue:
             postgres_cluster.stop()
             job = await queue.add(
@@ -222,7 +222,7 @@ async def test_the_retries_inside_a_job_end_with_its_window_not_a_backoff_step_l
     settings = migrated.replace(worker_concurrency=count)
     worker = WorkerProcess(worker_env(settings, DB_RETRY_WINDOW=str(window)))
     try:
-        await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
+        await asyncio.to_thread(worker.wait_for_line, LISTENING)
         async with job_events(settings) as events, opened_queue(settings.redis, settings.queue) as queue:
             postgres_cluster.stop()
             jobs = await queue.addBulk(

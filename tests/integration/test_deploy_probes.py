@@ -14,7 +14,7 @@ from kpi_export.config import Settings
 from tests.deploy_files import literal_env, the, worker_container
 from tests.embedded_redis import EmbeddedRedis, free_port
 from tests.probes import get, sample
-from tests.support import WorkerProcess, wait_until
+from tests.support import LISTENING, WorkerProcess, wait_until
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -45,7 +45,7 @@ async def test_the_deployment_environment_gives_a_worker_that_passes_its_probes(
             assert status == 200
             queue = literal_env(container)["QUEUE_NAME"]
             assert sample(text, "kpi_export_jobs_total", queue=queue, outcome="completed") == 0
-            assert worker.wait_for_line("Worker escuchando").startswith("{")  # LOG_FORMAT=json
+            assert worker.wait_for_line(LISTENING).startswith("{")  # LOG_FORMAT=json
 
             started = time.monotonic()
             worker.process.send_signal(signal.SIGTERM)  # what the kubelet sends first

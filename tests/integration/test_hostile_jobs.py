@@ -27,7 +27,7 @@ from kpi_export.errors import InvalidJobData
 from kpi_export.store import audit_table, create_engine
 from tests.hostile import producer_job_data
 from tests.services import worker_env
-from tests.support import WorkerProcess, audit_rows, job_events, wait_until
+from tests.support import LISTENING, WorkerProcess, audit_rows, job_events, wait_until
 
 FINAL = "(final, not retried)"
 JOB_WARNING = re.compile(r"Job [^ ]*: ")  # not "Job 3 failed: …" nor "Job 3 completed: …"
@@ -213,7 +213,7 @@ async def test_any_json_job_data_ends_as_a_normalised_row_or_a_clear_failure(mig
     worker = WorkerProcess(worker_env(migrated))
     batches = Batches(migrated, worker)
     try:
-        await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
+        await asyncio.to_thread(worker.wait_for_line, LISTENING)
 
         @settings(
             max_examples=40,

@@ -16,7 +16,7 @@ from kpi_export.config import Settings
 from tests.embedded_redis import EmbeddedRedis, free_port
 from tests.probes import get
 from tests.services import worker_env
-from tests.support import WorkerProcess, audit_rows, job_events
+from tests.support import LISTENING, WorkerProcess, audit_rows, job_events, start_line
 
 REDIS_SECRET = "r3dis-S3cret-pw"
 DATABASE_SECRET = "pg-S3cret-pw"
@@ -48,7 +48,7 @@ async def test_json_lines_carry_the_job_fields_and_never_a_secret(migrated: Sett
     )
     worker = WorkerProcess(env)
     try:
-        await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
+        await asyncio.to_thread(worker.wait_for_line, LISTENING)
         async with job_events(settings) as events, opened_queue(settings.redis, settings.queue) as queue:
             good = await queue.add("kpi-export", {"usuarioId": 42, "ip": "203.0.113.7"})
             bad = await queue.add("kpi-export", {"usuarioId": f"{REDIS_SECRET}\nforged"}, {"attempts": 2})
@@ -95,7 +95,7 @@ async def test_json_lines_carry_the_job_fields_and_never_a_secret(migrated: Sett
     }
     assert failed["message"] == f"Job {bad.id} failed: usuarioId inválido en job.data (final, not retried)"
     started = only("worker.started")
-    assert started["message"] == f'Worker escuchando cola "{settings.queue.name}" (concurrency=4)'
+    assert started["message"] == start_line(settings, concurrency=4)
     assert only("redis.lost")["message"].startswith(
         f"Redis connection lost at redis://127.0.0.1:{server.port}"
     )

@@ -21,16 +21,16 @@ from tests.embedded_redis import EmbeddedRedis, free_port
 from tests.faults import RedisFaultProxy, TcpFaultProxy
 from tests.services import require_tool, worker_env
 from tests.support import (
+    LISTENING,
     WorkerProcess,
     audit_rows,
     job_events,
     run_kpi_export,
     running_worker,
+    start_line,
     table_locked,
     wait_until,
 )
-
-START = 'Worker escuchando cola "{queue}" (concurrency={concurrency})'
 
 
 @pytest.mark.parametrize(
@@ -88,8 +88,8 @@ def test_a_mistyped_sqlite_path_stops_the_worker_and_no_file_is_made(
 async def test_start_line_then_an_idle_worker_stops_within_a_second(migrated: Settings) -> None:
     worker = WorkerProcess(worker_env(migrated))
     try:
-        line = await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
-        assert line == START.format(queue=migrated.queue.name, concurrency=migrated.worker.concurrency)
+        line = await asyncio.to_thread(worker.wait_for_line, LISTENING)
+        assert line == start_line(migrated)
         started = time.monotonic()
         worker.process.send_signal(signal.SIGTERM)
         status = await asyncio.to_thread(worker.wait, 10)
@@ -109,14 +109,14 @@ async def test_start_line_then_an_idle_worker_stops_within_a_second(migrated: Se
 async def test_log_timestamps_puts_the_utc_time_first(migrated: Settings) -> None:
     worker = WorkerProcess(worker_env(migrated, LOG_TIMESTAMPS="1"))
     try:
-        line = await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
+        line = await asyncio.to_thread(worker.wait_for_line, LISTENING)
         worker.process.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(worker.wait, 10) == 0
     finally:
         worker.kill()
     stamp, _, text = line.partition(" ")
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stamp), line
-    assert text == START.format(queue=migrated.queue.name, concurrency=migrated.worker.concurrency)
+    assert text == start_line(migrated)
 
 
 async def wait_until_active(settings: Settings, job_id: str) -> None:
@@ -132,7 +132,7 @@ async def wait_until_active(settings: Settings, job_id: str) -> None:
 async def test_sigterm_lets_a_two_second_job_finish_then_exits_0(migrated: Settings) -> None:
     worker = WorkerProcess(worker_env(migrated))
     try:
-        await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
+        await asyncio.to_thread(worker.wait_for_line, LISTENING)
         async with job_events(migrated) as events, opened_queue(migrated.redis, migrated.queue) as queue:
             async with table_locked(migrated):
                 job = await queue.add("kpi-export", {"usuarioId": 21, "ip": "10.2.2.2"})
@@ -161,7 +161,7 @@ async def test_an_immediate_stop_leaves_the_job_to_another_worker_and_one_row(
     first = WorkerProcess(env)
     second: WorkerProcess | None = None
     try:
-        await asyncio.to_thread(first.wait_for_line, "Worker escuchando")
+        await asyncio.to_thread(first.wait_for_line, LISTENING)
         async with job_events(settings) as events, opened_queue(settings.redis, settings.queue) as queue:
             async with table_locked(settings):
                 job = await queue.add("kpi-export", {"usuarioId": 22, "ip": "10.2.2.3"})
@@ -198,7 +198,7 @@ async def test_a_redis_down_at_start_is_waited_for_with_one_line(migrated: Setti
     try:
         await asyncio.to_thread(worker.wait_for_line, "Redis not reachable at redis://127.0.0.1")
         with EmbeddedRedis(tmp_path / "redis", port=port):
-            await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
+            await asyncio.to_thread(worker.wait_for_line, LISTENING)
             async with job_events(settings) as events, opened_queue(settings.redis, settings.queue) as queue:
                 job = await queue.add("kpi-export", {"usuarioId": 5, "ip": "10.0.0.5"})
                 outcome, _ = await events.finished(job.id)
@@ -236,7 +236,7 @@ async def test_a_redis_restart_gives_one_line_when_lost_one_when_back_and_work_g
     settings = migrated.replace(redis_url=SecretStr(server.url))
     worker = WorkerProcess(worker_env(settings))
     try:
-        await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
+        await asyncio.to_thread(worker.wait_for_line, LISTENING)
         server.stop()
         await asyncio.to_thread(worker.wait_for_line, "Redis connection lost at")
         server.start()
@@ -268,7 +268,7 @@ async def test_redis_host_port_and_password_and_a_wrong_password(migrated: Setti
         settings = migrated.replace(redis_url=SecretStr(f"redis://:s3cr3t-pw@127.0.0.1:{server.port}"))
         worker = WorkerProcess(env)
         try:
-            await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
+            await asyncio.to_thread(worker.wait_for_line, LISTENING)
             async with job_events(settings) as events, opened_queue(settings.redis, settings.queue) as queue:
                 job = await queue.add("kpi-export", {"usuarioId": 9})
                 outcome, _ = await events.finished(job.id)
@@ -381,7 +381,7 @@ async def test_redis_lost_as_the_processing_loop_starts_is_waited_for(
         settings = migrated.replace(redis_url=SecretStr(proxy.url))
         worker = WorkerProcess(worker_env(settings))
         try:
-            await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
+            await asyncio.to_thread(worker.wait_for_line, LISTENING)
 
             # redis-py retries a command 3 times on a new connection: more cuts than that are retries of ours.
             async def retried() -> bool:

@@ -26,11 +26,10 @@ from tests.pgcluster import PostgresCluster
 from tests.promql import panel_queries, variable_queries
 from tests.readme import code_blocks, section
 from tests.services import require_tool, worker_env
-from tests.support import WorkerProcess, wait_until
+from tests.support import LISTENING, WorkerProcess, wait_until
 
 RULES = DEPLOY / "prometheus" / "kpi-export-rules.yaml"
 JOB = "kpi-export-worker"
-START = "Worker escuchando"
 
 
 def two_free_ports() -> int:
@@ -127,8 +126,8 @@ async def workers(settings: Settings, single: int, supervised: int) -> AsyncIter
     ]
     try:
         for worker in started:
-            await asyncio.to_thread(worker.wait_for_line, START, 60)
-        await asyncio.to_thread(started[1].wait_for_count, START, 2, 60)
+            await asyncio.to_thread(worker.wait_for_line, LISTENING, 60)
+        await asyncio.to_thread(started[1].wait_for_count, LISTENING, 2, 60)
         yield started
     finally:
         for worker in started:  # SIGTERM: the supervisor stops its processes (SIGKILL would orphan them)

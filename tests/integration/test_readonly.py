@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from tests.faults import TcpFaultProxy
 from tests.flow import add_jobs, assert_exactly_once, counts, wait_all_finished
 from tests.services import worker_env
-from tests.support import WorkerProcess, wait_until
+from tests.support import LISTENING, WorkerProcess, wait_until
 from tests.topology import RedisProcess, failover_settings, free_ports, topology_folder, wait_for
 
 pytestmark = pytest.mark.failover
@@ -57,7 +57,7 @@ async def test_a_master_demoted_under_the_worker_then_the_endpoint_moved_fails_n
             total = failover_jobs
             worker = WorkerProcess(worker_env(settings))
             try:
-                await asyncio.to_thread(worker.wait_for_line, "Worker escuchando cola")
+                await asyncio.to_thread(worker.wait_for_line, LISTENING)
                 await add_jobs(settings, total)
 
                 async def a_fifth_done() -> bool:

@@ -19,7 +19,7 @@ from tests.embedded_redis import EmbeddedRedis
 from tests.faults import RedisFaultProxy
 from tests.flow import add_jobs, assert_exactly_once, counts, wait_all_finished
 from tests.services import worker_env
-from tests.support import WorkerProcess, running_worker, table_locked, wait_until
+from tests.support import LISTENING, WorkerProcess, running_worker, table_locked, wait_until
 
 shared_postgresql = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
@@ -55,7 +55,7 @@ async def test_a_redis_restart_with_jobs_in_flight_loses_and_doubles_nothing_in_
     settings = migrated.replace(redis_url=SecretStr(server.url))
     worker = WorkerProcess(worker_env(settings, LOCK_DURATION="2"))
     try:
-        await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
+        await asyncio.to_thread(worker.wait_for_line, LISTENING)
         async with table_locked(settings):  # the jobs taken stay in flight, their inserts waiting
             await add_jobs(settings, total)
 
@@ -108,7 +108,7 @@ async def test_a_stop_while_redis_is_unreachable_ends_within_the_shutdown_timeou
     settings = migrated.replace(redis_url=SecretStr(server.url), shutdown_timeout=3.0)
     worker = WorkerProcess(worker_env(settings))
     try:
-        await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
+        await asyncio.to_thread(worker.wait_for_line, LISTENING)
         with sqlite_locked(settings):
             await add_jobs(settings, 2)
 

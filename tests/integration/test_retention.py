@@ -16,7 +16,7 @@ from kpi_export.config import Settings
 from tests.embedded_redis import EmbeddedRedis, free_port
 from tests.probes import metric
 from tests.services import worker_env
-from tests.support import WorkerProcess, job_events, running_worker, wait_until
+from tests.support import LISTENING, WorkerProcess, job_events, running_worker, wait_until
 
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -97,7 +97,7 @@ async def test_the_eviction_policy_is_checked_at_start_even_where_config_is_forb
         worker = WorkerProcess(worker_env(settings))
         client = redis.asyncio.Redis(port=server.port, decode_responses=True)
         try:
-            await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
+            await asyncio.to_thread(worker.wait_for_line, LISTENING)
             # Python bullmq's own Queue and QueueEvents read INFO (and warn on the policy): the test uses bare
             # Redis commands through the same Lua script a producer runs.
             async with opened_queue(settings.redis, settings.queue) as queue:
@@ -130,7 +130,7 @@ async def test_redis_memory_is_on_metrics_and_a_redis_nearly_full_is_warned_abou
         worker = WorkerProcess(worker_env(settings, HEALTH_PORT=str(port), QUEUE_METRICS_INTERVAL="0.2"))
         client = redis.asyncio.Redis(port=server.port, decode_responses=True)
         try:
-            await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
+            await asyncio.to_thread(worker.wait_for_line, LISTENING)
 
             async def memory_read() -> bool:
                 return (await metric(port, "kpi_export_redis_used_memory_bytes") or 0) > 0

@@ -21,7 +21,7 @@ from kpi_export.store.schema import upgrade
 from tests.embedded_redis import EmbeddedRedis
 from tests.pgcluster import PASSWORD_ROLE, PostgresCluster
 from tests.services import worker_env
-from tests.support import WorkerProcess, job_events, run_kpi_export
+from tests.support import LISTENING, WorkerProcess, job_events, run_kpi_export
 
 
 async def kpi_export_in_process(env: dict[str, str], *args: str) -> str:
@@ -81,7 +81,7 @@ async def test_no_password_in_logs_failed_reasons_or_cli_output(
     outputs: list[str] = []
     worker = WorkerProcess(env)
     try:
-        await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
+        await asyncio.to_thread(worker.wait_for_line, LISTENING)
         server.stop()  # Redis lost, then back
         await asyncio.to_thread(worker.wait_for_line, "Redis connection lost")
         server.start()

@@ -19,10 +19,8 @@ from kpi_export.contract import idempotency_key
 from kpi_export.store import audit_table, opened_engine
 from tests.flow import add_jobs, assert_exactly_once, counts, job_id, stored_jobs, wait_all_finished
 from tests.services import worker_env
-from tests.support import WorkerProcess, run_kpi_export, running_worker, wait_until
+from tests.support import LISTENING, WorkerProcess, run_kpi_export, running_worker, wait_until
 from tests.topology import MASTER_NAME, SentinelGroup, failover_settings, started
-
-START = "Worker escuchando cola"
 
 pytestmark = pytest.mark.failover
 
@@ -52,7 +50,7 @@ async def test_a_sentinel_failover_with_jobs_in_flight_completes_each_once_and_p
     settings, total = behind_sentinel, failover_jobs
     worker = WorkerProcess(worker_env(settings))
     try:
-        await asyncio.to_thread(worker.wait_for_line, START)
+        await asyncio.to_thread(worker.wait_for_line, LISTENING)
         await add_jobs(settings, total)
         await wait_until(lambda: _completed_share(settings, total // 5), 60, "a fifth of the jobs")
         old = sentinel_group.master()
@@ -84,7 +82,7 @@ async def test_the_master_killed_mid_run_the_worker_follows_the_new_one_and_no_j
     settings, total = behind_sentinel, failover_jobs
     worker = WorkerProcess(worker_env(settings, LOCK_DURATION="5"))
     try:
-        await asyncio.to_thread(worker.wait_for_line, START)
+        await asyncio.to_thread(worker.wait_for_line, LISTENING)
         await add_jobs(settings, total)
         await wait_until(lambda: _completed_share(settings, total // 5), 60, "a fifth of the jobs")
         old = sentinel_group.master()

@@ -13,7 +13,7 @@ import pytest
 
 from kpi_export.config import Settings
 from tests.services import worker_env
-from tests.support import WorkerProcess, audit_rows, run_numbered_jobs, wait_until
+from tests.support import LISTENING, WorkerProcess, audit_rows, run_numbered_jobs, start_line, wait_until
 
 STARTED = re.compile(r"Worker process (\d) started \(pid (\d+)\)")
 SUPERVISOR_RSS_MB = 30  # the full `kpi-export` command holds about 90
@@ -36,7 +36,7 @@ async def wait_for_count(worker: WorkerProcess, text: str, count: int, timeout: 
 async def test_two_processes_share_the_queue_and_stop_together_on_sigterm(migrated: Settings) -> None:
     worker = WorkerProcess(worker_env(migrated, WORKER_PROCESSES="2"))
     try:
-        await wait_for_count(worker, "Worker escuchando", 2)
+        await wait_for_count(worker, LISTENING, 2)
         pids = {int(m.group(2)) for m in STARTED.finditer(worker.output)}
         assert len(pids) == 2 and worker.process.pid not in pids
         # The supervisor is the command's own process (exec: same pid for systemd or Kubernetes), lean.
@@ -52,8 +52,7 @@ async def test_two_processes_share_the_queue_and_stop_together_on_sigterm(migrat
     assert worker.output.count("Worker stopped") == 2, worker.output
     assert "SIGTERM: stopping the 2 worker processes" in worker.output
     # The original's lines keep their exact text; the others say which process wrote them.
-    start = f'Worker escuchando cola "{migrated.queue.name}" (concurrency={migrated.worker.concurrency})'
-    assert worker.stdout.count(start) == 2, worker.output
+    assert worker.stdout.count(start_line(migrated)) == 2, worker.output
     assert {"[worker 1] Worker stopped", "[worker 2] Worker stopped"} <= set(worker.stdout), worker.output
     for pid in pids:
         with pytest.raises(ProcessLookupError):
@@ -64,13 +63,13 @@ async def test_two_processes_share_the_queue_and_stop_together_on_sigterm(migrat
 async def test_a_worker_process_that_dies_is_restarted(migrated: Settings) -> None:
     worker = WorkerProcess(worker_env(migrated, WORKER_PROCESSES="2"))
     try:
-        await wait_for_count(worker, "Worker escuchando", 2)
+        await wait_for_count(worker, LISTENING, 2)
         slot, pid = next(STARTED.finditer(worker.output)).groups()
         os.kill(int(pid), signal.SIGKILL)
         await asyncio.to_thread(
             worker.wait_for_line, f"Worker process {slot} (pid {pid}) exited with status -9 (SIGKILL)"
         )
-        await wait_for_count(worker, "Worker escuchando", 3)
+        await wait_for_count(worker, LISTENING, 3)
         restarted = [m.group(2) for m in STARTED.finditer(worker.output) if m.group(1) == slot]
         assert len(restarted) == 2 and restarted[1] != pid
         outcomes = await run_numbered_jobs(migrated, 10)

@@ -13,7 +13,7 @@ from typing import Any
 
 from kpi_export.config import Settings
 from tests.services import worker_env
-from tests.support import WorkerProcess
+from tests.support import LISTENING, WorkerProcess
 
 NODE_DIR = Path(__file__).parent
 JOB_NAME = "kpi-export"
@@ -115,7 +115,7 @@ async def original_worker(settings: Settings, **env: str) -> AsyncIterator[Worke
         worker_env(settings, **env), command=["node", str(NODE_DIR / "original-worker.mjs")]
     )
     try:
-        await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
+        await asyncio.to_thread(worker.wait_for_line, LISTENING)
         yield worker
         worker.process.send_signal(signal.SIGTERM)
         status = await asyncio.to_thread(worker.wait, 15)

@@ -17,7 +17,7 @@ from tests.flow import counts
 from tests.interop.node import JOB_NAME, produce
 from tests.probes import metric
 from tests.services import worker_env
-from tests.support import WorkerProcess, audit_rows, run_kpi_export, wait_until
+from tests.support import LISTENING, WorkerProcess, audit_rows, run_kpi_export, wait_until
 from tests.topology import RedisClusterNodes, failover_settings, started
 
 pytestmark = pytest.mark.failover
@@ -50,7 +50,7 @@ async def test_a_node_producer_and_this_worker_meet_on_a_cluster_end_to_end(
     port = free_port()
     worker = WorkerProcess(worker_env(settings, HEALTH_PORT=str(port), QUEUE_METRICS_INTERVAL="0.5"))
     try:
-        await asyncio.to_thread(worker.wait_for_line, "Worker escuchando cola")
+        await asyncio.to_thread(worker.wait_for_line, LISTENING)
         produced = await produce(settings, [*bulk(1, total), {"wait": True}], timeout=120)
         assert len(produced.added) == total
         for job_id in produced.added:
@@ -82,7 +82,7 @@ async def test_the_master_of_the_queues_slot_killed_mid_run_every_job_completes_
     settings, total = on_cluster, failover_jobs * 2 // 5
     worker = WorkerProcess(worker_env(settings, LOCK_DURATION="5"))
     try:
-        await asyncio.to_thread(worker.wait_for_line, "Worker escuchando cola")
+        await asyncio.to_thread(worker.wait_for_line, LISTENING)
         # The Node application adds the jobs and waits for each, across the crash.
         producing = asyncio.create_task(produce(settings, [*bulk(1, total), {"wait": True}], timeout=120))
 

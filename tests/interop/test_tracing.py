@@ -22,10 +22,9 @@ from tests.interop.node import NODE_DIR, run_node
 from tests.otlp import OtlpReceiver, ReceivedSpan, otlp_receiver
 from tests.readme import README
 from tests.services import worker_env
-from tests.support import WorkerProcess, audit_rows, invoke, job_events
+from tests.support import LISTENING, WorkerProcess, audit_rows, invoke, job_events
 
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-START = "Worker escuchando"
 SERVICE = "kpi-export-worker-test"
 # What a Node worker with bullmq-otel gives each attempt (bullmq 6, worker.ts processJob); this worker the same.
 JOB_SPAN_KEYS = {
@@ -73,7 +72,7 @@ async def test_the_worker_continues_the_producers_trace(migrated: Settings) -> N
     async with otlp_receiver() as receiver, job_events(migrated) as events:
         worker = WorkerProcess(traced_env(migrated, receiver.url))
         try:
-            await asyncio.to_thread(worker.wait_for_line, START, 30)
+            await asyncio.to_thread(worker.wait_for_line, LISTENING, 30)
             jobs: list[dict[str, Any]] = [
                 {"data": {"usuarioId": 42, "ip": IPS[0], "filters": {"area": "ventas"}}},
                 {"data": {"usuarioId": "not a number", "ip": IPS[1]}},
@@ -185,7 +184,7 @@ async def test_a_job_without_a_readable_context_starts_a_new_trace(
     async with otlp_receiver() as receiver, job_events(migrated) as events:
         worker = WorkerProcess(traced_env(migrated, receiver.url))
         try:
-            await asyncio.to_thread(worker.wait_for_line, START, 30)
+            await asyncio.to_thread(worker.wait_for_line, LISTENING, 30)
             opts = {} if tm is None else {"tm": tm}
             ids = [await _add(migrated, {"usuarioId": n}, opts) for n in (1, 2)]
             outcomes = [await events.finished(job_id) for job_id in ids]
@@ -208,7 +207,7 @@ async def test_with_the_collector_down_jobs_complete_and_one_warning_says_so(mig
     async with job_events(migrated) as events:
         worker = WorkerProcess(env)
         try:
-            await asyncio.to_thread(worker.wait_for_line, START, 30)
+            await asyncio.to_thread(worker.wait_for_line, LISTENING, 30)
             ids = [await _add(migrated, {"usuarioId": n}, {}) for n in range(1, 41)]
             outcomes = [await events.finished(job_id, timeout=30) for job_id in ids]
             await asyncio.to_thread(worker.wait_for_line, "Spans not exported", 30)
@@ -258,7 +257,7 @@ async def test_the_processing_time_histogram_carries_trace_ids_as_exemplars(migr
             traced_env(migrated, receiver.url, HEALTH_PORT=str(port), HEALTH_HOST="127.0.0.1")
         )
         try:
-            await asyncio.to_thread(worker.wait_for_line, START, 30)
+            await asyncio.to_thread(worker.wait_for_line, LISTENING, 30)
             job_id = await _add(migrated, {"usuarioId": 3}, {})
             await events.finished(job_id)
             spans = await receiver.wait_for(lambda found: len(job_spans(found, migrated, SERVICE)) == 1)
@@ -301,7 +300,7 @@ async def test_the_readmes_tracing_example_runs_on_the_redis_of_redis_url(
         async with otlp_receiver() as receiver, job_events(settings) as events:
             worker = WorkerProcess(traced_env(settings, receiver.url))
             try:
-                await asyncio.to_thread(worker.wait_for_line, START, 30)
+                await asyncio.to_thread(worker.wait_for_line, LISTENING, 30)
                 env = {
                     **os.environ,
                     "REDIS_URL": server.url,
