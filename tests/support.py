@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Self
 
 import asyncpg
 from bullmq import QueueEvents
@@ -162,7 +162,11 @@ async def running_worker(settings: Settings) -> AsyncIterator[StopSignals]:
 
 class WorkerProcess:
     """`kpi-export worker` (or `command`) as a child process; its output is collected line by line: `lines`
-    in the order they arrived from both streams, `stdout` and `stderr` each stream's own."""
+    in the order they arrived from both streams, `stdout` and `stderr` each stream's own.
+
+    `with WorkerProcess(env) as worker:` the process is gone and its pipes closed at the end of the block
+    (`kill()`), whatever happens in it; what a test asserts on its output or its rows comes after the block.
+    `kill()` itself is for a test that needs the process gone before the end of its block."""
 
     def __init__(self, env: dict[str, str], *args: str, command: list[str] | None = None) -> None:
         self.process = subprocess.Popen(
@@ -237,8 +241,14 @@ class WorkerProcess:
         for reader in self._readers:
             reader.join(timeout=5)
 
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.kill()
+
     def kill(self) -> None:
-        """Make sure the process is gone and its pipe closed (every test calls it in `finally`)."""
+        """Make sure the process is gone and its pipes closed (kill -9 if it is still running)."""
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()

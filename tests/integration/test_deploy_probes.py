@@ -30,8 +30,7 @@ async def test_the_deployment_environment_gives_a_worker_that_passes_its_probes(
         env |= secrets  # what the Secret gives the pod
         # Only where the services are differs: this test's private Redis, and a free port for the probes.
         env |= {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(redis_server.port), "HEALTH_PORT": str(port)}
-        worker = WorkerProcess(env)
-        try:
+        with WorkerProcess(env) as worker:
             for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
                 path = container[probe]["httpGet"]["path"]
                 timeout = container[probe].get("timeoutSeconds", 1)  # Kubernetes' default
@@ -52,5 +51,3 @@ async def test_the_deployment_environment_gives_a_worker_that_passes_its_probes(
             status_code = await asyncio.to_thread(worker.wait, 30)
             grace = the("Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
             assert (status_code, time.monotonic() - started < grace) == (0, True), worker.output
-        finally:
-            worker.kill()

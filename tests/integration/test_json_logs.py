@@ -30,7 +30,6 @@ async def test_json_lines_carry_the_job_fields_and_never_a_secret(migrated: Sett
         "postgres@", f"postgres:{DATABASE_SECRET}@"
     )
     server = EmbeddedRedis(tmp_path / "redis", password=REDIS_SECRET)
-    server.start()
     settings = migrated.replace(
         redis_url=SecretStr(f"redis://:{REDIS_SECRET}@127.0.0.1:{server.port}"),
         database_url=SecretStr(database_url),
@@ -46,8 +45,7 @@ async def test_json_lines_carry_the_job_fields_and_never_a_secret(migrated: Sett
         HEALTH_PORT=str(health),
         HEALTH_HOST="127.0.0.1",
     )
-    worker = WorkerProcess(env)
-    try:
+    with server, WorkerProcess(env) as worker:
         await asyncio.to_thread(worker.wait_for_line, LISTENING)
         async with job_events(settings) as events, opened_queue(settings.redis, settings.queue) as queue:
             good = await queue.add("kpi-export", {"usuarioId": 42, "ip": "203.0.113.7"})
@@ -61,9 +59,6 @@ async def test_json_lines_carry_the_job_fields_and_never_a_secret(migrated: Sett
         await asyncio.to_thread(worker.wait_for_line, "Redis reachable again")
         worker.process.send_signal(signal.SIGTERM)
         exit_status = await asyncio.to_thread(worker.wait, 15)
-    finally:
-        worker.kill()
-        server.stop()
 
     assert (status, exit_status) == (200, 0), worker.output
     assert REDIS_SECRET not in worker.output and DATABASE_SECRET not in worker.output

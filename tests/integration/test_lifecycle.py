@@ -86,8 +86,7 @@ def test_a_mistyped_sqlite_path_stops_the_worker_and_no_file_is_made(
 
 
 async def test_start_line_then_an_idle_worker_stops_within_a_second(migrated: Settings) -> None:
-    worker = WorkerProcess(worker_env(migrated))
-    try:
+    with WorkerProcess(worker_env(migrated)) as worker:
         line = await asyncio.to_thread(worker.wait_for_line, LISTENING)
         assert line == start_line(migrated)
         started = time.monotonic()
@@ -95,8 +94,6 @@ async def test_start_line_then_an_idle_worker_stops_within_a_second(migrated: Se
         status = await asyncio.to_thread(worker.wait, 10)
         assert time.monotonic() - started < 1.0
         assert status == 0
-    finally:
-        worker.kill()
     assert worker.stdout[0] == line and worker.stderr == [], worker.output  # first, alone, on stdout
     assert worker.stdout[1:3] == [
         "Cerrando worker...",  # the original's, on a signal
@@ -107,13 +104,10 @@ async def test_start_line_then_an_idle_worker_stops_within_a_second(migrated: Se
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_log_timestamps_puts_the_utc_time_first(migrated: Settings) -> None:
-    worker = WorkerProcess(worker_env(migrated, LOG_TIMESTAMPS="1"))
-    try:
+    with WorkerProcess(worker_env(migrated, LOG_TIMESTAMPS="1")) as worker:
         line = await asyncio.to_thread(worker.wait_for_line, LISTENING)
         worker.process.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(worker.wait, 10) == 0
-    finally:
-        worker.kill()
     stamp, _, text = line.partition(" ")
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stamp), line
     assert text == start_line(migrated)
@@ -130,8 +124,7 @@ async def wait_until_active(settings: Settings, job_id: str) -> None:
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_sigterm_lets_a_two_second_job_finish_then_exits_0(migrated: Settings) -> None:
-    worker = WorkerProcess(worker_env(migrated))
-    try:
+    with WorkerProcess(worker_env(migrated)) as worker:
         await asyncio.to_thread(worker.wait_for_line, LISTENING)
         async with job_events(migrated) as events, opened_queue(migrated.redis, migrated.queue) as queue:
             async with table_locked(migrated):
@@ -142,8 +135,6 @@ async def test_sigterm_lets_a_two_second_job_finish_then_exits_0(migrated: Setti
                 await asyncio.sleep(2)  # the job's two seconds of work: the insert waits on the lock
             outcome = await events.finished(job.id)
         status = await asyncio.to_thread(worker.wait, 15)
-    finally:
-        worker.kill()
     rows = await audit_rows(migrated)
     assert status == 0, worker.output
     assert outcome == ("completed", {"idExport": rows[0].idExport})
@@ -158,9 +149,7 @@ async def test_an_immediate_stop_leaves_the_job_to_another_worker_and_one_row(
 ) -> None:
     settings = migrated.replace(lock_duration=2.0, shutdown_timeout=1.0 if "timeout" in stop else 30)
     env = worker_env(settings, LOCK_DURATION="2")
-    first = WorkerProcess(env)
-    second: WorkerProcess | None = None
-    try:
+    with WorkerProcess(env) as first:
         await asyncio.to_thread(first.wait_for_line, LISTENING)
         async with job_events(settings) as events, opened_queue(settings.redis, settings.queue) as queue:
             async with table_locked(settings):
@@ -174,14 +163,10 @@ async def test_an_immediate_stop_leaves_the_job_to_another_worker_and_one_row(
                 status = await asyncio.to_thread(first.wait, 15)
                 stopped_after = time.monotonic() - started
                 assert await queue.getJobState(job.id) == "active"  # left in Redis, not lost
-            second = WorkerProcess(env)
-            outcome = await events.finished(job.id, timeout=20)
-    finally:
-        first.kill()
-        if second is not None:
-            second.process.send_signal(signal.SIGTERM)
-            second.wait(15)
-            second.kill()
+            with WorkerProcess(env) as second:
+                outcome = await events.finished(job.id, timeout=20)
+                second.process.send_signal(signal.SIGTERM)
+                second.wait(15)
     assert status == 0, first.output
     assert stopped_after < settings.worker.shutdown_timeout + 3
     assert "Stopping with 1 job(s) in flight" in first.output
@@ -194,8 +179,7 @@ async def test_an_immediate_stop_leaves_the_job_to_another_worker_and_one_row(
 async def test_a_redis_down_at_start_is_waited_for_with_one_line(migrated: Settings, tmp_path: Path) -> None:
     port = free_port()
     settings = migrated.replace(redis_url=SecretStr(f"redis://127.0.0.1:{port}"))
-    worker = WorkerProcess(worker_env(settings))
-    try:
+    with WorkerProcess(worker_env(settings)) as worker:
         await asyncio.to_thread(worker.wait_for_line, "Redis not reachable at redis://127.0.0.1")
         with EmbeddedRedis(tmp_path / "redis", port=port):
             await asyncio.to_thread(worker.wait_for_line, LISTENING)
@@ -204,8 +188,6 @@ async def test_a_redis_down_at_start_is_waited_for_with_one_line(migrated: Setti
                 outcome, _ = await events.finished(job.id)
             worker.process.send_signal(signal.SIGTERM)
             status = await asyncio.to_thread(worker.wait, 15)
-    finally:
-        worker.kill()
     assert outcome == "completed"
     assert status == 0
     assert worker.output.count("Redis not reachable") == 1, worker.output
@@ -232,10 +214,8 @@ async def test_a_redis_restart_gives_one_line_when_lost_one_when_back_and_work_g
     migrated: Settings, tmp_path: Path
 ) -> None:
     server = EmbeddedRedis(tmp_path / "redis")
-    server.start()
     settings = migrated.replace(redis_url=SecretStr(server.url))
-    worker = WorkerProcess(worker_env(settings))
-    try:
+    with server, WorkerProcess(worker_env(settings)) as worker:
         await asyncio.to_thread(worker.wait_for_line, LISTENING)
         server.stop()
         await asyncio.to_thread(worker.wait_for_line, "Redis connection lost at")
@@ -246,9 +226,6 @@ async def test_a_redis_restart_gives_one_line_when_lost_one_when_back_and_work_g
             outcome, _ = await events.finished(job.id, timeout=20)
         worker.process.send_signal(signal.SIGTERM)
         status = await asyncio.to_thread(worker.wait, 15)
-    finally:
-        worker.kill()
-        server.stop()
     assert outcome == "completed"
     assert status == 0
     assert worker.output.count("Redis connection lost") == 1, worker.output
@@ -266,16 +243,13 @@ async def test_redis_host_port_and_password_and_a_wrong_password(migrated: Setti
             REDIS_PASSWORD="s3cr3t-pw",
         )
         settings = migrated.replace(redis_url=SecretStr(f"redis://:s3cr3t-pw@127.0.0.1:{server.port}"))
-        worker = WorkerProcess(env)
-        try:
+        with WorkerProcess(env) as worker:
             await asyncio.to_thread(worker.wait_for_line, LISTENING)
             async with job_events(settings) as events, opened_queue(settings.redis, settings.queue) as queue:
                 job = await queue.add("kpi-export", {"usuarioId": 9})
                 outcome, _ = await events.finished(job.id)
             worker.process.send_signal(signal.SIGTERM)
             assert await asyncio.to_thread(worker.wait, 15) == 0
-        finally:
-            worker.kill()
         refused = run_kpi_export({**env, "REDIS_PASSWORD": "wrong-pw"}, "worker")
     assert outcome == "completed"
     assert "s3cr3t-pw" not in worker.output
@@ -379,8 +353,7 @@ async def test_redis_lost_as_the_processing_loop_starts_is_waited_for(
     async with RedisFaultProxy(port) as proxy:
         proxy.cut = lambda command: command[:2] == [b"CLIENT", b"SETNAME"]
         settings = migrated.replace(redis_url=SecretStr(proxy.url))
-        worker = WorkerProcess(worker_env(settings))
-        try:
+        with WorkerProcess(worker_env(settings)) as worker:
             await asyncio.to_thread(worker.wait_for_line, LISTENING)
 
             # redis-py retries a command 3 times on a new connection: more cuts than that are retries of ours.
@@ -395,8 +368,6 @@ async def test_redis_lost_as_the_processing_loop_starts_is_waited_for(
                 outcome, _ = await events.finished(job.id, timeout=20)
             worker.process.send_signal(signal.SIGTERM)
             status = await asyncio.to_thread(worker.wait, 15)
-        finally:
-            worker.kill()
     assert outcome == "completed"
     assert status == 0, worker.output
     assert "stopped unexpectedly" not in worker.output
@@ -408,8 +379,7 @@ async def test_a_stop_while_the_database_does_not_answer_at_start_is_immediate(m
     async with TcpFaultProxy(5432) as proxy:
         proxy.stalled = True  # connections open, nothing comes back
         silent = url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
-        worker = WorkerProcess(worker_env(migrated, DATABASE_URL=silent))
-        try:
+        with WorkerProcess(worker_env(migrated, DATABASE_URL=silent)) as worker:
 
             async def asking() -> bool:
                 return proxy.connections > 0
@@ -419,7 +389,5 @@ async def test_a_stop_while_the_database_does_not_answer_at_start_is_immediate(m
             worker.process.send_signal(signal.SIGTERM)
             status = await asyncio.to_thread(worker.wait, 15)
             elapsed = time.monotonic() - started
-        finally:
-            worker.kill()
     assert status == 0, worker.output
     assert elapsed < 2, elapsed  # not the connect timeout (10 s), nor a wait on the stuck check

@@ -55,8 +55,7 @@ async def test_a_master_demoted_under_the_worker_then_the_endpoint_moved_fails_n
             endpoint_url = SecretStr(f"redis://127.0.0.1:{endpoint.port}")
             settings = await failover_settings(postgresql_url, queue_name, redis_url=endpoint_url)
             total = failover_jobs
-            worker = WorkerProcess(worker_env(settings))
-            try:
+            with WorkerProcess(worker_env(settings)) as worker:
                 await asyncio.to_thread(worker.wait_for_line, LISTENING)
                 await add_jobs(settings, total)
 
@@ -78,8 +77,6 @@ async def test_a_master_demoted_under_the_worker_then_the_endpoint_moved_fails_n
                 assert " failed: " not in worker.output and " stalled " not in worker.output, worker.output
                 assert "ERROR" not in worker.output, worker.output
                 assert worker.output.count("is a replica now") == 1, worker.output
-            finally:
-                worker.kill()
     finally:
         first.kill()
         second.kill()

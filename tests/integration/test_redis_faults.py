@@ -51,10 +51,8 @@ async def test_a_redis_restart_with_jobs_in_flight_loses_and_doubles_nothing_in_
 ) -> None:
     total = 40
     server = EmbeddedRedis(tmp_path / "redis", appendonly=True)  # jobs in Redis survive its restart
-    server.start()
     settings = migrated.replace(redis_url=SecretStr(server.url))
-    worker = WorkerProcess(worker_env(settings, LOCK_DURATION="2"))
-    try:
+    with server, WorkerProcess(worker_env(settings, LOCK_DURATION="2")) as worker:
         await asyncio.to_thread(worker.wait_for_line, LISTENING)
         async with table_locked(settings):  # the jobs taken stay in flight, their inserts waiting
             await add_jobs(settings, total)
@@ -76,9 +74,6 @@ async def test_a_redis_restart_with_jobs_in_flight_loses_and_doubles_nothing_in_
         jobs = await assert_exactly_once(settings, total)
         worker.process.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(worker.wait, 15) == 0
-    finally:
-        worker.kill()
-        server.stop()
     assert outage_cpu < 1.0, outage_cpu  # no busy loop: it waits, it does not spin
     assert worker.output.count("Redis connection lost") == 1, worker.output
     assert worker.output.count("Redis reachable again") == 1, worker.output
@@ -104,10 +99,8 @@ async def test_a_stop_while_redis_is_unreachable_ends_within_the_shutdown_timeou
     migrated: Settings, tmp_path: Path
 ) -> None:
     server = EmbeddedRedis(tmp_path / "redis")
-    server.start()
     settings = migrated.replace(redis_url=SecretStr(server.url), shutdown_timeout=3.0)
-    worker = WorkerProcess(worker_env(settings))
-    try:
+    with server, WorkerProcess(worker_env(settings)) as worker:
         await asyncio.to_thread(worker.wait_for_line, LISTENING)
         with sqlite_locked(settings):
             await add_jobs(settings, 2)
@@ -124,9 +117,6 @@ async def test_a_stop_while_redis_is_unreachable_ends_within_the_shutdown_timeou
             stopping_cpu = worker.cpu_seconds() - cpu_before
             status = await asyncio.to_thread(worker.wait, 30)
             elapsed = time.monotonic() - started
-    finally:
-        worker.kill()
-        server.stop()
     assert status == 0, worker.output
     assert elapsed < settings.worker.shutdown_timeout + 8, elapsed  # bullmq's close() alone would never end
     assert stopping_cpu < 1.0, stopping_cpu
@@ -141,11 +131,8 @@ async def test_a_processing_loop_that_dies_exits_1_for_a_supervisor_to_restart_i
         # bullmq's loop starts by naming its connections; a Redis (or proxy) that refuses it kills the loop.
         proxy.refuse = lambda command: command[:2] == [b"CLIENT", b"SETNAME"]
         through_proxy = migrated.replace(redis_url=SecretStr(proxy.url))
-        worker = WorkerProcess(worker_env(through_proxy))
-        try:
+        with WorkerProcess(worker_env(through_proxy)) as worker:
             status = await asyncio.to_thread(worker.wait, 30)
-        finally:
-            worker.kill()
     assert status == 1, worker.output
     assert (
         "The processing loop stopped unexpectedly (ResponseError: injected fault: command refused by "

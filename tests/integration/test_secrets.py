@@ -64,7 +64,6 @@ async def test_no_password_in_logs_failed_reasons_or_cli_output(
     wrong = f"wrong-pw-{uuid.uuid4().hex}"
     database = private_postgresql_url.rsplit("/", 1)[1]
     server = EmbeddedRedis(tmp_path / "redis", password=redis_password)
-    server.start()
     redis_url = f"redis://:{redis_password}@127.0.0.1:{server.port}"
     settings = Settings.of(
         redis_url=SecretStr(redis_url),
@@ -79,8 +78,7 @@ async def test_no_password_in_logs_failed_reasons_or_cli_output(
     await engine.dispose()
     env = worker_env(settings, DB_RETRY_WINDOW="1", LOG_LEVEL="DEBUG")
     outputs: list[str] = []
-    worker = WorkerProcess(env)
-    try:
+    with server, WorkerProcess(env) as worker:
         await asyncio.to_thread(worker.wait_for_line, LISTENING)
         server.stop()  # Redis lost, then back
         await asyncio.to_thread(worker.wait_for_line, "Redis connection lost")
@@ -111,9 +109,6 @@ async def test_no_password_in_logs_failed_reasons_or_cli_output(
         bad_redis = redis_url.replace(redis_password, wrong)
         outputs.append(await asyncio.to_thread(kpi_export, {**env, "REDIS_URL": bad_redis}, "worker"))
         stored = await everything_in_redis(redis_url, queue_name)
-    finally:
-        worker.kill()
-        server.stop()
     text = "\n".join(outputs)
     # The faults really happened, and each said why:
     assert [outcome[0] for outcome in outcomes] == ["completed", "failed", "failed", "failed"]

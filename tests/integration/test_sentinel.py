@@ -48,8 +48,7 @@ async def test_a_sentinel_failover_with_jobs_in_flight_completes_each_once_and_p
     behind_sentinel: Settings, sentinel_group: SentinelGroup, failover_jobs: int
 ) -> None:
     settings, total = behind_sentinel, failover_jobs
-    worker = WorkerProcess(worker_env(settings))
-    try:
+    with WorkerProcess(worker_env(settings)) as worker:
         await asyncio.to_thread(worker.wait_for_line, LISTENING)
         await add_jobs(settings, total)
         await wait_until(lambda: _completed_share(settings, total // 5), 60, "a fifth of the jobs")
@@ -67,8 +66,6 @@ async def test_a_sentinel_failover_with_jobs_in_flight_completes_each_once_and_p
         assert not stalled, f"jobs that waited for their lock to expire: {stalled[:10]}"
         assert " stalled " not in worker.output and " failed: " not in worker.output, worker.output
         assert worker.output.count(f"Redis master changed: {old.address} → {new.address}") == 1, worker.output
-    finally:
-        worker.kill()
     print(
         f"[sentinel] failover: jobs={total}, election_s={elected_at - failover_at:.1f}, "
         f"all_done_s_after_election={finished_at - elected_at:.1f}"
@@ -80,8 +77,7 @@ async def test_the_master_killed_mid_run_the_worker_follows_the_new_one_and_no_j
 ) -> None:
     # Jobs whose last write the killed master acknowledged but never replicated may wait for their lock.
     settings, total = behind_sentinel, failover_jobs
-    worker = WorkerProcess(worker_env(settings, LOCK_DURATION="5"))
-    try:
+    with WorkerProcess(worker_env(settings, LOCK_DURATION="5")) as worker:
         await asyncio.to_thread(worker.wait_for_line, LISTENING)
         await add_jobs(settings, total)
         await wait_until(lambda: _completed_share(settings, total // 5), 60, "a fifth of the jobs")
@@ -100,8 +96,6 @@ async def test_the_master_killed_mid_run_the_worker_follows_the_new_one_and_no_j
             key = idempotency_key(qualified, one, int(jobs[one]["timestamp"]))
             assert rows.get(key) == 1, (one, rows.get(key))
             assert json.loads(jobs[one]["returnvalue"])["idExport"] > 0
-    finally:
-        worker.kill()
     lost = total - len(held)
     # The jobs the old master acknowledged and never replicated (asynchronous replication): README, "Redis
     # behind Sentinel", says which settings narrow that window.

@@ -34,8 +34,7 @@ async def wait_for_count(worker: WorkerProcess, text: str, count: int, timeout: 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_two_processes_share_the_queue_and_stop_together_on_sigterm(migrated: Settings) -> None:
-    worker = WorkerProcess(worker_env(migrated, WORKER_PROCESSES="2"))
-    try:
+    with WorkerProcess(worker_env(migrated, WORKER_PROCESSES="2")) as worker:
         await wait_for_count(worker, LISTENING, 2)
         pids = {int(m.group(2)) for m in STARTED.finditer(worker.output)}
         assert len(pids) == 2 and worker.process.pid not in pids
@@ -44,8 +43,6 @@ async def test_two_processes_share_the_queue_and_stop_together_on_sigterm(migrat
         outcomes = await run_numbered_jobs(migrated, 40)
         worker.process.send_signal(signal.SIGTERM)
         status = await asyncio.to_thread(worker.wait, 20)
-    finally:
-        worker.kill()
     rows = {row.idExport: row.usuarioId for row in await audit_rows(migrated)}
     assert status == 0, worker.output
     assert [rows[result["idExport"]] for _, result in outcomes] == list(range(1, 41))
@@ -61,8 +58,7 @@ async def test_two_processes_share_the_queue_and_stop_together_on_sigterm(migrat
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_a_worker_process_that_dies_is_restarted(migrated: Settings) -> None:
-    worker = WorkerProcess(worker_env(migrated, WORKER_PROCESSES="2"))
-    try:
+    with WorkerProcess(worker_env(migrated, WORKER_PROCESSES="2")) as worker:
         await wait_for_count(worker, LISTENING, 2)
         slot, pid = next(STARTED.finditer(worker.output)).groups()
         os.kill(int(pid), signal.SIGKILL)
@@ -75,8 +71,6 @@ async def test_a_worker_process_that_dies_is_restarted(migrated: Settings) -> No
         outcomes = await run_numbered_jobs(migrated, 10)
         worker.process.send_signal(signal.SIGINT)
         status = await asyncio.to_thread(worker.wait, 20)
-    finally:
-        worker.kill()
     assert status == 0, worker.output
     assert [outcome for outcome, _ in outcomes] == ["completed"] * 10
     assert len(await audit_rows(migrated)) == 10
@@ -86,11 +80,8 @@ async def test_a_worker_process_that_dies_is_restarted(migrated: Settings) -> No
 def test_workers_that_cannot_run_stop_the_supervisor_with_status_1(settings: Settings) -> None:
     """No table: each worker process exits 1 at once; after a few such starts the supervisor gives up."""
     sqlite3.connect(str(settings.database.target.url.database)).close()  # a database without the table
-    worker = WorkerProcess(worker_env(settings, WORKER_PROCESSES="2"))
-    try:
+    with WorkerProcess(worker_env(settings, WORKER_PROCESSES="2")) as worker:
         status = worker.wait(60)
-    finally:
-        worker.kill()
     assert status == 1, worker.output
     assert "exited 3 times within 10 s of its start; stopping every worker process" in worker.output
     assert "SIGTERM: stopping the" not in worker.output  # no signal came: the line above says why it stops

@@ -48,8 +48,7 @@ async def test_a_node_producer_and_this_worker_meet_on_a_cluster_end_to_end(
 ) -> None:
     settings, total = on_cluster, failover_jobs * 2 // 5
     port = free_port()
-    worker = WorkerProcess(worker_env(settings, HEALTH_PORT=str(port), QUEUE_METRICS_INTERVAL="0.5"))
-    try:
+    with WorkerProcess(worker_env(settings, HEALTH_PORT=str(port), QUEUE_METRICS_INTERVAL="0.5")) as worker:
         await asyncio.to_thread(worker.wait_for_line, LISTENING)
         produced = await produce(settings, [*bulk(1, total), {"wait": True}], timeout=120)
         assert len(produced.added) == total
@@ -71,8 +70,6 @@ async def test_a_node_producer_and_this_worker_meet_on_a_cluster_end_to_end(
         stats = await asyncio.to_thread(run_kpi_export, worker_env(settings), "stats", "--json")
         assert stats.returncode == 0, stats.stderr
         assert json.loads(stats.stdout)["counts"]["completed"] == total
-    finally:
-        worker.kill()
 
 
 async def test_the_master_of_the_queues_slot_killed_mid_run_every_job_completes_with_one_row(
@@ -80,8 +77,7 @@ async def test_the_master_of_the_queues_slot_killed_mid_run_every_job_completes_
 ) -> None:
     # A job whose last write the killed master took without replicating it waits for its lock (5 s here).
     settings, total = on_cluster, failover_jobs * 2 // 5
-    worker = WorkerProcess(worker_env(settings, LOCK_DURATION="5"))
-    try:
+    with WorkerProcess(worker_env(settings, LOCK_DURATION="5")) as worker:
         await asyncio.to_thread(worker.wait_for_line, LISTENING)
         # The Node application adds the jobs and waits for each, across the crash.
         producing = asyncio.create_task(produce(settings, [*bulk(1, total), {"wait": True}], timeout=120))
@@ -104,5 +100,3 @@ async def test_the_master_of_the_queues_slot_killed_mid_run_every_job_completes_
         assert {produced.job(i)["returnvalue"]["idExport"] for i in produced.added} == {
             r.idExport for r in rows
         }
-    finally:
-        worker.kill()

@@ -28,8 +28,7 @@ async def test_the_worker_prints_the_originals_lines_on_the_originals_streams(
     async with RedisFaultProxy(port) as proxy:
         proxy.refuse = calls_script("updateProgress")  # for the original's console.warn
         through_proxy = migrated.replace(redis_url=SecretStr(proxy.url))
-        worker = WorkerProcess(worker_env(through_proxy, WORKER_CONCURRENCY="3"))
-        try:
+        with WorkerProcess(worker_env(through_proxy, WORKER_CONCURRENCY="3")) as worker:
             await asyncio.to_thread(worker.wait_for_line, LISTENING)
             async with job_events(migrated) as events, opened_queue(migrated.redis, migrated.queue) as queue:
                 good = await queue.add("kpi-export", {"usuarioId": 42, "ip": "203.0.113.7"})
@@ -39,8 +38,6 @@ async def test_the_worker_prints_the_originals_lines_on_the_originals_streams(
             await asyncio.to_thread(worker.wait_for_line, "No se pudo actualizar el progreso")
             worker.process.send_signal(signal.SIGTERM)
             status = await asyncio.to_thread(worker.wait, 30)
-        finally:
-            worker.kill()
     assert (status, completed[0], failed[0]) == (0, "completed", "failed"), worker.output
 
     node_stdout, node_stderr = await node_streams(
