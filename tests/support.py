@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -160,6 +161,16 @@ async def running_worker(settings: Settings) -> AsyncIterator[StopSignals]:
         assert outcome == 0
 
 
+def cpu_wait_seconds(schedstat: str | Path = "/proc/thread-self/schedstat") -> float:
+    """How long a thread (by default the calling one) has waited for a CPU so far: ready to run while other
+    processes had the CPUs; the second field of its /proc/…/schedstat, in nanoseconds. 0 where the kernel
+    keeps no such count, or the thread is gone."""
+    try:
+        return int(Path(schedstat).read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 class WorkerProcess:
     """`kpi-export worker` (or `command`) as a child process; its output is collected line by line: `lines`
     in the order they arrived from both streams, `stdout` and `stderr` each stream's own.
@@ -231,6 +242,33 @@ class WorkerProcess:
         """CPU time the process has used so far (user + system), from /proc."""
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def busy_seconds(self) -> float:
+        """How long the process has been busy so far: its CPU time, plus the time its threads have waited for
+        a CPU (ready to run, the CPUs taken by others). A process that spins is busy all the time, however
+        loaded the machine (it gets less CPU time, and waits for it the rest); one that waits on a timer or a
+        socket is busy only when it wakes up."""
+        waited = 0.0
+        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+            waited += cpu_wait_seconds(task / "schedstat")
+        return self.cpu_seconds() + waited
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 15) -> tuple[int, float]:
+        """Send `signum` and wait for the process to end: (its exit status, the seconds it took of its own
+        doing). Those are the wall time from the signal to its exit less the time its main thread waited for a
+        CPU meanwhile: a wait on a timer, a socket or a lock counts, a busy machine's delays do not."""
+        pid = self.process.pid
+        waited = cpu_wait_seconds(f"/proc/{pid}/schedstat")
+        started = time.monotonic()
+        self.process.send_signal(signum)
+        # Until it has exited, without reaping it (WNOWAIT): its /proc entry stays, to be read once more.
+        while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+            if time.monotonic() - started > timeout:
+                raise subprocess.TimeoutExpired(self.process.args, timeout)
+            time.sleep(0.005)  # polling for the exit, as Popen.wait does
+        elapsed = time.monotonic() - started
+        waited = max(cpu_wait_seconds(f"/proc/{pid}/schedstat") - waited, 0.0)  # 0: no count, the wall time
+        return self.wait(timeout), elapsed - waited
 
     def wait(self, timeout: float) -> int:
         status = self.process.wait(timeout)

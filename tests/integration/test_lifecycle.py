@@ -24,6 +24,7 @@ from tests.support import (
     LISTENING,
     WorkerProcess,
     audit_rows,
+    cpu_wait_seconds,
     job_events,
     run_kpi_export,
     running_worker,
@@ -89,10 +90,10 @@ async def test_start_line_then_an_idle_worker_stops_within_a_second(migrated: Se
     with WorkerProcess(worker_env(migrated)) as worker:
         line = await asyncio.to_thread(worker.wait_for_line, LISTENING)
         assert line == start_line(migrated)
-        started = time.monotonic()
-        worker.process.send_signal(signal.SIGTERM)
-        status = await asyncio.to_thread(worker.wait, 10)
-        assert time.monotonic() - started < 1.0
+        status, took = await asyncio.to_thread(worker.stop, signal.SIGTERM, 10)
+        # Of its own doing (the time it waited for a CPU on a busy machine left out): not bullmq's blocking
+        # wait for a job (DRAIN_DELAY, 5 s), a socket's timeout, nor a close that waits out its grace (5 s).
+        assert took < 1.0, took
         assert status == 0
     assert worker.stdout[0] == line and worker.stderr == [], worker.output  # first, alone, on stdout
     assert worker.stdout[1:3] == [
@@ -202,11 +203,16 @@ async def test_a_job_added_after_30_s_of_idle_time_is_picked_up_within_a_second(
         running_worker(migrated),
     ):
         await asyncio.sleep(30)  # the idle time under test, not a wait for a result
+        # The worker runs in this thread (running_worker): the time the thread waits for a CPU meanwhile is
+        # a busy machine's doing, not the worker's, and is left out.
+        waited = cpu_wait_seconds()
         job = await queue.add("kpi-export", {"usuarioId": 30, "ip": "10.3.3.3"})
         outcome, _ = await events.finished(job.id, timeout=5)
+        waited = cpu_wait_seconds() - waited
         stored = await queue.getJob(job.id)
     assert outcome == "completed"
-    assert stored.processedOn - stored.timestamp < 1000
+    # Not after bullmq's blocking wait for a job (DRAIN_DELAY, 5 s) or a socket's timeout: woken by the job.
+    assert stored.processedOn - stored.timestamp - waited * 1000 < 1000
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -385,9 +391,7 @@ async def test_a_stop_while_the_database_does_not_answer_at_start_is_immediate(m
                 return proxy.connections > 0
 
             await wait_until(asking, what="the worker to ask the database")
-            started = time.monotonic()
-            worker.process.send_signal(signal.SIGTERM)
-            status = await asyncio.to_thread(worker.wait, 15)
-            elapsed = time.monotonic() - started
+            status, took = await asyncio.to_thread(worker.stop, signal.SIGTERM, 15)
     assert status == 0, worker.output
-    assert elapsed < 2, elapsed  # not the connect timeout (10 s), nor a wait on the stuck check
+    # Of its own doing (WorkerProcess.stop): not the connect timeout (10 s), nor a wait on the stuck check.
+    assert took < 2, took
