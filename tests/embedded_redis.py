@@ -100,7 +100,7 @@ class EmbeddedRedis:
                         raise RuntimeError(
                             f"redis-server did not start (see {self.folder / 'redis.log'})"
                         ) from None
-                    time.sleep(0.05)
+                    time.sleep(0.05)  # polling for the server's start, until the deadline
         finally:
             client.close()
 

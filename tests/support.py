@@ -113,7 +113,7 @@ async def wait_until(
     while not await condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # the polling interval
 
 
 async def wait_for_workers(settings: Settings, count: int = 1, timeout: float = 20) -> None:

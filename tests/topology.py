@@ -87,7 +87,7 @@ def wait_for(condition: object, timeout: float, what: str) -> None:
             pass
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(0.05)  # the polling interval
 
 
 class RedisProcess:

@@ -32,6 +32,7 @@ from tests.support import (
     table_locked,
     wait_until,
 )
+from tests.topology import wait_for
 
 
 @pytest.mark.parametrize(
@@ -317,16 +318,16 @@ def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         client = redis.Redis(
             host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(cert), socket_connect_timeout=0.5
         )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("the TLS redis-server did not start")
-                time.sleep(0.05)  # a server starting up, not a result
-        client.close()
+
+        def answers() -> bool:
+            if process.poll() is not None:
+                pytest.fail("the TLS redis-server did not start")
+            return bool(client.ping())
+
+        try:
+            wait_for(answers, 10, "the TLS redis-server")
+        finally:
+            client.close()
         yield port, cert
     finally:
         process.terminate()

@@ -37,7 +37,7 @@ async def test_connections_dropped_again_and_again_while_jobs_flow_lose_and_doub
             feeding = asyncio.create_task(add_jobs(migrated, total, pause=0.05))
             cuts = 0
             while cuts < 5 or not feeding.done():
-                await asyncio.sleep(0.3)
+                await asyncio.sleep(0.3)  # pacing: a cut every 0.3 s while the jobs flow, not a wait
                 proxy.cut_all()
                 cuts += 1
             await feeding
