@@ -15,10 +15,10 @@ from pathlib import Path
 import click
 import redis
 from pydantic import SecretStr
+from tests.embedded_redis import EmbeddedRedis
 
 from kpi_export.bullmq import add_jobs, job_counts, opened_queue
 from kpi_export.config import Settings
-from kpi_export.demo.embedded_redis import EmbeddedRedis
 from kpi_export.demo.samples import sample_jobs
 from kpi_export.runtime.lifecycle import run_worker
 from kpi_export.runtime.signals import StopSignals

@@ -23,13 +23,13 @@ from kpi_export.store import opened_engine
 from kpi_export.store.schema import upgrade
 from tests.pgcluster import PASSWORD_ROLE, PostgresCluster, postgres_bin
 from tests.services import (
-    IN_CI,
     MARIADB_URL,
     MISSING_PACKAGES,
     POSTGRES_URL,
     REDIS_URL,
     mariadb_execute,
     require_service,
+    unavailable,
 )
 
 # The image fixture (`built`) for the tests that build and run deploy/Dockerfile.
@@ -143,9 +143,10 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
     """A PostgreSQL server of the session's own, that tests may stop and restart; started on first use."""
     bin_dir = postgres_bin()
     if bin_dir is None:
-        if IN_CI:
-            pytest.fail("initdb/pg_ctl not found, and CI needs them (the postgresql server package)")
-        pytest.skip("initdb/pg_ctl not found")
+        unavailable(
+            "initdb/pg_ctl not found",
+            in_ci="initdb/pg_ctl not found, and CI needs them (the postgresql server package)",
+        )
     cluster = PostgresCluster(bin_dir, role_password=f"pw-{uuid.uuid4().hex}")
     try:
         cluster.init()

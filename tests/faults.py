@@ -140,7 +140,7 @@ class TcpFaultProxy:
         self._connections.update((client_writer, upstream_writer))
         back = asyncio.create_task(self._pump(upstream_reader, client_writer))
         try:
-            await self._forward(client_reader, client_writer, upstream_writer)
+            await self._forward(client_reader, client_writer, upstream_writer, back)
         except (ConnectionError, ValueError):
             pass
         finally:
@@ -156,13 +156,16 @@ class TcpFaultProxy:
         client_reader: asyncio.StreamReader,
         _client: asyncio.StreamWriter,
         upstream: asyncio.StreamWriter,
+        _replies: asyncio.Task[None],
     ) -> None:
         await self._pump(client_reader, upstream)
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Relay what `reader` reads to `writer` until its end; once `writer` is cut off, what comes is read
+        and dropped, so that the end still says when the other side has closed."""
         with contextlib.suppress(ConnectionError):
             while chunk := await reader.read(65536):
-                if not self.stalled:
+                if not self.stalled and not writer.transport.is_closing():
                     writer.write(chunk)
                     await writer.drain()
         writer.transport.abort()
@@ -201,6 +204,7 @@ class RedisFaultProxy(TcpFaultProxy):
         client_reader: asyncio.StreamReader,
         client: asyncio.StreamWriter,
         upstream: asyncio.StreamWriter,
+        replies: asyncio.Task[None],
     ) -> None:
         buffer = bytearray()
         while chunk := await client_reader.read(65536):
@@ -218,8 +222,8 @@ class RedisFaultProxy(TcpFaultProxy):
                     self.lost_with_cut += _count_commands(buffer)
                     client.transport.abort()  # first, so that no byte of the reply reaches the client
                     upstream.write(raw)
-                    await upstream.drain()
-                    await asyncio.sleep(0.05)  # Redis has run the command before its connection goes too
+                    upstream.write_eof()  # Redis runs what it has read, then closes this connection too
+                    await asyncio.wait({replies}, timeout=10)  # the replies' end: Redis has closed it
                     raise ConnectionError("injected fault: reply lost with the connection")
                 if self.refuse(command):
                     self.refused += 1

@@ -53,9 +53,9 @@ async def add_jobs(
                 except Exception:
                     if time.monotonic() > deadline:
                         raise
-                    await asyncio.sleep(0.5)
+                    await asyncio.sleep(0.5)  # pacing the retries while Redis restarts (deadline above)
             if pause:
-                await asyncio.sleep(pause)
+                await asyncio.sleep(pause)  # pacing: a steady flow of jobs, not a wait
 
 
 async def counts(settings: Settings) -> dict[str, int]:

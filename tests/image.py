@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import IN_CI, require_tool
+from tests.services import require_tool, unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
@@ -39,9 +39,7 @@ def podman() -> str:
     elif (info := run(binary, "info", check=False)).returncode != 0:
         problem = f"podman cannot run here: {info.stderr.strip()[-300:]}"
     if problem is not None:
-        if IN_CI:
-            pytest.fail(problem)
-        pytest.skip(problem)
+        unavailable(problem)
     return binary
 
 
@@ -75,12 +73,9 @@ def ensure_base(name: str) -> None:
         return
     debootstrap = shutil.which("debootstrap")
     if debootstrap is None:
-        message = (
+        unavailable(
             f"no registry has {name}, and debootstrap (Debian's debootstrap) is not installed to make it"
         )
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
     with tempfile.TemporaryDirectory(dir="/var/tmp") as folder:
         rootfs = Path(folder) / "rootfs"
         run(

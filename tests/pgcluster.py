@@ -16,7 +16,7 @@ from pathlib import Path
 
 import asyncpg
 
-from kpi_export.demo.embedded_redis import free_port
+from tests.embedded_redis import free_port
 
 PASSWORD_ROLE = "kpi"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import aiomysql
@@ -35,13 +35,25 @@ def _can_connect(url: str) -> bool:
     return _reachable[url]
 
 
+def unavailable(reason: str, *, in_ci: str | None = None, package: str | None = None) -> NoReturn:
+    """What the tests do when a service, a tool or a package they need is missing: skip on a laptop, with
+    `reason`; fail under CI (CI=true), with `in_ci` when given (what CI needs, and who provides it), else
+    `reason`. `package`: the Debian package whose absence this is, named at the end of a laptop's run."""
+    if IN_CI:
+        pytest.fail(in_ci or reason)
+    if package is not None:
+        MISSING_PACKAGES.add(package)
+    pytest.skip(reason)
+
+
 def require_service(name: str, url: str) -> None:
     if _can_connect(url):
         return
     where = urlsplit(url).netloc.rsplit("@", 1)[-1]
-    if IN_CI:
-        pytest.fail(f"{name} is not reachable at {where}, and CI needs it (.ci/run starts it)")
-    pytest.skip(f"{name} is not reachable at {where}")
+    unavailable(
+        f"{name} is not reachable at {where}",
+        in_ci=f"{name} is not reachable at {where}, and CI needs it (.ci/run starts it)",
+    )
 
 
 def require_tool(binary: str, package: str, *, debian: bool = True) -> str:
@@ -51,12 +63,12 @@ def require_tool(binary: str, package: str, *, debian: bool = True) -> str:
     if found is not None:
         return found
     origin = f"Debian's {package}" if debian else package
-    if IN_CI:
-        installed_by = "make test installs it" if debian else "install it on the CI machine"
-        pytest.fail(f"{binary} is not installed ({origin}), and CI needs it ({installed_by})")
-    if debian:
-        MISSING_PACKAGES.add(package)
-    pytest.skip(f"{binary} is not installed ({origin})")
+    installed_by = "make test installs it" if debian else "install it on the CI machine"
+    unavailable(
+        f"{binary} is not installed ({origin})",
+        in_ci=f"{binary} is not installed ({origin}), and CI needs it ({installed_by})",
+        package=package if debian else None,
+    )
 
 
 async def mariadb_execute(url: str, *statements: str, args: list[tuple[Any, ...]] | None = None) -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Self
 
 import asyncpg
 from bullmq import QueueEvents
@@ -21,10 +22,25 @@ from sqlalchemy import select
 from kpi_export.bullmq import node_client_name, opened_queue, redis_client
 from kpi_export.cli import cli
 from kpi_export.config import Settings
+from kpi_export.logs import START_LINE
 from kpi_export.runtime.lifecycle import run_worker
 from kpi_export.runtime.signals import StopSignals
 from kpi_export.store import audit_table, opened_engine
 from tests.services import worker_env
+
+# What the tests wait for before they give a worker jobs: the beginning of the original's start line, which a
+# worker prints once it listens on the queue (each process under a supervisor prints its own).
+LISTENING = "Worker escuchando"
+
+
+def start_line(settings: Settings, concurrency: int | None = None) -> str:
+    """The original's start line, in full, for `settings`' queue: `Worker escuchando cola "…" (concurrency=N)`
+    (its text is held against the Node original's in tests/interop/test_original_lines.py and written out in
+    tests/unit/test_logs.py)."""
+    return START_LINE % (
+        settings.queue.name,
+        settings.worker.concurrency if concurrency is None else concurrency,
+    )
 
 
 class JobEvents:
@@ -97,7 +113,7 @@ async def wait_until(
     while not await condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # the polling interval
 
 
 async def wait_for_workers(settings: Settings, count: int = 1, timeout: float = 20) -> None:
@@ -145,9 +161,23 @@ async def running_worker(settings: Settings) -> AsyncIterator[StopSignals]:
         assert outcome == 0
 
 
+def cpu_wait_seconds(schedstat: str | Path = "/proc/thread-self/schedstat") -> float:
+    """How long a thread (by default the calling one) has waited for a CPU so far: ready to run while other
+    processes had the CPUs; the second field of its /proc/…/schedstat, in nanoseconds. 0 where the kernel
+    keeps no such count, or the thread is gone."""
+    try:
+        return int(Path(schedstat).read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 class WorkerProcess:
     """`kpi-export worker` (or `command`) as a child process; its output is collected line by line: `lines`
-    in the order they arrived from both streams, `stdout` and `stderr` each stream's own."""
+    in the order they arrived from both streams, `stdout` and `stderr` each stream's own.
+
+    `with WorkerProcess(env) as worker:` the process is gone and its pipes closed at the end of the block
+    (`kill()`), whatever happens in it; what a test asserts on its output or its rows comes after the block.
+    `kill()` itself is for a test that needs the process gone before the end of its block."""
 
     def __init__(self, env: dict[str, str], *args: str, command: list[str] | None = None) -> None:
         self.process = subprocess.Popen(
@@ -213,6 +243,33 @@ class WorkerProcess:
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def busy_seconds(self) -> float:
+        """How long the process has been busy so far: its CPU time, plus the time its threads have waited for
+        a CPU (ready to run, the CPUs taken by others). A process that spins is busy all the time, however
+        loaded the machine (it gets less CPU time, and waits for it the rest); one that waits on a timer or a
+        socket is busy only when it wakes up."""
+        waited = 0.0
+        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+            waited += cpu_wait_seconds(task / "schedstat")
+        return self.cpu_seconds() + waited
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 15) -> tuple[int, float]:
+        """Send `signum` and wait for the process to end: (its exit status, the seconds it took of its own
+        doing). Those are the wall time from the signal to its exit less the time its main thread waited for a
+        CPU meanwhile: a wait on a timer, a socket or a lock counts, a busy machine's delays do not."""
+        pid = self.process.pid
+        waited = cpu_wait_seconds(f"/proc/{pid}/schedstat")
+        started = time.monotonic()
+        self.process.send_signal(signum)
+        # Until it has exited, without reaping it (WNOWAIT): its /proc entry stays, to be read once more.
+        while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+            if time.monotonic() - started > timeout:
+                raise subprocess.TimeoutExpired(self.process.args, timeout)
+            time.sleep(0.005)  # polling for the exit, as Popen.wait does
+        elapsed = time.monotonic() - started
+        waited = max(cpu_wait_seconds(f"/proc/{pid}/schedstat") - waited, 0.0)  # 0: no count, the wall time
+        return self.wait(timeout), elapsed - waited
+
     def wait(self, timeout: float) -> int:
         status = self.process.wait(timeout)
         self._join()
@@ -222,8 +279,14 @@ class WorkerProcess:
         for reader in self._readers:
             reader.join(timeout=5)
 
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.kill()
+
     def kill(self) -> None:
-        """Make sure the process is gone and its pipe closed (every test calls it in `finally`)."""
+        """Make sure the process is gone and its pipes closed (kill -9 if it is still running)."""
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
@@ -231,6 +294,21 @@ class WorkerProcess:
         for pipe in (self.process.stdout, self.process.stderr):
             if pipe is not None:
                 pipe.close()
+
+
+def run_kpi_export(
+    env: dict[str, str], *args: str, timeout: float = 60, command: Sequence[str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`kpi-export ARGS` run once as a process of its own, to its end (killed after `timeout` seconds), its
+    output captured as text; `command`: what runs instead of `python -m kpi_export` (a probe around it)."""
+    return subprocess.run(
+        [*(command or (sys.executable, "-m", "kpi_export")), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 async def invoke(

@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-import pytest
 import redis
 from pydantic import SecretStr
 
@@ -25,7 +24,7 @@ from kpi_export.config import Settings
 from kpi_export.store import opened_engine
 from kpi_export.store.schema import upgrade
 from tests.deploy_files import DEPLOY
-from tests.services import IN_CI
+from tests.services import unavailable
 
 
 class Topology(Protocol):
@@ -51,9 +50,10 @@ def redis_server(kind: str = "debian") -> str:
         except ImportError:
             found = None
     if found is None:
-        if IN_CI:
-            pytest.fail("redis-server not found, and CI needs it (the redis-server package)")
-        pytest.skip("redis-server not found")
+        unavailable(
+            "redis-server not found",
+            in_ci="redis-server not found, and CI needs it (the redis-server package)",
+        )
     return found
 
 
@@ -87,7 +87,7 @@ def wait_for(condition: object, timeout: float, what: str) -> None:
             pass
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(0.05)  # the polling interval
 
 
 class RedisProcess:
@@ -319,9 +319,9 @@ class RedisClusterNodes:
         self.nodes = [RedisProcess(folder / f"node-{port}", port, config) for port in ports]
         cli = shutil.which("redis-cli")
         if cli is None:
-            if IN_CI:
-                pytest.fail("redis-cli not found, and CI needs it (the redis-tools package)")
-            pytest.skip("redis-cli not found")
+            unavailable(
+                "redis-cli not found", in_ci="redis-cli not found, and CI needs it (the redis-tools package)"
+            )
         subprocess.run(
             [cli, "--cluster", "create", *(node.address for node in self.nodes), "--cluster-replicas", "1"]
             + ["--cluster-yes"],

@@ -19,16 +19,15 @@ import pytest
 from pydantic import SecretStr
 
 from kpi_export.config import Settings
-from kpi_export.demo.embedded_redis import EmbeddedRedis
+from tests.embedded_redis import EmbeddedRedis
 from tests.flow import add_jobs, assert_exactly_once, counts, wait_all_finished
 from tests.pgcluster import PostgresCluster
 from tests.services import worker_env
-from tests.support import WorkerProcess, wait_until
+from tests.support import LISTENING, WorkerProcess, wait_until
 
 pytestmark = pytest.mark.chaos
 
 LOCK_DURATION = 3  # seconds before a killed worker's jobs are taken over
-START = "Worker escuchando"
 
 
 @dataclass
@@ -48,7 +47,7 @@ class Fleet:
 
     def kill_one(self, rng: random.Random) -> None:
         """kill -9 a worker chosen at random among those taking jobs, and start its replacement."""
-        ready = [worker for worker in self.running if any(START in line for line in worker.lines[:3])]
+        ready = [worker for worker in self.running if any(LISTENING in line for line in worker.lines[:3])]
         if not ready:  # every replacement still starting: nothing to kill this time
             return
         victim = rng.choice(ready)
@@ -64,7 +63,7 @@ class Fleet:
         signal (-15; a clean stop to systemd and Kubernetes, but not the exit status these tests check)."""
         for worker in self.running:
             if worker.process.poll() is None:
-                worker.wait_for_line(START, 60)
+                worker.wait_for_line(LISTENING, 60)
         for worker in self.running:
             worker.process.send_signal(signal.SIGTERM)
         return [worker.wait(30) for worker in self.running]
@@ -113,7 +112,7 @@ async def started(fleet: Fleet, count: int) -> None:
     for _ in range(count):
         fleet.start()
     for worker in fleet.running:
-        await asyncio.to_thread(worker.wait_for_line, START, 60)
+        await asyncio.to_thread(worker.wait_for_line, LISTENING, 60)
 
 
 async def slow_inserts(settings: Settings, seconds: float) -> None:

@@ -21,7 +21,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kpi_export.bullmq import opened_queue
 from kpi_export.config import Settings
-from kpi_export.demo.embedded_redis import free_port
 from kpi_export.errors import SealingError
 from kpi_export.integrity import chain_store
 from kpi_export.integrity.digests import ChainEntry, SealKey, new_entry
@@ -29,6 +28,7 @@ from kpi_export.integrity.seal_table import seal_table
 from kpi_export.integrity.sealer import seal_pending
 from kpi_export.integrity.verifier import verify
 from kpi_export.store import audit_table, opened_engine, utc_now
+from tests.embedded_redis import free_port
 from tests.probes import get, sample
 from tests.services import worker_env
 from tests.support import WorkerProcess, invoke, job_events, wait_until
@@ -456,30 +456,29 @@ async def test_the_worker_seals_logs_the_head_and_exports_it(migrated: Settings,
         HEALTH_PORT=str(port),
         HEALTH_HOST="127.0.0.1",
     )
-    worker = WorkerProcess(env)
-    try:
-        await asyncio.to_thread(worker.wait_for_line, '"worker.started"')
-        async with job_events(migrated) as events, opened_queue(migrated.redis, migrated.queue) as queue:
-            job = await queue.add("kpi-export", {"usuarioId": 7, "ip": "203.0.113.77", "format": "pdf"})
-            outcome, result = await events.finished(job.id)
-        assert outcome == "completed", result
+    with WorkerProcess(env) as worker:
+        try:
+            await asyncio.to_thread(worker.wait_for_line, '"worker.started"')
+            async with job_events(migrated) as events, opened_queue(migrated.redis, migrated.queue) as queue:
+                job = await queue.add("kpi-export", {"usuarioId": 7, "ip": "203.0.113.77", "format": "pdf"})
+                outcome, result = await events.finished(job.id)
+            assert outcome == "completed", result
 
-        async def both_sealed() -> bool:
-            return any('"audit.sealed"' in line and '"toId": 2' in line for line in worker.lines)
+            async def both_sealed() -> bool:
+                return any('"audit.sealed"' in line and '"toId": 2' in line for line in worker.lines)
 
-        await wait_until(both_sealed, timeout=30, what="the worker to seal both rows")
-        head = (await entries(engine))[-1]
-        line = json.loads(next(line for line in worker.lines if '"toId": 2' in line))
-        assert (line["event"], line["digest"], line["seq"]) == ("audit.sealed", head.digest, head.seq)
-        assert SECRET not in worker.output
-        status, metrics = await get(port, "/metrics")
-        assert status == 200
-        assert f'digest="{head.digest}"' in metrics and "kpi_export_audit_seal_head_info" in metrics
-        assert sample(metrics, "kpi_export_audit_sealed_id", queue=migrated.queue.name) == 2
-    finally:
-        worker.process.send_signal(signal.SIGTERM)
-        status = await asyncio.to_thread(worker.wait, 30)
-        worker.kill()
+            await wait_until(both_sealed, timeout=30, what="the worker to seal both rows")
+            head = (await entries(engine))[-1]
+            line = json.loads(next(line for line in worker.lines if '"toId": 2' in line))
+            assert (line["event"], line["digest"], line["seq"]) == ("audit.sealed", head.digest, head.seq)
+            assert SECRET not in worker.output
+            status, metrics = await get(port, "/metrics")
+            assert status == 200
+            assert f'digest="{head.digest}"' in metrics and "kpi_export_audit_seal_head_info" in metrics
+            assert sample(metrics, "kpi_export_audit_sealed_id", queue=migrated.queue.name) == 2
+        finally:
+            worker.process.send_signal(signal.SIGTERM)
+            status = await asyncio.to_thread(worker.wait, 30)
     assert status == 0, worker.output
     assert (await fetch(engine, result["idExport"]))["ip"] == "203.0.113.0"
     assert (await verify(engine, KEY)).clean

@@ -14,7 +14,7 @@ from pydantic import SecretStr
 
 from kpi_export.bullmq import opened_queue
 from kpi_export.config import Settings
-from kpi_export.demo.embedded_redis import free_port
+from tests.embedded_redis import free_port
 from tests.services import POSTGRES_URL, require_service
 from tests.support import invoke
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
 
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from kpi_export.bullmq import opened_queue
 from kpi_export.config import Settings
 from tests.services import worker_env
-from tests.support import invoke
+from tests.support import invoke, run_kpi_export
 
 # Runs the command as the console script does, then names what it imported of HEAVY.
 PROBE = """
@@ -44,14 +43,8 @@ HEAVY = {
 
 
 def imported_by(settings: Settings, *args: str) -> list[str]:
-    result = subprocess.run(
-        [sys.executable, "-c", f"HEAVY = {HEAVY!r}\n{PROBE}", *args],
-        env=worker_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    probe = [sys.executable, "-c", f"HEAVY = {HEAVY!r}\n{PROBE}"]
+    result = run_kpi_export(worker_env(settings), *args, command=probe)
     assert result.returncode == 0, result.stdout + result.stderr
     found: list[str] = json.loads(result.stderr.strip().splitlines()[-1])
     return found

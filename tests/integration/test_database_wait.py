@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sqlite3
 from datetime import datetime
@@ -18,9 +19,8 @@ from kpi_export.store import create_engine
 from kpi_export.store.schema import upgrade
 from tests.pgcluster import PASSWORD_ROLE, PostgresCluster
 from tests.services import worker_env
-from tests.support import WorkerProcess, job_events, table_locked, wait_until
+from tests.support import LISTENING, WorkerProcess, job_events, start_line, table_locked, wait_until
 
-START = 'Worker escuchando cola "{queue}" (concurrency={concurrency})'
 LOCKED = "Waiting for the audit table: locked by another session ("
 
 
@@ -41,19 +41,16 @@ async def test_a_database_down_at_start_is_one_line_naming_host_and_port_then_th
     await engine.dispose()
     where = f"127.0.0.1:{postgres_cluster.port}"
     postgres_cluster.stop()
-    worker = WorkerProcess(worker_env(settings))
-    try:
+    with WorkerProcess(worker_env(settings)) as worker:
         down = await asyncio.to_thread(worker.wait_for_line, f"Database not reachable at {where} (", 30)
         postgres_cluster.start()
         await asyncio.to_thread(worker.wait_for_line, f"Database reachable at {where}", 30)
-        start = START.format(queue=settings.queue.name, concurrency=settings.worker.concurrency)
+        start = start_line(settings)
         await asyncio.to_thread(worker.wait_for_line, start, 30)
         async with job_events(settings) as events, opened_queue(settings.redis, settings.queue) as queue:
             job = await queue.add("kpi-export", {"usuarioId": 3})
             outcome, _ = await events.finished(job.id, timeout=20)
         status = await stop_gracefully(worker)
-    finally:
-        worker.kill()
     assert down.endswith("); waiting for it"), down
     assert outcome == "completed" and status == 0, worker.output
     assert worker.output.count("Database not reachable") == 1, worker.output
@@ -90,9 +87,10 @@ async def server_now(settings: Settings) -> datetime:
 async def test_a_start_on_a_locked_table_says_it_waits_then_starts_when_the_lock_goes(
     migrated: Settings,
 ) -> None:
-    async with table_locked(migrated):  # LOCK TABLE … IN ACCESS EXCLUSIVE MODE, held until the block ends
-        worker = WorkerProcess(worker_env(migrated))
-        try:
+    async with contextlib.AsyncExitStack() as lock:
+        # LOCK TABLE … IN ACCESS EXCLUSIVE MODE before the worker starts, held until lock.aclose()
+        await lock.enter_async_context(table_locked(migrated))
+        with WorkerProcess(worker_env(migrated)) as worker:
             waiting = await asyncio.to_thread(worker.wait_for_line, LOCKED, 30)
             since = await server_now(migrated)
 
@@ -100,16 +98,10 @@ async def test_a_start_on_a_locked_table_says_it_waits_then_starts_when_the_lock
                 return await waits_since(migrated, since)
 
             await wait_until(asked_again, timeout=30, what="the worker to wait on the lock again")
-            assert "Worker escuchando" not in worker.output
-        except BaseException:
-            worker.kill()
-            raise
-    try:
-        start = START.format(queue=migrated.queue.name, concurrency=migrated.worker.concurrency)
-        await asyncio.to_thread(worker.wait_for_line, start, 30)
-        status = await stop_gracefully(worker)
-    finally:
-        worker.kill()
+            assert LISTENING not in worker.output
+            await lock.aclose()  # the lock goes
+            await asyncio.to_thread(worker.wait_for_line, start_line(migrated), 30)
+            status = await stop_gracefully(worker)
     assert "LockNotAvailableError" in waiting, waiting
     assert status == 0, worker.output
     assert worker.output.count("Waiting for the audit table") == 1, worker.output  # one line, however long
@@ -123,22 +115,14 @@ async def test_a_sqlite_file_another_process_writes_is_waited_for_with_one_line(
     try:
         holder.execute("PRAGMA journal_mode=DELETE")
         holder.execute("BEGIN EXCLUSIVE")
-        worker = WorkerProcess(worker_env(migrated))
-        try:
+        with WorkerProcess(worker_env(migrated)) as worker:
             waiting = await asyncio.to_thread(worker.wait_for_line, LOCKED, 40)
-            assert "Worker escuchando" not in worker.output
-        except BaseException:
-            worker.kill()
-            raise
-        holder.execute("ROLLBACK")
+            assert LISTENING not in worker.output
+            holder.execute("ROLLBACK")  # the lock goes
+            await asyncio.to_thread(worker.wait_for_line, start_line(migrated), 40)
+            status = await stop_gracefully(worker)
     finally:
         holder.close()
-    try:
-        start = START.format(queue=migrated.queue.name, concurrency=migrated.worker.concurrency)
-        await asyncio.to_thread(worker.wait_for_line, start, 40)
-        status = await stop_gracefully(worker)
-    finally:
-        worker.kill()
     assert "database is locked" in waiting, waiting
     assert status == 0, worker.output
     assert "Database not reachable" not in worker.output

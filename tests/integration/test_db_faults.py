@@ -20,7 +20,7 @@ from kpi_export.config import Settings
 from tests.faults import TcpFaultProxy
 from tests.pgcluster import PostgresCluster
 from tests.services import worker_env
-from tests.support import WorkerProcess, audit_rows, job_events, running_worker
+from tests.support import LISTENING, WorkerProcess, audit_rows, job_events, running_worker
 
 shared_postgresql = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
@@ -130,9 +130,8 @@ async def test_a_missing_table_fails_at_once_with_a_clear_reason(migrated: Setti
 async def test_an_outage_longer_than_the_lock_is_retried_inside_the_job_and_its_lock_renewed(
     migrated: Settings, postgres_cluster: PostgresCluster
 ) -> None:
-    worker = WorkerProcess(worker_env(migrated, LOCK_DURATION="2", DB_RETRY_WINDOW="30"))
-    try:
-        await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
+    with WorkerProcess(worker_env(migrated, LOCK_DURATION="2", DB_RETRY_WINDOW="30")) as worker:
+        await asyncio.to_thread(worker.wait_for_line, LISTENING)
         async with job_events(migrated) as events, opened_queue(migrated.redis, migrated.queue) as queue:
             postgres_cluster.stop()
             job = await queue.add("kpi-export", {"usuarioId": 7, "ip": "10.7.7.7"}, {"attempts": 1})
@@ -141,8 +140,6 @@ async def test_an_outage_longer_than_the_lock_is_retried_inside_the_job_and_its_
             postgres_cluster.start()
             outcome = await events.finished(job.id, timeout=20)
             stored = await queue.getJob(job.id)
-    finally:
-        worker.kill()
     rows = await audit_rows(migrated)
     assert outcome == ("completed", {"idExport": rows[0].idExport}) and len(rows) == 1
     assert stored.attemptsMade == 1
@@ -154,9 +151,8 @@ async def test_an_outage_longer_than_the_lock_is_retried_inside_the_job_and_its_
 async def test_an_outage_longer_than_the_window_fails_the_attempt_then_the_producers_attempts_apply(
     migrated: Settings, postgres_cluster: PostgresCluster
 ) -> None:
-    worker = WorkerProcess(worker_env(migrated, DB_RETRY_WINDOW="1"))
-    try:
-        await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
+    with WorkerProcess(worker_env(migrated, DB_RETRY_WINDOW="1")) as worker:
+        await asyncio.to_thread(worker.wait_for_line, LISTENING)
         async with job_events(migrated) as events, opened_queue(migrated.redis, migrated.queue) as queue:
             postgres_cluster.stop()
             job = await queue.add(
@@ -166,8 +162,6 @@ async def test_an_outage_longer_than_the_window_fails_the_attempt_then_the_produ
             postgres_cluster.start()
             outcome = await events.finished(job.id, timeout=20)
             stored = await queue.getJob(job.id)
-    finally:
-        worker.kill()
     rows = await audit_rows(migrated)
     assert (
         failed.startswith(f"Job {job.id} failed: base de datos no disponible: ") and failed in worker.stderr
@@ -220,9 +214,8 @@ async def test_the_retries_inside_a_job_end_with_its_window_not_a_backoff_step_l
     seconds (the waits near 10 s are 3.2 to 5 s)."""
     window, count = 10.0, 8
     settings = migrated.replace(worker_concurrency=count)
-    worker = WorkerProcess(worker_env(settings, DB_RETRY_WINDOW=str(window)))
-    try:
-        await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
+    with WorkerProcess(worker_env(settings, DB_RETRY_WINDOW=str(window))) as worker:
+        await asyncio.to_thread(worker.wait_for_line, LISTENING)
         async with job_events(settings) as events, opened_queue(settings.redis, settings.queue) as queue:
             postgres_cluster.stop()
             jobs = await queue.addBulk(
@@ -237,8 +230,6 @@ async def test_the_retries_inside_a_job_end_with_its_window_not_a_backoff_step_l
         await asyncio.to_thread(
             worker.wait_for_line, f"Transient database fault at 127.0.0.1:{postgres_cluster.port} ("
         )
-    finally:
-        worker.kill()
     assert all(outcome == "failed" for outcome, _ in outcomes), outcomes
     assert all(reason.startswith("base de datos no disponible: ") for _, reason in outcomes), outcomes
     took = sorted((job.finishedOn - job.processedOn) / 1000 for job in stored)

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from kpi_export.config import Settings
-from kpi_export.demo.embedded_redis import EmbeddedRedis, free_port
 from tests.deploy_files import literal_env, the, worker_container
+from tests.embedded_redis import EmbeddedRedis, free_port
 from tests.probes import get, sample
-from tests.support import WorkerProcess, wait_until
+from tests.support import LISTENING, WorkerProcess, wait_until
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -30,8 +30,7 @@ async def test_the_deployment_environment_gives_a_worker_that_passes_its_probes(
         env |= secrets  # what the Secret gives the pod
         # Only where the services are differs: this test's private Redis, and a free port for the probes.
         env |= {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(redis_server.port), "HEALTH_PORT": str(port)}
-        worker = WorkerProcess(env)
-        try:
+        with WorkerProcess(env) as worker:
             for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
                 path = container[probe]["httpGet"]["path"]
                 timeout = container[probe].get("timeoutSeconds", 1)  # Kubernetes' default
@@ -45,12 +44,10 @@ async def test_the_deployment_environment_gives_a_worker_that_passes_its_probes(
             assert status == 200
             queue = literal_env(container)["QUEUE_NAME"]
             assert sample(text, "kpi_export_jobs_total", queue=queue, outcome="completed") == 0
-            assert worker.wait_for_line("Worker escuchando").startswith("{")  # LOG_FORMAT=json
+            assert worker.wait_for_line(LISTENING).startswith("{")  # LOG_FORMAT=json
 
             started = time.monotonic()
             worker.process.send_signal(signal.SIGTERM)  # what the kubelet sends first
             status_code = await asyncio.to_thread(worker.wait, 30)
             grace = the("Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
             assert (status_code, time.monotonic() - started < grace) == (0, True), worker.output
-        finally:
-            worker.kill()

@@ -13,11 +13,11 @@ from pydantic import SecretStr
 
 from kpi_export.bullmq import opened_queue
 from kpi_export.config import Settings
-from kpi_export.demo.embedded_redis import EmbeddedRedis, free_port
 from kpi_export.runtime.lifecycle import run_worker
 from kpi_export.runtime.signals import StopSignals
 from kpi_export.store import create_engine
 from kpi_export.store.schema import upgrade
+from tests.embedded_redis import EmbeddedRedis, free_port
 from tests.faults import RedisFaultProxy, calls_script
 from tests.pgcluster import PostgresCluster
 from tests.probes import get, get_json, metric, sample

@@ -27,7 +27,7 @@ from kpi_export.errors import InvalidJobData
 from kpi_export.store import audit_table, create_engine
 from tests.hostile import producer_job_data
 from tests.services import worker_env
-from tests.support import WorkerProcess, audit_rows, job_events, wait_until
+from tests.support import LISTENING, WorkerProcess, audit_rows, job_events, wait_until
 
 FINAL = "(final, not retried)"
 JOB_WARNING = re.compile(r"Job [^ ]*: ")  # not "Job 3 failed: …" nor "Job 3 completed: …"
@@ -74,8 +74,7 @@ async def test_jobs_bullmq_cannot_decode_fail_at_once_with_the_reason(
             damaged.append((job.id, fields, reason))
         evil_id = "evil\nWARNING: forged\x1b[31m"
         evil = await queue.add("kpi-export", {"usuarioId": 2, "ip": "10.0.0.2"}, {"jobId": evil_id})
-        worker = WorkerProcess(worker_env(migrated))
-        try:
+        with WorkerProcess(worker_env(migrated)) as worker:
             async with job_events(migrated) as events:
                 # Well within LOCK_DURATION (30 s): a job that bullmq dropped would only come back after it.
                 outcomes = [await events.finished(job_id, timeout=20) for job_id, _, _ in damaged]
@@ -84,8 +83,6 @@ async def test_jobs_bullmq_cannot_decode_fail_at_once_with_the_reason(
             stored = [await raw.hgetall(f"bull:{migrated.queue.name}:{job_id}") for job_id, _, _ in damaged]
             await raw.aclose()
             counts = await queue.getJobCounts("active", "wait", "failed", "completed")
-        finally:
-            worker.kill()
 
     for (job_id, fields, reason), outcome, hash_ in zip(damaged, outcomes, stored, strict=True):
         assert outcome[0] == "failed" and reason in outcome[1], (job_id, outcome)
@@ -210,10 +207,9 @@ class Batches:
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_any_json_job_data_ends_as_a_normalised_row_or_a_clear_failure(migrated: Settings) -> None:
-    worker = WorkerProcess(worker_env(migrated))
-    batches = Batches(migrated, worker)
-    try:
-        await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
+    with WorkerProcess(worker_env(migrated)) as worker:
+        batches = Batches(migrated, worker)
+        await asyncio.to_thread(worker.wait_for_line, LISTENING)
 
         @settings(
             max_examples=40,
@@ -228,5 +224,3 @@ async def test_any_json_job_data_ends_as_a_normalised_row_or_a_clear_failure(mig
 
         await asyncio.to_thread(property_holds)
         assert worker.process.poll() is None, worker.output  # never a crash
-    finally:
-        worker.kill()

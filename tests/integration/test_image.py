@@ -15,14 +15,13 @@ import pytest
 
 from kpi_export.bullmq import opened_queue
 from kpi_export.config import Settings
-from kpi_export.demo.embedded_redis import free_port
 from tests import image
+from tests.embedded_redis import free_port
 from tests.probes import get
-from tests.support import WorkerProcess, audit_rows, job_events
+from tests.support import LISTENING, WorkerProcess, audit_rows, job_events, start_line
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 on_postgresql = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-START = 'Worker escuchando cola "{queue}" (concurrency={concurrency})'
 
 
 def inspect(tag: str) -> dict[str, object]:
@@ -75,23 +74,22 @@ async def test_the_image_migrates_and_runs_the_worker_read_only_and_stops_on_sig
         "-e",
         f"HEALTH_PORT={health}",
     ]
-    worker = WorkerProcess({}, command=image.container(built, name=name, options=options))
     try:
-        line = await asyncio.to_thread(worker.wait_for_line, "Worker escuchando", 60)
-        async with job_events(settings) as events, opened_queue(settings.redis, settings.queue) as queue:
-            good = [await queue.add("kpi-export", {"usuarioId": n, "ip": "203.0.113.7"}) for n in (1, 2)]
-            bad = await queue.add("kpi-export", {"usuarioId": "abc"})
-            outcomes = [await events.finished(job.id) for job in (*good, bad)]
-        ready, _ = await get(health, "/readyz")
-        user = image.run(image.podman(), "exec", name, "id", "-u").stdout.strip()
-        healthy = image.run(image.podman(), "healthcheck", "run", name, check=False)
-        image.run(image.podman(), "kill", "--signal", "TERM", name)
-        status = await asyncio.to_thread(worker.wait, 60)
+        with WorkerProcess({}, command=image.container(built, name=name, options=options)) as worker:
+            line = await asyncio.to_thread(worker.wait_for_line, LISTENING, 60)
+            async with job_events(settings) as events, opened_queue(settings.redis, settings.queue) as queue:
+                good = [await queue.add("kpi-export", {"usuarioId": n, "ip": "203.0.113.7"}) for n in (1, 2)]
+                bad = await queue.add("kpi-export", {"usuarioId": "abc"})
+                outcomes = [await events.finished(job.id) for job in (*good, bad)]
+            ready, _ = await get(health, "/readyz")
+            user = image.run(image.podman(), "exec", name, "id", "-u").stdout.strip()
+            healthy = image.run(image.podman(), "healthcheck", "run", name, check=False)
+            image.run(image.podman(), "kill", "--signal", "TERM", name)
+            status = await asyncio.to_thread(worker.wait, 60)
     finally:
-        worker.kill()
         image.run(image.podman(), "rm", "--force", name, check=False)
     rows = await audit_rows(settings)
-    assert line == START.format(queue=settings.queue.name, concurrency=3)
+    assert line == start_line(settings, concurrency=3)
     assert [outcome for outcome, _ in outcomes] == ["completed", "completed", "failed"]
     assert sorted(result["idExport"] for _, result in outcomes[:2]) == sorted(row.idExport for row in rows)
     assert (ready, user, healthy.returncode, status) == (200, "10001", 0, 0), worker.output

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from kpi_export.bullmq import opened_queue
 from kpi_export.config import Settings
-from kpi_export.demo.embedded_redis import EmbeddedRedis
+from tests.embedded_redis import EmbeddedRedis
 from tests.faults import FirstCall, RedisFaultProxy, ScriptCalls, calls_script
 from tests.support import audit_rows, invoke, job_events, running_worker, wait_until
 

@@ -13,10 +13,10 @@ from pydantic import SecretStr
 
 from kpi_export.bullmq import opened_queue
 from kpi_export.config import Settings
-from kpi_export.demo.embedded_redis import EmbeddedRedis, free_port
+from tests.embedded_redis import EmbeddedRedis, free_port
 from tests.probes import get
 from tests.services import worker_env
-from tests.support import WorkerProcess, audit_rows, job_events
+from tests.support import LISTENING, WorkerProcess, audit_rows, job_events, start_line
 
 REDIS_SECRET = "r3dis-S3cret-pw"
 DATABASE_SECRET = "pg-S3cret-pw"
@@ -30,7 +30,6 @@ async def test_json_lines_carry_the_job_fields_and_never_a_secret(migrated: Sett
         "postgres@", f"postgres:{DATABASE_SECRET}@"
     )
     server = EmbeddedRedis(tmp_path / "redis", password=REDIS_SECRET)
-    server.start()
     settings = migrated.replace(
         redis_url=SecretStr(f"redis://:{REDIS_SECRET}@127.0.0.1:{server.port}"),
         database_url=SecretStr(database_url),
@@ -46,9 +45,8 @@ async def test_json_lines_carry_the_job_fields_and_never_a_secret(migrated: Sett
         HEALTH_PORT=str(health),
         HEALTH_HOST="127.0.0.1",
     )
-    worker = WorkerProcess(env)
-    try:
-        await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
+    with server, WorkerProcess(env) as worker:
+        await asyncio.to_thread(worker.wait_for_line, LISTENING)
         async with job_events(settings) as events, opened_queue(settings.redis, settings.queue) as queue:
             good = await queue.add("kpi-export", {"usuarioId": 42, "ip": "203.0.113.7"})
             bad = await queue.add("kpi-export", {"usuarioId": f"{REDIS_SECRET}\nforged"}, {"attempts": 2})
@@ -61,9 +59,6 @@ async def test_json_lines_carry_the_job_fields_and_never_a_secret(migrated: Sett
         await asyncio.to_thread(worker.wait_for_line, "Redis reachable again")
         worker.process.send_signal(signal.SIGTERM)
         exit_status = await asyncio.to_thread(worker.wait, 15)
-    finally:
-        worker.kill()
-        server.stop()
 
     assert (status, exit_status) == (200, 0), worker.output
     assert REDIS_SECRET not in worker.output and DATABASE_SECRET not in worker.output
@@ -95,7 +90,7 @@ async def test_json_lines_carry_the_job_fields_and_never_a_secret(migrated: Sett
     }
     assert failed["message"] == f"Job {bad.id} failed: usuarioId inválido en job.data (final, not retried)"
     started = only("worker.started")
-    assert started["message"] == f'Worker escuchando cola "{settings.queue.name}" (concurrency=4)'
+    assert started["message"] == start_line(settings, concurrency=4)
     assert only("redis.lost")["message"].startswith(
         f"Redis connection lost at redis://127.0.0.1:{server.port}"
     )

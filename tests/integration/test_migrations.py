@@ -6,9 +6,8 @@ import asyncio
 import json
 import os
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,7 +28,7 @@ from kpi_export.store import AuditStore, create_engine, schema
 from kpi_export.store.schema import check_ready, head_revision
 from tests.prisma import PRISMA_MYSQL, PRISMA_POSTGRES, PRISMA_SQLITE
 from tests.services import mariadb_execute
-from tests.support import audit_rows
+from tests.support import audit_rows, run_kpi_export
 
 OLD_ROWS = [
     (11, "203.0.113.7", '{"area": "ventas"}', "xlsx", 0, "2026-01-15 10:20:30.123"),
@@ -206,24 +205,9 @@ UPGRADERS = 4
 def test_upgrades_started_together_all_succeed_and_migrate_once(database_url: str) -> None:
     """What the pods' init containers do when a Deployment's replicas start at once on an empty database."""
     env = {**os.environ, "DATABASE_URL": database_url}
-    upgraders = [
-        subprocess.Popen(
-            [sys.executable, "-m", "kpi_export", "db", "upgrade", "--json"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(UPGRADERS)
-    ]
-    try:
-        outputs = [process.communicate(timeout=60) for process in upgraders]
-    finally:
-        for process in upgraders:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    outcomes = [(process.returncode, *output) for process, output in zip(upgraders, outputs, strict=True)]
+    with ThreadPoolExecutor(UPGRADERS) as pool:  # one thread each, so that the processes start together
+        finished = list(pool.map(lambda _: run_kpi_export(env, "db", "upgrade", "--json"), range(UPGRADERS)))
+    outcomes = [(result.returncode, result.stdout, result.stderr) for result in finished]
     assert [code for code, _, _ in outcomes] == [0] * UPGRADERS, outcomes
     reports = [json.loads(out) for _, out, _ in outcomes]
     # One of them migrated; the others found the database already at the head.

@@ -16,8 +16,8 @@ from pydantic import SecretStr
 from kpi_export.bullmq import opened_queue, worker_name
 from kpi_export.config import Settings
 from kpi_export.contract import parse_job_data
-from kpi_export.demo.embedded_redis import free_port
 from kpi_export.store import AuditStore, create_engine
+from tests.embedded_redis import free_port
 from tests.support import audit_rows, invoke, job_events, running_worker, wait_until
 
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

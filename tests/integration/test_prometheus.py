@@ -20,17 +20,16 @@ import yaml
 
 from kpi_export.bullmq import opened_queue
 from kpi_export.config import Settings
-from kpi_export.demo.embedded_redis import free_port
 from tests.deploy_files import DEPLOY
 from tests.docs import Page, code_blocks
+from tests.embedded_redis import free_port
 from tests.pgcluster import PostgresCluster
 from tests.promql import panel_queries, variable_queries
 from tests.services import require_tool, worker_env
-from tests.support import WorkerProcess, wait_until
+from tests.support import LISTENING, WorkerProcess, wait_until
 
 RULES = DEPLOY / "prometheus" / "kpi-export-rules.yaml"
 JOB = "kpi-export-worker"
-START = "Worker escuchando"
 
 
 def two_free_ports() -> int:
@@ -121,23 +120,25 @@ async def workers(settings: Settings, single: int, supervised: int) -> AsyncIter
     # Sealing on, so that the dashboard's audit panels have data: three processes seal one table in turn.
     extra |= {"AUDIT_SEAL_KEY": "prometheus-test-seal-key-0123456789", "AUDIT_SEAL_INTERVAL": "1"}
     extra |= {"AUDIT_SEAL_MIN_AGE": "0"}
-    started = [
-        WorkerProcess(worker_env(settings, HEALTH_PORT=str(single), **extra)),
-        WorkerProcess(worker_env(settings, HEALTH_PORT=str(supervised), WORKER_PROCESSES="2", **extra)),
-    ]
-    try:
-        for worker in started:
-            await asyncio.to_thread(worker.wait_for_line, START, 60)
-        await asyncio.to_thread(started[1].wait_for_count, START, 2, 60)
-        yield started
-    finally:
-        for worker in started:  # SIGTERM: the supervisor stops its processes (SIGKILL would orphan them)
-            if worker.process.poll() is None:
-                worker.process.send_signal(signal.SIGTERM)
-        for worker in started:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                worker.wait(30)
-            worker.kill()
+    with (
+        WorkerProcess(worker_env(settings, HEALTH_PORT=str(single), **extra)) as alone,
+        WorkerProcess(
+            worker_env(settings, HEALTH_PORT=str(supervised), WORKER_PROCESSES="2", **extra)
+        ) as two,
+    ):
+        started = [alone, two]
+        try:
+            for worker in started:
+                await asyncio.to_thread(worker.wait_for_line, LISTENING, 60)
+            await asyncio.to_thread(two.wait_for_count, LISTENING, 2, 60)
+            yield started
+        finally:
+            for worker in started:  # SIGTERM: the supervisor stops its processes (SIGKILL would orphan them)
+                if worker.process.poll() is None:
+                    worker.process.send_signal(signal.SIGTERM)
+            for worker in started:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    worker.wait(30)
 
 
 async def add_jobs(settings: Settings, count: int, first: int = 1) -> list[str]:

@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from tests.faults import TcpFaultProxy
 from tests.flow import add_jobs, assert_exactly_once, counts, wait_all_finished
 from tests.services import worker_env
-from tests.support import WorkerProcess, wait_until
+from tests.support import LISTENING, WorkerProcess, wait_until
 from tests.topology import RedisProcess, failover_settings, free_ports, topology_folder, wait_for
 
 pytestmark = pytest.mark.failover
@@ -55,9 +55,8 @@ async def test_a_master_demoted_under_the_worker_then_the_endpoint_moved_fails_n
             endpoint_url = SecretStr(f"redis://127.0.0.1:{endpoint.port}")
             settings = await failover_settings(postgresql_url, queue_name, redis_url=endpoint_url)
             total = failover_jobs
-            worker = WorkerProcess(worker_env(settings))
-            try:
-                await asyncio.to_thread(worker.wait_for_line, "Worker escuchando cola")
+            with WorkerProcess(worker_env(settings)) as worker:
+                await asyncio.to_thread(worker.wait_for_line, LISTENING)
                 await add_jobs(settings, total)
 
                 async def a_fifth_done() -> bool:
@@ -78,8 +77,6 @@ async def test_a_master_demoted_under_the_worker_then_the_endpoint_moved_fails_n
                 assert " failed: " not in worker.output and " stalled " not in worker.output, worker.output
                 assert "ERROR" not in worker.output, worker.output
                 assert worker.output.count("is a replica now") == 1, worker.output
-            finally:
-                worker.kill()
     finally:
         first.kill()
         second.kill()

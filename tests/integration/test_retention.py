@@ -13,10 +13,10 @@ from pydantic import SecretStr
 
 from kpi_export.bullmq import opened_queue
 from kpi_export.config import Settings
-from kpi_export.demo.embedded_redis import EmbeddedRedis, free_port
+from tests.embedded_redis import EmbeddedRedis, free_port
 from tests.probes import metric
 from tests.services import worker_env
-from tests.support import WorkerProcess, job_events, running_worker, wait_until
+from tests.support import LISTENING, WorkerProcess, job_events, running_worker, wait_until
 
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -94,23 +94,22 @@ async def test_the_eviction_policy_is_checked_at_start_even_where_config_is_forb
     renames = [arg for command in refused for arg in ("--rename-command", command, "")]
     with EmbeddedRedis(tmp_path / "redis", config={"maxmemory-policy": policy}, extra_args=renames) as server:
         settings = migrated.replace(redis_url=SecretStr(server.url))
-        worker = WorkerProcess(worker_env(settings))
         client = redis.asyncio.Redis(port=server.port, decode_responses=True)
         try:
-            await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
-            # Python bullmq's own Queue and QueueEvents read INFO (and warn on the policy): the test uses bare
-            # Redis commands through the same Lua script a producer runs.
-            async with opened_queue(settings.redis, settings.queue) as queue:
-                job = await queue.add("kpi-export", {"usuarioId": 4})
+            with WorkerProcess(worker_env(settings)) as worker:
+                await asyncio.to_thread(worker.wait_for_line, LISTENING)
+                # Python bullmq's own Queue and QueueEvents read INFO (and warn on the policy): the test uses
+                # bare Redis commands through the same Lua script a producer runs.
+                async with opened_queue(settings.redis, settings.queue) as queue:
+                    job = await queue.add("kpi-export", {"usuarioId": 4})
 
-            async def completed() -> bool:
-                return await client.zscore(f"bull:{settings.queue.name}:completed", job.id) is not None
+                async def completed() -> bool:
+                    return await client.zscore(f"bull:{settings.queue.name}:completed", job.id) is not None
 
-            await wait_until(completed, timeout=15, what="the job to complete")
-            worker.process.send_signal(signal.SIGTERM)
-            status = await asyncio.to_thread(worker.wait, 15)
+                await wait_until(completed, timeout=15, what="the job to complete")
+                worker.process.send_signal(signal.SIGTERM)
+                status = await asyncio.to_thread(worker.wait, 15)
         finally:
-            worker.kill()
             await client.aclose()
     assert status == 0, worker.output
     assert [line for line in worker.lines if expected in line] == [
@@ -127,35 +126,37 @@ async def test_redis_memory_is_on_metrics_and_a_redis_nearly_full_is_warned_abou
     port = free_port()
     with EmbeddedRedis(tmp_path / "redis") as server:
         settings = migrated.replace(redis_url=SecretStr(server.url))
-        worker = WorkerProcess(worker_env(settings, HEALTH_PORT=str(port), QUEUE_METRICS_INTERVAL="0.2"))
         client = redis.asyncio.Redis(port=server.port, decode_responses=True)
         try:
-            await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
+            with WorkerProcess(
+                worker_env(settings, HEALTH_PORT=str(port), QUEUE_METRICS_INTERVAL="0.2")
+            ) as worker:
+                await asyncio.to_thread(worker.wait_for_line, LISTENING)
 
-            async def memory_read() -> bool:
-                return (await metric(port, "kpi_export_redis_used_memory_bytes") or 0) > 0
+                async def memory_read() -> bool:
+                    return (await metric(port, "kpi_export_redis_used_memory_bytes") or 0) > 0
 
-            await wait_until(memory_read, 15, "Redis memory on /metrics")
-            assert await metric(port, "kpi_export_redis_maxmemory_bytes") == 0  # no limit: no warning
-            used = int((await client.info("memory"))["used_memory"])
-            # Used memory is past 80 % of the limit by a margin: the clients that come and go (the metric
-            # reads, the worker's own) move used memory by a few per cent between this read and the worker's.
-            limit = int(used / 0.92)
-            await client.config_set("maxmemory", limit)
+                await wait_until(memory_read, 15, "Redis memory on /metrics")
+                assert await metric(port, "kpi_export_redis_maxmemory_bytes") == 0  # no limit: no warning
+                used = int((await client.info("memory"))["used_memory"])
+                # Used memory is past 80 % of the limit by a margin: the clients that come and go (the
+                # metric reads, the worker's own) move used memory by a few per cent between this read and
+                # the worker's.
+                limit = int(used / 0.92)
+                await client.config_set("maxmemory", limit)
 
-            async def limit_read() -> bool:
-                return await metric(port, "kpi_export_redis_maxmemory_bytes") == limit
+                async def limit_read() -> bool:
+                    return await metric(port, "kpi_export_redis_maxmemory_bytes") == limit
 
-            await wait_until(limit_read, 15, "the new maxmemory on /metrics")
-            await asyncio.to_thread(worker.wait_for_line, "of its maxmemory")
-            await client.config_set("maxmemory", limit + 1)  # still nearly full: no second warning
+                await wait_until(limit_read, 15, "the new maxmemory on /metrics")
+                await asyncio.to_thread(worker.wait_for_line, "of its maxmemory")
+                await client.config_set("maxmemory", limit + 1)  # still nearly full: no second warning
 
-            async def read_again() -> bool:
-                return await metric(port, "kpi_export_redis_maxmemory_bytes") == limit + 1
+                async def read_again() -> bool:
+                    return await metric(port, "kpi_export_redis_maxmemory_bytes") == limit + 1
 
-            await wait_until(read_again, 15, "another read of Redis memory")
+                await wait_until(read_again, 15, "another read of Redis memory")
         finally:
-            worker.kill()
             await client.aclose()
     assert sum("of its maxmemory" in line for line in worker.lines) == 1, worker.output
     assert any(line.startswith(("Redis uses 8", "Redis uses 9")) for line in worker.stderr), worker.output

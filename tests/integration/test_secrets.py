@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -18,12 +16,12 @@ from pydantic import SecretStr
 from kpi_export.bullmq import opened_queue
 from kpi_export.cli import cli
 from kpi_export.config import Settings
-from kpi_export.demo.embedded_redis import EmbeddedRedis
 from kpi_export.store import create_engine
 from kpi_export.store.schema import upgrade
+from tests.embedded_redis import EmbeddedRedis
 from tests.pgcluster import PASSWORD_ROLE, PostgresCluster
 from tests.services import worker_env
-from tests.support import WorkerProcess, job_events
+from tests.support import LISTENING, WorkerProcess, job_events, run_kpi_export
 
 
 async def kpi_export_in_process(env: dict[str, str], *args: str) -> str:
@@ -32,14 +30,7 @@ async def kpi_export_in_process(env: dict[str, str], *args: str) -> str:
 
 
 def kpi_export(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "kpi_export", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_kpi_export(env, *args)
     return f"$ kpi-export {' '.join(args)} -> {result.returncode}\n{result.stdout}{result.stderr}"
 
 
@@ -73,7 +64,6 @@ async def test_no_password_in_logs_failed_reasons_or_cli_output(
     wrong = f"wrong-pw-{uuid.uuid4().hex}"
     database = private_postgresql_url.rsplit("/", 1)[1]
     server = EmbeddedRedis(tmp_path / "redis", password=redis_password)
-    server.start()
     redis_url = f"redis://:{redis_password}@127.0.0.1:{server.port}"
     settings = Settings.of(
         redis_url=SecretStr(redis_url),
@@ -88,9 +78,8 @@ async def test_no_password_in_logs_failed_reasons_or_cli_output(
     await engine.dispose()
     env = worker_env(settings, DB_RETRY_WINDOW="1", LOG_LEVEL="DEBUG")
     outputs: list[str] = []
-    worker = WorkerProcess(env)
-    try:
-        await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
+    with server, WorkerProcess(env) as worker:
+        await asyncio.to_thread(worker.wait_for_line, LISTENING)
         server.stop()  # Redis lost, then back
         await asyncio.to_thread(worker.wait_for_line, "Redis connection lost")
         server.start()
@@ -120,9 +109,6 @@ async def test_no_password_in_logs_failed_reasons_or_cli_output(
         bad_redis = redis_url.replace(redis_password, wrong)
         outputs.append(await asyncio.to_thread(kpi_export, {**env, "REDIS_URL": bad_redis}, "worker"))
         stored = await everything_in_redis(redis_url, queue_name)
-    finally:
-        worker.kill()
-        server.stop()
     text = "\n".join(outputs)
     # The faults really happened, and each said why:
     assert [outcome[0] for outcome in outcomes] == ["completed", "failed", "failed", "failed"]

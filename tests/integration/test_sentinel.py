@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,10 +19,8 @@ from kpi_export.contract import idempotency_key
 from kpi_export.store import audit_table, opened_engine
 from tests.flow import add_jobs, assert_exactly_once, counts, job_id, stored_jobs, wait_all_finished
 from tests.services import worker_env
-from tests.support import WorkerProcess, running_worker, wait_until
+from tests.support import LISTENING, WorkerProcess, run_kpi_export, running_worker, wait_until
 from tests.topology import MASTER_NAME, SentinelGroup, failover_settings, started
-
-START = "Worker escuchando cola"
 
 pytestmark = pytest.mark.failover
 
@@ -52,9 +48,8 @@ async def test_a_sentinel_failover_with_jobs_in_flight_completes_each_once_and_p
     behind_sentinel: Settings, sentinel_group: SentinelGroup, failover_jobs: int
 ) -> None:
     settings, total = behind_sentinel, failover_jobs
-    worker = WorkerProcess(worker_env(settings))
-    try:
-        await asyncio.to_thread(worker.wait_for_line, START)
+    with WorkerProcess(worker_env(settings)) as worker:
+        await asyncio.to_thread(worker.wait_for_line, LISTENING)
         await add_jobs(settings, total)
         await wait_until(lambda: _completed_share(settings, total // 5), 60, "a fifth of the jobs")
         old = sentinel_group.master()
@@ -71,8 +66,6 @@ async def test_a_sentinel_failover_with_jobs_in_flight_completes_each_once_and_p
         assert not stalled, f"jobs that waited for their lock to expire: {stalled[:10]}"
         assert " stalled " not in worker.output and " failed: " not in worker.output, worker.output
         assert worker.output.count(f"Redis master changed: {old.address} → {new.address}") == 1, worker.output
-    finally:
-        worker.kill()
     print(
         f"[sentinel] failover: jobs={total}, election_s={elected_at - failover_at:.1f}, "
         f"all_done_s_after_election={finished_at - elected_at:.1f}"
@@ -84,9 +77,8 @@ async def test_the_master_killed_mid_run_the_worker_follows_the_new_one_and_no_j
 ) -> None:
     # Jobs whose last write the killed master acknowledged but never replicated may wait for their lock.
     settings, total = behind_sentinel, failover_jobs
-    worker = WorkerProcess(worker_env(settings, LOCK_DURATION="5"))
-    try:
-        await asyncio.to_thread(worker.wait_for_line, START)
+    with WorkerProcess(worker_env(settings, LOCK_DURATION="5")) as worker:
+        await asyncio.to_thread(worker.wait_for_line, LISTENING)
         await add_jobs(settings, total)
         await wait_until(lambda: _completed_share(settings, total // 5), 60, "a fifth of the jobs")
         old = sentinel_group.master()
@@ -104,8 +96,6 @@ async def test_the_master_killed_mid_run_the_worker_follows_the_new_one_and_no_j
             key = idempotency_key(qualified, one, int(jobs[one]["timestamp"]))
             assert rows.get(key) == 1, (one, rows.get(key))
             assert json.loads(jobs[one]["returnvalue"])["idExport"] > 0
-    finally:
-        worker.kill()
     lost = total - len(held)
     # The jobs the old master acknowledged and never replicated (asynchronous replication): README, "Redis
     # behind Sentinel", says which settings narrow that window.
@@ -138,10 +128,9 @@ async def test_the_operator_commands_find_the_master_through_the_sentinels(
     env = worker_env(behind_sentinel)
 
     def kpi_export(*args: str) -> Any:
-        command = [sys.executable, "-m", "kpi_export", *args]
-        result = subprocess.run(command, env=env, capture_output=True, check=False)
+        result = run_kpi_export(env, *args)
         assert result.returncode == 0, (args, result.stderr)
-        return json.loads(result.stdout) if "--json" in args else result.stdout.decode().split()
+        return json.loads(result.stdout) if "--json" in args else result.stdout.split()
 
     check = await asyncio.to_thread(kpi_export, "check", "--json")
     assert check["redis_master"] == sentinel_group.master().address

@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from tests.interop.node import NODE_DIR
-from tests.services import IN_CI
+from tests.services import unavailable
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -22,6 +22,4 @@ def node() -> str:
         problem = "tests/interop/node_modules is missing: `make test` installs it (npm ci)"
     else:
         return binary
-    if IN_CI:
-        pytest.fail(f"{problem}, and CI needs it for the interop suite")
-    pytest.skip(problem)
+    unavailable(problem, in_ci=f"{problem}, and CI needs it for the interop suite")

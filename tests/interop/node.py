@@ -13,7 +13,7 @@ from typing import Any
 
 from kpi_export.config import Settings
 from tests.services import worker_env
-from tests.support import WorkerProcess
+from tests.support import LISTENING, WorkerProcess
 
 NODE_DIR = Path(__file__).parent
 JOB_NAME = "kpi-export"
@@ -111,14 +111,11 @@ async def produce(settings: Settings, steps: list[dict[str, Any]], timeout: floa
 @contextlib.asynccontextmanager
 async def original_worker(settings: Settings, **env: str) -> AsyncIterator[WorkerProcess]:
     """The Node original (`original-worker.mjs`) on the settings' queue and database; SIGTERM at the end."""
-    worker = WorkerProcess(
+    with WorkerProcess(
         worker_env(settings, **env), command=["node", str(NODE_DIR / "original-worker.mjs")]
-    )
-    try:
-        await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
+    ) as worker:
+        await asyncio.to_thread(worker.wait_for_line, LISTENING)
         yield worker
         worker.process.send_signal(signal.SIGTERM)
         status = await asyncio.to_thread(worker.wait, 15)
         assert status == 0, worker.output
-    finally:
-        worker.kill()

@@ -7,19 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 
 from kpi_export.config import Settings
-from kpi_export.demo.embedded_redis import free_port
+from tests.embedded_redis import free_port
 from tests.flow import counts
 from tests.interop.node import JOB_NAME, produce
 from tests.probes import metric
 from tests.services import worker_env
-from tests.support import WorkerProcess, audit_rows, wait_until
+from tests.support import LISTENING, WorkerProcess, audit_rows, run_kpi_export, wait_until
 from tests.topology import RedisClusterNodes, failover_settings, started
 
 pytestmark = pytest.mark.failover
@@ -50,9 +48,8 @@ async def test_a_node_producer_and_this_worker_meet_on_a_cluster_end_to_end(
 ) -> None:
     settings, total = on_cluster, failover_jobs * 2 // 5
     port = free_port()
-    worker = WorkerProcess(worker_env(settings, HEALTH_PORT=str(port), QUEUE_METRICS_INTERVAL="0.5"))
-    try:
-        await asyncio.to_thread(worker.wait_for_line, "Worker escuchando cola")
+    with WorkerProcess(worker_env(settings, HEALTH_PORT=str(port), QUEUE_METRICS_INTERVAL="0.5")) as worker:
+        await asyncio.to_thread(worker.wait_for_line, LISTENING)
         produced = await produce(settings, [*bulk(1, total), {"wait": True}], timeout=120)
         assert len(produced.added) == total
         for job_id in produced.added:
@@ -70,17 +67,9 @@ async def test_a_node_producer_and_this_worker_meet_on_a_cluster_end_to_end(
 
         await wait_until(metrics_show_them, 20, "/metrics to count the jobs")
         assert (await metric(port, "kpi_export_redis_used_memory_bytes") or 0) > 0
-        stats = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "kpi_export", "stats", "--json"],
-            env=worker_env(settings),
-            capture_output=True,
-            text=True,
-        )
+        stats = await asyncio.to_thread(run_kpi_export, worker_env(settings), "stats", "--json")
         assert stats.returncode == 0, stats.stderr
         assert json.loads(stats.stdout)["counts"]["completed"] == total
-    finally:
-        worker.kill()
 
 
 async def test_the_master_of_the_queues_slot_killed_mid_run_every_job_completes_with_one_row(
@@ -88,9 +77,8 @@ async def test_the_master_of_the_queues_slot_killed_mid_run_every_job_completes_
 ) -> None:
     # A job whose last write the killed master took without replicating it waits for its lock (5 s here).
     settings, total = on_cluster, failover_jobs * 2 // 5
-    worker = WorkerProcess(worker_env(settings, LOCK_DURATION="5"))
-    try:
-        await asyncio.to_thread(worker.wait_for_line, "Worker escuchando cola")
+    with WorkerProcess(worker_env(settings, LOCK_DURATION="5")) as worker:
+        await asyncio.to_thread(worker.wait_for_line, LISTENING)
         # The Node application adds the jobs and waits for each, across the crash.
         producing = asyncio.create_task(produce(settings, [*bulk(1, total), {"wait": True}], timeout=120))
 
@@ -112,5 +100,3 @@ async def test_the_master_of_the_queues_slot_killed_mid_run_every_job_completes_
         assert {produced.job(i)["returnvalue"]["idExport"] for i in produced.added} == {
             r.idExport for r in rows
         }
-    finally:
-        worker.kill()

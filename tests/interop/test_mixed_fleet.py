@@ -17,7 +17,7 @@ from kpi_export.integrity.verifier import verify
 from kpi_export.store import opened_engine
 from tests.interop.node import added_while_paused, original_worker, produce
 from tests.services import worker_env
-from tests.support import WorkerProcess, audit_rows, wait_for_workers
+from tests.support import LISTENING, WorkerProcess, audit_rows, wait_for_workers
 
 VALID_JOBS = 200
 INVALID_JOBS = 20
@@ -32,16 +32,13 @@ async def test_node_and_python_workers_share_a_queue_and_a_table(migrated: Setti
     invalid = [{"usuarioId": f"x{n}"} for n in range(INVALID_JOBS)]
     bulk = [{"name": "kpi-export", "data": data, "opts": {}} for data in valid + invalid]
 
-    python = WorkerProcess(worker_env(migrated))
-    try:
-        await asyncio.to_thread(python.wait_for_line, "Worker escuchando")
+    with WorkerProcess(worker_env(migrated)) as python:
+        await asyncio.to_thread(python.wait_for_line, LISTENING)
         async with original_worker(migrated):
             await wait_for_workers(migrated, 2)
             produced = await produce(migrated, added_while_paused({"addBulk": bulk}), timeout=120)
         python.process.send_signal(signal.SIGTERM)
         status = await asyncio.to_thread(python.wait, 30)
-    finally:
-        python.kill()
     assert status == 0, python.output
 
     job_ids = produced.added

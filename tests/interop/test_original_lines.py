@@ -15,7 +15,7 @@ from kpi_export.config import Settings
 from tests.faults import RedisFaultProxy, calls_script
 from tests.interop.node import node_streams
 from tests.services import worker_env
-from tests.support import WorkerProcess, job_events
+from tests.support import LISTENING, WorkerProcess, job_events, start_line
 
 on_sqlite = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -28,9 +28,8 @@ async def test_the_worker_prints_the_originals_lines_on_the_originals_streams(
     async with RedisFaultProxy(port) as proxy:
         proxy.refuse = calls_script("updateProgress")  # for the original's console.warn
         through_proxy = migrated.replace(redis_url=SecretStr(proxy.url))
-        worker = WorkerProcess(worker_env(through_proxy, WORKER_CONCURRENCY="3"))
-        try:
-            await asyncio.to_thread(worker.wait_for_line, "Worker escuchando")
+        with WorkerProcess(worker_env(through_proxy, WORKER_CONCURRENCY="3")) as worker:
+            await asyncio.to_thread(worker.wait_for_line, LISTENING)
             async with job_events(migrated) as events, opened_queue(migrated.redis, migrated.queue) as queue:
                 good = await queue.add("kpi-export", {"usuarioId": 42, "ip": "203.0.113.7"})
                 bad = await queue.add("kpi-export", {"usuarioId": "abc"})
@@ -39,8 +38,6 @@ async def test_the_worker_prints_the_originals_lines_on_the_originals_streams(
             await asyncio.to_thread(worker.wait_for_line, "No se pudo actualizar el progreso")
             worker.process.send_signal(signal.SIGTERM)
             status = await asyncio.to_thread(worker.wait, 30)
-        finally:
-            worker.kill()
     assert (status, completed[0], failed[0]) == (0, "completed", "failed"), worker.output
 
     node_stdout, node_stderr = await node_streams(
@@ -58,11 +55,7 @@ async def test_the_worker_prints_the_originals_lines_on_the_originals_streams(
         },
     )
     # The start line byte for byte, alone, first; then the completed line and "Cerrando worker..." as printed.
-    assert (
-        worker.stdout[0]
-        == node_stdout[0]
-        == f'Worker escuchando cola "{migrated.queue.name}" (concurrency=3)'
-    )
+    assert worker.stdout[0] == node_stdout[0] == start_line(migrated, concurrency=3)
     assert [line for line in node_stdout if line in worker.stdout] == node_stdout, worker.output
     # On stderr, the failed job's line begins as the original's (it adds whether the job is retried), and
     # the progress warning is the original's up to the error, which this worker names with its class.

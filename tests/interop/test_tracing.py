@@ -17,15 +17,14 @@ import pytest
 from pydantic import SecretStr
 
 from kpi_export.config import Settings
-from kpi_export.demo.embedded_redis import EmbeddedRedis, free_port
 from tests.docs import Page
+from tests.embedded_redis import EmbeddedRedis, free_port
 from tests.interop.node import NODE_DIR, run_node
 from tests.otlp import OtlpReceiver, ReceivedSpan, otlp_receiver
 from tests.services import worker_env
-from tests.support import WorkerProcess, audit_rows, invoke, job_events
+from tests.support import LISTENING, WorkerProcess, audit_rows, invoke, job_events
 
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-START = "Worker escuchando"
 SERVICE = "kpi-export-worker-test"
 # What a Node worker with bullmq-otel gives each attempt (bullmq 6, worker.ts processJob); this worker the same.
 JOB_SPAN_KEYS = {
@@ -71,9 +70,8 @@ def job_spans(spans: list[ReceivedSpan], settings: Settings, service: str) -> li
 @sqlite_only
 async def test_the_worker_continues_the_producers_trace(migrated: Settings) -> None:
     async with otlp_receiver() as receiver, job_events(migrated) as events:
-        worker = WorkerProcess(traced_env(migrated, receiver.url))
-        try:
-            await asyncio.to_thread(worker.wait_for_line, START, 30)
+        with WorkerProcess(traced_env(migrated, receiver.url)) as worker:
+            await asyncio.to_thread(worker.wait_for_line, LISTENING, 30)
             jobs: list[dict[str, Any]] = [
                 {"data": {"usuarioId": 42, "ip": IPS[0], "filters": {"area": "ventas"}}},
                 {"data": {"usuarioId": "not a number", "ip": IPS[1]}},
@@ -89,8 +87,6 @@ async def test_the_worker_continues_the_producers_trace(migrated: Settings) -> N
                 ),
                 what="the worker's spans",
             )
-        finally:
-            worker.kill()
 
     rows = await audit_rows(migrated)
     assert outcomes == [
@@ -149,14 +145,11 @@ async def test_a_node_worker_and_this_worker_give_the_same_span(migrated: Settin
         assert node["completed"] == produced["added"]
         produced_again = await produce(migrated, receiver, [{"data": {"usuarioId": 8}}])
         async with job_events(migrated) as events:
-            worker = WorkerProcess(traced_env(migrated, receiver.url))
-            try:
+            with WorkerProcess(traced_env(migrated, receiver.url)):
                 await events.finished(produced_again["added"][0])
                 spans = await receiver.wait_for(
                     lambda found: len(job_spans(found, migrated, "kpi-export-worker-test")) == 1
                 )
-            finally:
-                worker.kill()
     (node_span,) = job_spans(spans, migrated, "kpi-node-worker")
     (this_span,) = job_spans(spans, migrated, "kpi-export-worker-test")
     table = {
@@ -183,17 +176,14 @@ async def test_a_job_without_a_readable_context_starts_a_new_trace(
     migrated: Settings, tm: str | None
 ) -> None:
     async with otlp_receiver() as receiver, job_events(migrated) as events:
-        worker = WorkerProcess(traced_env(migrated, receiver.url))
-        try:
-            await asyncio.to_thread(worker.wait_for_line, START, 30)
+        with WorkerProcess(traced_env(migrated, receiver.url)) as worker:
+            await asyncio.to_thread(worker.wait_for_line, LISTENING, 30)
             opts = {} if tm is None else {"tm": tm}
             ids = [await _add(migrated, {"usuarioId": n}, opts) for n in (1, 2)]
             outcomes = [await events.finished(job_id) for job_id in ids]
             spans = await receiver.wait_for(
                 lambda found: len(job_spans(found, migrated, "kpi-export-worker-test")) == 2
             )
-        finally:
-            worker.kill()
     assert [outcome for outcome, _ in outcomes] == ["completed", "completed"]
     for span in job_spans(spans, migrated, "kpi-export-worker-test"):
         assert span.parent_span_id == "" and len(span.trace_id) == 32  # a root: a new trace
@@ -206,16 +196,13 @@ async def test_with_the_collector_down_jobs_complete_and_one_warning_says_so(mig
     nobody = f"http://127.0.0.1:{free_port()}"
     env = traced_env(migrated, nobody, OTEL_EXPORTER_OTLP_TIMEOUT="1")
     async with job_events(migrated) as events:
-        worker = WorkerProcess(env)
-        try:
-            await asyncio.to_thread(worker.wait_for_line, START, 30)
+        with WorkerProcess(env) as worker:
+            await asyncio.to_thread(worker.wait_for_line, LISTENING, 30)
             ids = [await _add(migrated, {"usuarioId": n}, {}) for n in range(1, 41)]
             outcomes = [await events.finished(job_id, timeout=30) for job_id in ids]
             await asyncio.to_thread(worker.wait_for_line, "Spans not exported", 30)
             worker.process.send_signal(signal.SIGTERM)  # the spans left cannot go out: the stop does not wait
             status = await asyncio.to_thread(worker.wait, 20)
-        finally:
-            worker.kill()
     assert status == 0 and "Not closed cleanly" not in worker.output, worker.output
     assert {outcome for outcome, _ in outcomes} == {"completed"}
     assert len(await audit_rows(migrated)) == 40
@@ -229,14 +216,11 @@ async def test_enqueue_starts_a_trace_the_worker_continues(migrated: Settings) -
         env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_SERVICE_NAME": "kpi-export-cli"}
         added = await invoke(migrated, "enqueue", "--usuario-id", "5", env=env)
         job_id = added.stdout.strip()
-        worker = WorkerProcess(traced_env(migrated, receiver.url))
-        try:
+        with WorkerProcess(traced_env(migrated, receiver.url)):
             await events.finished(job_id)
             spans = await receiver.wait_for(
                 lambda found: len(job_spans(found, migrated, "kpi-export-worker-test")) == 1
             )
-        finally:
-            worker.kill()
     (producer,) = [s for s in spans if s.service == "kpi-export-cli"]
     (consumer,) = job_spans(spans, migrated, "kpi-export-worker-test")
     assert (producer.name, producer.kind) == (f"add {migrated.queue.name}.kpi-export", "PRODUCER")
@@ -254,11 +238,10 @@ async def _add(settings: Settings, data: dict[str, Any], opts: dict[str, Any]) -
 async def test_the_processing_time_histogram_carries_trace_ids_as_exemplars(migrated: Settings) -> None:
     port = free_port()
     async with otlp_receiver() as receiver, job_events(migrated) as events:
-        worker = WorkerProcess(
+        with WorkerProcess(
             traced_env(migrated, receiver.url, HEALTH_PORT=str(port), HEALTH_HOST="127.0.0.1")
-        )
-        try:
-            await asyncio.to_thread(worker.wait_for_line, START, 30)
+        ) as worker:
+            await asyncio.to_thread(worker.wait_for_line, LISTENING, 30)
             job_id = await _add(migrated, {"usuarioId": 3}, {})
             await events.finished(job_id)
             spans = await receiver.wait_for(lambda found: len(job_spans(found, migrated, SERVICE)) == 1)
@@ -268,8 +251,6 @@ async def test_the_processing_time_histogram_carries_trace_ids_as_exemplars(migr
                     openmetrics = await response.text()
                 async with session.get(url) as response:
                     plain = await response.text()
-        finally:
-            worker.kill()
     (span,) = job_spans(spans, migrated, SERVICE)
     exemplars = [
         line
@@ -301,32 +282,31 @@ async def test_the_documented_tracing_example_runs_on_the_redis_of_redis_url(
     with EmbeddedRedis(tmp_path / "redis") as server:
         settings = migrated.replace(redis_url=SecretStr(server.url))
         async with otlp_receiver() as receiver, job_events(settings) as events:
-            worker = WorkerProcess(traced_env(settings, receiver.url))
             try:
-                await asyncio.to_thread(worker.wait_for_line, START, 30)
-                env = {
-                    **os.environ,
-                    "REDIS_URL": server.url,
-                    "QUEUE_NAME": settings.queue.name,
-                    "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
-                }
-                ran = await asyncio.to_thread(
-                    subprocess.run,
-                    ["node", script.name],
-                    cwd=NODE_DIR,
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                )
-                assert ran.returncode == 0, ran.stderr
-                job_id = ran.stdout.split()[2]
-                assert ran.stdout == f"added job {job_id} to {settings.queue.name}\n"
-                outcome = await events.finished(job_id)
-                spans = await receiver.wait_for(
-                    lambda found: len(job_spans(found, settings, SERVICE)) == 1, what="the worker's span"
-                )
+                with WorkerProcess(traced_env(settings, receiver.url)) as worker:
+                    await asyncio.to_thread(worker.wait_for_line, LISTENING, 30)
+                    env = {
+                        **os.environ,
+                        "REDIS_URL": server.url,
+                        "QUEUE_NAME": settings.queue.name,
+                        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+                    }
+                    ran = await asyncio.to_thread(
+                        subprocess.run,
+                        ["node", script.name],
+                        cwd=NODE_DIR,
+                        env=env,
+                        capture_output=True,
+                        text=True,
+                    )
+                    assert ran.returncode == 0, ran.stderr
+                    job_id = ran.stdout.split()[2]
+                    assert ran.stdout == f"added job {job_id} to {settings.queue.name}\n"
+                    outcome = await events.finished(job_id)
+                    spans = await receiver.wait_for(
+                        lambda found: len(job_spans(found, settings, SERVICE)) == 1, what="the worker's span"
+                    )
             finally:
-                worker.kill()
                 script.unlink()
     assert outcome[0] == "completed"
     add = next(s for s in spans if s.name == f"add {settings.queue.name}.kpi-export")

@@ -42,10 +42,10 @@ async def test_requests_made_during_a_write_go_in_the_next_one() -> None:
     writer.release.clear()
     group = GroupCommit(writer)
     first = asyncio.create_task(group.submit(1))
-    await asyncio.sleep(0)  # the write of [1] starts and waits
+    await asyncio.sleep(0)  # turns of the event loop, not time: the write of [1] starts and waits
     await asyncio.sleep(0)
     later = [asyncio.create_task(group.submit(i)) for i in (2, 3, 4)]
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # a turn: the three requests are made while that write waits
     writer.release.set()
     assert await first == 2
     assert [await task for task in later] == [4, 6, 8]

