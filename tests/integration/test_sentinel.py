@@ -14,13 +14,14 @@ import pytest
 from sqlalchemy import func, select
 
 from kpi_export.bullmq import redis_client
+from kpi_export.bullmq.failover import leave_old_master
 from kpi_export.config import Settings
 from kpi_export.contract import idempotency_key
 from kpi_export.store import audit_table, opened_engine
 from tests.flow import add_jobs, assert_exactly_once, counts, job_id, stored_jobs, wait_all_finished
 from tests.services import worker_env
 from tests.support import LISTENING, WorkerProcess, run_kpi_export, running_worker, wait_until
-from tests.topology import MASTER_NAME, SentinelGroup, failover_settings, started
+from tests.topology import MASTER_NAME, RedisProcess, SentinelGroup, failover_settings, started
 
 pytestmark = pytest.mark.failover
 
@@ -70,6 +71,41 @@ async def test_a_sentinel_failover_with_jobs_in_flight_completes_each_once_and_p
         f"[sentinel] failover: jobs={total}, election_s={elected_at - failover_at:.1f}, "
         f"all_done_s_after_election={finished_at - elected_at:.1f}"
     )
+
+
+async def test_a_command_cut_to_leave_the_old_master_is_retried_on_the_new_one(
+    behind_sentinel: Settings, sentinel_group: SentinelGroup, queue_name: str
+) -> None:
+    """After a failover the worker cuts its connections in use on the old master; the command each carried is
+    tried again, and must reach the new master, not the address its connection had (redis-py reconnects
+    there: until the sentinels demote it, the old master takes a completion and loses it)."""
+    key = f"{queue_name}:cut-by-the-failover"
+    old = sentinel_group.master()
+    client = redis_client(behind_sentinel.redis)
+    try:
+        waiting = asyncio.ensure_future(client.blpop([key], timeout=60))
+        await wait_until(lambda: _blocking(old), 30, "the BLPOP to wait on the old master")
+        with sentinel_group.sentinels[0].client() as sentinel:
+            sentinel.execute_command("SENTINEL FAILOVER", MASTER_NAME)
+        new = await asyncio.to_thread(sentinel_group.wait_for_new_master, old)
+        await wait_until(lambda: _demoted(old), 30, "the sentinels to demote the old master")
+        await leave_old_master(client)
+        with new.client() as on_new_master:
+            on_new_master.rpush(key, "after the failover")
+        popped = await asyncio.wait_for(waiting, 30)
+        assert popped is not None and tuple(popped) == (key, "after the failover")
+    finally:
+        await client.aclose()
+
+
+async def _blocking(server: RedisProcess) -> bool:
+    with server.client() as client:
+        return int(client.info("clients")["blocked_clients"]) > 0
+
+
+async def _demoted(server: RedisProcess) -> bool:
+    with server.client() as client:
+        return str(client.execute_command("ROLE")[0]) == "slave"
 
 
 async def test_the_master_killed_mid_run_the_worker_follows_the_new_one_and_no_job_has_two_rows(

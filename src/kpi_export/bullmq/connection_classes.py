@@ -45,11 +45,26 @@ class PackedFailoverUnixConnection(_ReadOnlyIsAFailover, HiredisPacking, UnixDom
     pass
 
 
-class PackedFailoverSentinelConnection(_ReadOnlyIsAFailover, HiredisPacking, SentinelManagedConnection):
+class _ReconnectsThroughTheSentinels:
+    """A command retried after its connection was lost reconnects to the master the sentinels name. (redis-py
+    8 reconnects it to the address it had, which after a failover is the old master: until the sentinels
+    demote it, that server takes the job's completion, refuses it for want of the job's lock, or loses it.)"""
+
+    async def send_packed_command(self, *args: Any, **kwargs: Any) -> None:
+        if not self.is_connected:  # type: ignore[attr-defined]
+            await self.connect()  # type: ignore[attr-defined]
+        await super().send_packed_command(*args, **kwargs)  # type: ignore[misc]
+
+
+class PackedFailoverSentinelConnection(
+    _ReconnectsThroughTheSentinels, _ReadOnlyIsAFailover, HiredisPacking, SentinelManagedConnection
+):
     pass
 
 
-class PackedFailoverSentinelSSLConnection(_ReadOnlyIsAFailover, HiredisPacking, SentinelManagedSSLConnection):
+class PackedFailoverSentinelSSLConnection(
+    _ReconnectsThroughTheSentinels, _ReadOnlyIsAFailover, HiredisPacking, SentinelManagedSSLConnection
+):
     pass
 
 
