@@ -1,0 +1,244 @@
+"""The database failing over under the worker, with jobs in flight: a PostgreSQL primary and its synchronous
+streaming standby of the test's own (tests/pgcluster.py), reached through a multi-host DATABASE_URL or through
+one address that moves (a TCP relay: HAProxy in front of Patroni, or a DNS name that flips and leaves the old
+connections on the old server); and read-only windows on PostgreSQL and MariaDB. After each: every job completed
+once, none failed, one row each, every result a row of the server that takes writes now.
+
+Sized for CI by --failover-jobs (5,000; the read-only windows a fifth of it); a larger run by hand:
+`pytest tests/integration/test_pg_failover.py -s --failover-jobs 50000`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+from pydantic import SecretStr
+
+from kpi_export.config import Settings
+from tests.faults import TcpFaultProxy
+from tests.flow import add_jobs, assert_exactly_once, counts, wait_all_finished
+from tests.pgcluster import PostgresCluster, postgres_bin
+from tests.services import MARIADB_URL, mariadb_execute, require_service, unavailable, worker_env
+from tests.support import LISTENING, WorkerProcess, wait_until
+from tests.topology import failover_settings
+
+pytestmark = pytest.mark.failover
+
+DATABASE = "postgres"  # initdb's, copied to the standby
+READ_ONLY_WINDOW = 5.0  # seconds: the fault under test
+
+Servers = Callable[..., PostgresCluster]
+
+
+@pytest.fixture
+def servers() -> Iterator[Servers]:
+    """`servers(synchronous=True)` a new primary; `servers(standby_of=primary)` a
+    streaming standby of it. All removed afterwards."""
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        unavailable("initdb/pg_ctl not found", in_ci="initdb/pg_ctl not found, and CI needs them")
+    made: list[PostgresCluster] = []
+
+    def make(*, synchronous: bool = False, standby_of: PostgresCluster | None = None) -> PostgresCluster:
+        server = PostgresCluster(bin_dir, role_password=f"pw-{uuid.uuid4().hex}", synchronous=synchronous)
+        made.append(server)
+        if standby_of is not None:
+            return server.standby_of(standby_of)
+        server.init()
+        server.start()
+        return server
+
+    try:
+        yield make
+    finally:
+        for server in made:
+            server.remove()
+
+
+def multi_host_url(*hosts: PostgresCluster) -> str:
+    listed = ",".join(f"127.0.0.1:{server.port}" for server in hosts)
+    return f"postgresql://postgres@{listed}/{DATABASE}?target_session_attrs=read-write&connect_timeout=5"
+
+
+def on(server: PostgresCluster, settings: Settings) -> Settings:
+    """`settings` with the one server as DATABASE_URL: to read what that server holds."""
+    return settings.replace(database_url=SecretStr(server.url(DATABASE)))
+
+
+async def _completed(settings: Settings, share: int) -> bool:
+    return (await counts(settings))["completed"] >= share
+
+
+async def _run_with_fault(
+    settings: Settings, total: int, fault: Callable[[], Any], **env: str
+) -> tuple[WorkerProcess, float]:
+    """`total` jobs through one worker process; `fault` (sync or async) once a third have completed. The worker
+    has stopped when this returns; so have the jobs: all finished, or the wait failed."""
+    with WorkerProcess(worker_env(settings, **env)) as worker:
+        await asyncio.to_thread(worker.wait_for_line, LISTENING)
+        await add_jobs(settings, total)
+        await wait_until(lambda: _completed(settings, total // 3), 60 + total / 100, "a third of the jobs")
+        started = time.monotonic()
+        outcome = fault()
+        if asyncio.iscoroutine(outcome):
+            await outcome
+        await wait_all_finished(settings, total, timeout=60 + total / 50)
+        return worker, time.monotonic() - started
+
+
+async def _sync_standby_caught_up(primary: PostgresCluster) -> bool:
+    """No commit on `primary` waits for its standby, which has flushed all of its WAL."""
+    conn = await asyncpg.connect(primary.url())
+    try:
+        return bool(
+            await conn.fetchval(
+                "SELECT (SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep') = 0 "
+                "AND (SELECT bool_and(flush_lsn = pg_current_wal_lsn()) FROM pg_stat_replication)"
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def _read_only(server: PostgresCluster, on: bool) -> None:
+    """default_transaction_read_only for every session, the open ones included (a reload)."""
+    value = "on" if on else "off"
+    await server.execute(f"ALTER SYSTEM SET default_transaction_read_only = {value}")
+    await server.execute("SELECT pg_reload_conf()")
+
+
+@pytest.mark.parametrize("fault", ["kill", "switchover"])
+async def test_a_primary_killed_or_switched_over_under_a_multi_host_url_loses_and_doubles_nothing(
+    servers: Servers, queue_name: str, redis_url: str, failover_jobs: int, fault: str
+) -> None:
+    """kill: SIGKILL to the primary's postmaster, then the standby promoted. switchover: the primary stopped
+    cleanly (`pg_ctl stop -m fast`), then the standby promoted."""
+    primary = servers(synchronous=True)
+    standby = servers(standby_of=primary)
+    settings = await failover_settings(
+        multi_host_url(primary, standby), queue_name, redis_url=SecretStr(redis_url)
+    )
+
+    def fail_over() -> None:
+        primary.kill() if fault == "kill" else primary.stop("fast")
+        standby.promote()
+
+    worker, took = await _run_with_fault(settings, failover_jobs, fail_over)
+    await assert_exactly_once(on(standby, settings), failover_jobs)  # every result a row of the new primary
+    assert " failed: " not in worker.output, worker.output
+    changed = f"Database primary changed: 127.0.0.1:{primary.port} → 127.0.0.1:{standby.port}"
+    assert worker.output.count(changed) == 1, worker.output
+    print(f"[pg-failover] {fault}, multi-host URL: jobs={failover_jobs}, done_s_after_fault={took:.1f}")
+
+
+async def test_an_address_that_moves_and_cuts_the_connections_loses_and_doubles_nothing(
+    servers: Servers, queue_name: str, redis_url: str, failover_jobs: int
+) -> None:
+    """As HAProxy in front of Patroni: one address, the connections cut when the primary dies, new ones taken
+    to the promoted standby."""
+    primary = servers(synchronous=True)
+    standby = servers(standby_of=primary)
+    async with TcpFaultProxy(primary.port) as relay:
+        url = f"postgresql://postgres@127.0.0.1:{relay.port}/{DATABASE}"
+        settings = await failover_settings(url, queue_name, redis_url=SecretStr(redis_url))
+
+        def fail_over() -> None:
+            primary.kill()
+            standby.promote()
+            relay.upstream = ("127.0.0.1", standby.port)
+            relay.cut_all()
+
+        worker, took = await _run_with_fault(settings, failover_jobs, fail_over)
+    await assert_exactly_once(on(standby, settings), failover_jobs)
+    assert " failed: " not in worker.output, worker.output
+    print(f"[pg-failover] relay that cuts: jobs={failover_jobs}, done_s_after_fault={took:.1f}")
+
+
+async def test_an_address_that_moves_without_cutting_the_connections_takes_every_job_to_the_new_primary(
+    servers: Servers, queue_name: str, redis_url: str, failover_jobs: int
+) -> None:
+    """As RDS or Aurora flip a DNS name: new connections reach the promoted standby, the pooled ones stay on the
+    old primary, which is up and read-only for good. Each is dropped on its first refused write."""
+    primary = servers(synchronous=True)
+    standby = servers(standby_of=primary)
+    async with TcpFaultProxy(primary.port) as relay:
+        url = f"postgresql://postgres@127.0.0.1:{relay.port}/{DATABASE}"
+        settings = await failover_settings(url, queue_name, redis_url=SecretStr(redis_url))
+
+        async def flip() -> None:
+            await _read_only(primary, True)
+            await wait_until(lambda: _sync_standby_caught_up(primary), 30, "the standby to have every commit")
+            standby.promote()
+            relay.upstream = ("127.0.0.1", standby.port)  # the old connections stay where they are
+
+        worker, took = await _run_with_fault(settings, failover_jobs, flip)
+    await assert_exactly_once(on(standby, settings), failover_jobs)
+    assert " failed: " not in worker.output, worker.output
+    assert worker.output.count("refused a write as read-only") == 1, worker.output
+    print(
+        f"[pg-failover] relay that moves without cutting: jobs={failover_jobs}, done_s_after_flip={took:.1f}"
+    )
+
+
+@pytest.mark.parametrize("database_url", ["private_postgresql"], indirect=True)
+async def test_a_read_only_window_on_postgresql_fails_and_doubles_nothing(
+    migrated: Settings, postgres_cluster: PostgresCluster, failover_jobs: int
+) -> None:
+    total = failover_jobs // 5
+    settings = migrated.replace(worker_concurrency=20)
+
+    async def window() -> None:
+        await _read_only(postgres_cluster, True)
+        try:
+            await asyncio.sleep(READ_ONLY_WINDOW)  # the fault under test
+        finally:
+            await _read_only(postgres_cluster, False)
+
+    worker, _ = await _run_with_fault(settings, total, window)
+    await assert_exactly_once(settings, total)
+    assert " failed: " not in worker.output, worker.output
+    assert worker.output.count("refused a write as read-only") == 1, worker.output
+
+
+@pytest.fixture
+async def mariadb_user_url() -> AsyncIterator[str]:
+    """A database and a user of the test's own on the shared MariaDB, the user without SUPER (which read_only
+    does not stop); both dropped afterwards."""
+    require_service("MariaDB", MARIADB_URL)
+    suffix = uuid.uuid4().hex[:12]
+    name, user, password = f"t_{suffix}", f"kpi_{suffix}", f"pw-{uuid.uuid4().hex}"
+    await mariadb_execute(
+        MARIADB_URL,
+        f"CREATE DATABASE `{name}`",
+        f"CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'",
+        f"GRANT ALL PRIVILEGES ON `{name}`.* TO '{user}'@'%'",
+    )
+    host = MARIADB_URL.split("@", 1)[1].split("/", 1)[0]
+    try:
+        yield f"mysql://{user}:{password}@{host}/{name}"
+    finally:
+        await mariadb_execute(MARIADB_URL, f"DROP USER '{user}'@'%'", f"DROP DATABASE `{name}`")
+
+
+async def test_a_read_only_window_on_mariadb_fails_and_doubles_nothing(
+    mariadb_user_url: str, queue_name: str, redis_url: str, failover_jobs: int
+) -> None:
+    total = failover_jobs // 5
+    settings = await failover_settings(mariadb_user_url, queue_name, redis_url=SecretStr(redis_url))
+
+    async def window() -> None:
+        await mariadb_execute(MARIADB_URL, "SET GLOBAL read_only = ON")
+        try:
+            await asyncio.sleep(READ_ONLY_WINDOW)  # the fault under test
+        finally:
+            await mariadb_execute(MARIADB_URL, "SET GLOBAL read_only = OFF")
+
+    worker, _ = await _run_with_fault(settings, total, window)
+    await assert_exactly_once(settings, total)
+    assert " failed: " not in worker.output, worker.output
+    assert "refused a write as read-only" in worker.output, worker.output
