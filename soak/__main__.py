@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -34,6 +35,8 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="kpi-soak-"))
+    # A SIGTERM (a CI job's timeout) stops the servers too, as Control-C does.
+    signal.signal(signal.SIGTERM, lambda _signal, _frame: sys.exit(143))
     status = run(args, folder, out)
     if status == 0:
         shutil.rmtree(folder, ignore_errors=True)
@@ -47,6 +50,7 @@ def run(args: argparse.Namespace, folder: Path, out: Path) -> int:
     redis_group = SentinelGroup(folder / "redis")
     databases: Databases | None = None
     worker: WorkerService | None = None
+    producer: Producer | None = None
     try:
         databases = Databases(folder / "pg")
         env = _worker_env(redis_group, databases, args)
@@ -58,7 +62,10 @@ def run(args: argparse.Namespace, folder: Path, out: Path) -> int:
         worker = WorkerService(env, folder)
         wait_for(lambda: _listening(folder, args.processes), 120, "the worker processes to listen")
         plant = faults.Plant(redis_group, databases, worker)
-        timeline = _soak(plant, args, folder)
+        producer = Producer(
+            redis_group, QUEUE, rate=args.rate, burst=args.burst, burst_every=args.burst_every, folder=folder
+        )
+        timeline = _soak(plant, producer, args)
         say("draining: the producer stopped, waiting for every job it added to finish")
         added = timeline["producer"].batches()
         _wait_drained(redis_group, args.drain_timeout)
@@ -76,6 +83,7 @@ def run(args: argparse.Namespace, folder: Path, out: Path) -> int:
             "worker_starts": worker.starts,
             "worker_exit_status": status,
             "worker_errors": _errors(folder),
+            "producer_connections_remade": timeline["producer"].remade(),
             "ledger": result.to_json(),
         }
         (out / "soak.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -83,6 +91,8 @@ def run(args: argparse.Namespace, folder: Path, out: Path) -> int:
         say(f"ledger {'whole' if result.whole else 'NOT whole'}: {out / 'soak.md'}")
         return 0 if result.whole else 1
     finally:
+        if producer is not None and producer.process.poll() is None:
+            producer.process.kill()
         if worker is not None and worker.process is not None and worker.process.poll() is None:
             worker.stop()
         if databases is not None:
@@ -90,10 +100,7 @@ def run(args: argparse.Namespace, folder: Path, out: Path) -> int:
         redis_group.close()
 
 
-def _soak(plant: faults.Plant, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    producer = Producer(
-        plant.redis, QUEUE, rate=args.rate, burst=args.burst, burst_every=args.burst_every, folder=folder
-    )
+def _soak(plant: faults.Plant, producer: Producer, args: argparse.Namespace) -> dict[str, Any]:
     rss: list[tuple[float, float]] = []
     started = time.time()
     done = threading.Event()

@@ -227,6 +227,10 @@ class Producer:
             self.process.wait()
         self._out.close()
 
+    def remade(self) -> int:
+        """How often the producer had to make a new connection (ioredis ended its own for good)."""
+        return sum(1 for line in self.path.read_text().splitlines() if '"reopened"' in line)
+
     def batches(self) -> list[dict[str, Any]]:
         lines = self.path.read_text().splitlines()
         return [batch for batch in map(json.loads, lines) if "first" in batch]

@@ -12,6 +12,18 @@ from typing import Any
 
 BUCKET_S = 10  # seconds per point of the picture
 
+INTRO = """\
+`make soak` runs the production shape on one machine: Redis (a master, a replica, three sentinels), PostgreSQL (a
+primary and a synchronous streaming standby, reached by a multi-host `DATABASE_URL`), the worker as systemd runs
+it (`WORKER_PROCESSES=2`, started again when it exits, sealing on) and a Node application adding jobs at a steady
+rate, with a burst every ten minutes, one job in twenty invalid and some with hostile data. Every 30 s a fault
+strikes, in rotation: kill -9 of a worker process; a rolling restart (SIGTERM, start); `SENTINEL FAILOVER`;
+kill -9 of the Redis master; the database primary killed and its standby promoted (a new standby built from it);
+a clean database switchover; Redis, then the database, unreachable for 10 s (every process stopped: connections
+go silent, none is closed); the database read-only for 5 s; Redis at its `maxmemory` for 10 s. At the end, the
+ledger sets every job the producer added against Redis and the database. `SOAK_MINUTES` and `SOAK_RATE` size it
+(`make soak SOAK_MINUTES=10`); `make test` runs three minutes of it."""
+
 
 def write(summary: dict[str, Any], finished: Sequence[tuple[int, int]], out: Path, *, picture: bool) -> None:
     (out / "soak.md").write_text(markdown(summary))
@@ -60,7 +72,15 @@ def markdown(summary: dict[str, Any]) -> str:
             f"{summary['worker_starts']} / {summary['worker_exit_status']}",
         ),
     ]
-    lines = [title, "", "| ledger | |", "|---|---|", *(f"| {label} | {value} |" for label, value in rows)]
+    lines = [
+        title,
+        "",
+        INTRO,
+        "",
+        "![Throughput, p99 and the workers' memory over the run, each fault marked](soak.png)",
+        "",
+    ]
+    lines += ["| ledger | |", "|---|---|", *(f"| {label} | {value} |" for label, value in rows)]
     lines += ["", "| fault | times | recovery s, median | recovery s, max |", "|---|---:|---:|---:|"]
     for name, seconds in led["recovery_s"].items():
         lines.append(f"| {name} | {len(seconds)} | {statistics.median(seconds):.1f} | {max(seconds):.1f} |")

@@ -15,16 +15,24 @@ const input = JSON.parse((await lines.next()).value);
 let running = true;
 lines.next().then(() => (running = false)); // the next line, or the end of stdin: stop
 
-const connection = new IORedis({
-  sentinels: input.sentinels,
-  name: input.name,
-  maxRetriesPerRequest: null,
-  // Asks the sentinels again on a failover instead of waiting for the old master to answer READONLY.
-  failoverDetector: true,
-});
-connection.on("error", () => {}); // each refused add is retried below; the reconnects are ioredis's
-const queue = new Queue(input.queue, { connection });
-queue.on("error", () => {});
+let connection;
+let queue;
+// ioredis with failoverDetector can end its connection for good after a kill -9 of the master ("Connection is
+// closed." on every command from then on: seen once in six such kills in a 60-minute soak); a web application
+// then needs a new one, as this one makes.
+function open() {
+  connection = new IORedis({
+    sentinels: input.sentinels,
+    name: input.name,
+    maxRetriesPerRequest: null,
+    // Asks the sentinels again on a failover instead of waiting for the old master to answer READONLY.
+    failoverDetector: true,
+  });
+  connection.on("error", () => {}); // each refused add is retried below; the reconnects are ioredis's
+  queue = new Queue(input.queue, { connection });
+  queue.on("error", () => {});
+}
+open();
 const say = (line) => process.stdout.write(`${JSON.stringify(line)}\n`);
 
 const HOSTILE = [
@@ -60,6 +68,11 @@ async function add(first, count, kind) {
       return;
     } catch (err) {
       process.stderr.write(`${new Date().toISOString()} add s-${first}…: ${err.message}\n`);
+      if (connection.status === "end") {
+        say({ reopened: true, at: Date.now() });
+        connection.disconnect();
+        open();
+      }
       await sleep(200); // Redis away: the same ids again (bullmq ignores an id it already has)
     }
   }
