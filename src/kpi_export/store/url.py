@@ -34,6 +34,9 @@ class DatabaseTarget:
     connect_args: dict[str, Any] = field(default_factory=dict)
     pool_size: int | None = None
     schema: str | None = None
+    pgbouncer: bool = (
+        False  # Prisma's `pgbouncer=true`: a pooler that may hand each transaction another server
+    )
 
     @property
     def display(self) -> str:
@@ -91,9 +94,14 @@ def _postgres(url: URL) -> DatabaseTarget:
     server_settings: dict[str, str] = {}
     pool_size = None
     schema = _pop_text(query, "schema")
-    if schema:
-        # Quoted, as Prisma does: an unquoted name would be folded to lower case.
-        server_settings["search_path"] = '"' + schema.replace('"', '""') + '"'
+    pgbouncer = _pop_text(query, "pgbouncer") == "true"
+    if pgbouncer:
+        # asyncpg's unnamed statements, parsed again at each use: under transaction pooling the next statement
+        # may reach another server, where a named one is missing (or taken, by another client).
+        connect_args["statement_cache_size"] = 0
+    elif schema:
+        # PgBouncer refuses search_path at start-up: behind it, each transaction sets it (store/engine.py).
+        server_settings["search_path"] = search_path(schema)
     if name := _pop_text(query, "application_name"):
         server_settings["application_name"] = name
     if sslmode := _pop_text(query, "sslmode"):
@@ -104,8 +112,6 @@ def _postgres(url: URL) -> DatabaseTarget:
         connect_args["timeout"] = _number(timeout, "connect_timeout")
     if limit := _pop_text(query, "connection_limit"):
         pool_size = _count(limit, "connection_limit")
-    if _pop_text(query, "pgbouncer") == "true":
-        connect_args["statement_cache_size"] = 0  # a transaction-mode pooler forbids prepared statements
     if size := _pop_text(query, "statement_cache_size"):
         connect_args["statement_cache_size"] = _count(size, "statement_cache_size", low=0)
     _pop_text(query, "sslaccept")  # Prisma's certificate policy; sslmode decides here
@@ -114,7 +120,12 @@ def _postgres(url: URL) -> DatabaseTarget:
     if server_settings:
         connect_args["server_settings"] = server_settings
     clean = url.set(drivername="postgresql+asyncpg", query={})
-    return DatabaseTarget("postgresql", clean, connect_args, pool_size, schema)
+    return DatabaseTarget("postgresql", clean, connect_args, pool_size, schema, pgbouncer)
+
+
+def search_path(schema: str) -> str:
+    """Quoted, as Prisma does: an unquoted name would be folded to lower case."""
+    return '"' + schema.replace('"', '""') + '"'
 
 
 def _mysql(url: URL) -> DatabaseTarget:
