@@ -1,6 +1,6 @@
 """The worker behind Debian's PgBouncer with Prisma's `?pgbouncer=true`, in transaction and in session pooling,
 with fewer server connections than the worker's pool: every job completed once, the seal chain verifies, and
-every operator command works through the pooler. No "prepared statement" error, ever: under transaction
+every operator command works through the pooler; the `db` commands use DATABASE_DIRECT_URL when it is set. No "prepared statement" error, ever: under transaction
 pooling a client's next statement may reach another server, where a named statement is missing or taken.
 Sized by --pooler-jobs."""
 
@@ -19,8 +19,10 @@ from pydantic import SecretStr
 from kpi_export.config import Settings
 from kpi_export.integrity.sealer import read_head
 from kpi_export.store import opened_engine
+from tests.embedded_redis import free_port
 from tests.flow import add_jobs, assert_exactly_once, counts, failed_reasons, wait_all_finished
 from tests.pgbouncer import PgBouncer
+from tests.pgcluster import PASSWORD_ROLE, PostgresCluster
 from tests.services import POSTGRES_URL, worker_env
 from tests.support import LISTENING, WorkerProcess, invoke, wait_until
 
@@ -120,3 +122,28 @@ async def test_the_worker_and_every_operator_command_work_behind_pgbouncer(
         verified = json.loads(await command("audit", "verify", "--json"))
         assert verified["clean"] and verified["rowsChecked"] == pooler_jobs, verified
     assert "prepared statement" not in bouncer.log
+
+
+async def test_the_db_commands_connect_to_database_direct_url_and_never_print_its_password(
+    postgres_cluster: PostgresCluster, private_postgresql_url: str, queue_name: str
+) -> None:
+    """Prisma's `directUrl`: DATABASE_URL names a pooler (down here), the migrations go to the server itself."""
+    database = urlsplit(private_postgresql_url).path.lstrip("/")
+    direct = postgres_cluster.url(database, role=PASSWORD_ROLE)  # with its password
+    settings = Settings.of(
+        database_url=SecretStr(
+            f"postgresql://{PASSWORD_ROLE}@127.0.0.1:{free_port()}/{database}?pgbouncer=true"
+        ),
+        queue_name=queue_name,
+    )
+    env = {"DATABASE_DIRECT_URL": direct}
+    upgraded = await invoke(settings, "db", "upgrade", env=env)
+    assert upgraded.exit_code == 0, upgraded.output
+    shown = f"{PASSWORD_ROLE}:***@127.0.0.1:{postgres_cluster.port}/{database}"
+    assert f"{shown}: migrated from nothing to" in upgraded.output
+    current = await invoke(settings, "db", "current", "--json", env=env)
+    assert current.exit_code == 0 and json.loads(current.output)["up_to_date"], current.output
+    listed = await invoke(settings, "audit", "list", env=env)  # not a `db` command: DATABASE_URL, down
+    assert listed.exit_code == 1 and "DATABASE_URL" in listed.output, listed.output
+    for result in (upgraded, current, listed):
+        assert postgres_cluster.role_password not in result.output
