@@ -38,7 +38,8 @@ pytest_plugins = ("tests.image",)
 # The chaos tests' size: what CI runs by default, larger by hand (see README).
 CHAOS_JOBS = 1000
 CHAOS_KILL_EVERY = 2.0
-# The jobs of each failover test (tests/integration/test_sentinel.py, test_cluster.py, test_readonly.py).
+# The jobs of each failover test (tests/integration/test_sentinel.py, test_cluster.py, test_readonly.py,
+# test_patroni.py).
 FAILOVER_JOBS = 5000
 # The jobs of each test behind a connection pooler (tests/integration/test_pgbouncer.py).
 POOLER_JOBS = 5000
@@ -50,7 +51,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--chaos-kill-every", type=float, default=CHAOS_KILL_EVERY, help="seconds between two kill -9"
     )
-    parser.getgroup("failover", "failover tests (Sentinel, Cluster, READONLY)").addoption(
+    parser.getgroup("failover", "failover tests (Sentinel, Cluster, READONLY, Patroni)").addoption(
         "--failover-jobs", type=int, default=FAILOVER_JOBS, help="jobs each failover test runs"
     )
     parser.getgroup("pooler", "tests behind PgBouncer").addoption(

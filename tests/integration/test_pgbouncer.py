@@ -7,8 +7,10 @@ Sized by --pooler-jobs."""
 from __future__ import annotations
 
 import asyncio
+import configparser
 import contextlib
 import json
+import re
 from datetime import date, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -19,6 +21,8 @@ from pydantic import SecretStr
 from kpi_export.config import Settings
 from kpi_export.integrity.sealer import read_head
 from kpi_export.store import opened_engine
+from kpi_export.store.url import parse_database_url
+from tests.docs import Page, code_blocks
 from tests.embedded_redis import free_port
 from tests.flow import add_jobs, assert_exactly_once, counts, failed_reasons, wait_all_finished
 from tests.pgbouncer import PgBouncer
@@ -29,7 +33,17 @@ from tests.support import LISTENING, WorkerProcess, invoke, wait_until
 pytestmark = pytest.mark.pooler
 
 SEALING = {"AUDIT_SEAL_KEY": "test-audit-seal-key-0123456789abcdef", "AUDIT_SEAL_INTERVAL": "1"}
-SERVER_CONNECTIONS = 4
+PAGE = Page.of("production/postgresql-pooling.md")
+
+
+def documented_pgbouncer() -> configparser.SectionProxy:
+    """The `[pgbouncer]` section of the docs' pgbouncer.ini."""
+    config = configparser.ConfigParser()
+    config.read_string(code_blocks(PAGE.section("## PgBouncer"), "ini")[0])
+    return config["pgbouncer"]
+
+
+SERVER_CONNECTIONS = int(documented_pgbouncer()["default_pool_size"])  # as the docs advise
 CONCURRENCY = 50  # a worker's pool: min(concurrency, 20) connections, or the URL's connection_limit
 
 
@@ -147,3 +161,14 @@ async def test_the_db_commands_connect_to_database_direct_url_and_never_print_it
     assert listed.exit_code == 1 and "DATABASE_URL" in listed.output, listed.output
     for result in (upgraded, current, listed):
         assert postgres_cluster.role_password not in result.output
+
+
+def test_the_documented_pgbouncer_setup_is_the_tested_one() -> None:
+    """The docs' pgbouncer.ini pools by transaction, with fewer server connections than a worker's pool, and
+    their URLs are the worker's: `pgbouncer=true` through the pooler, the server itself for the `db` commands."""
+    assert documented_pgbouncer()["pool_mode"] == "transaction"
+    assert SERVER_CONNECTIONS < min(CONCURRENCY, 20)
+    urls = dict(re.findall(r"(DATABASE_(?:DIRECT_)?URL)='([^']+)'", PAGE.section("## PgBouncer")))
+    pooled, direct = parse_database_url(urls["DATABASE_URL"]), parse_database_url(urls["DATABASE_DIRECT_URL"])
+    assert pooled.pgbouncer and not direct.pgbouncer
+    assert pooled.schema == direct.schema == "public"
