@@ -13,6 +13,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -44,8 +45,11 @@ def servers() -> Iterator[Servers]:
         unavailable("initdb/pg_ctl not found", in_ci="initdb/pg_ctl not found, and CI needs them")
     made: list[PostgresCluster] = []
 
-    def make(*, synchronous: bool = False, standby_of: PostgresCluster | None = None) -> PostgresCluster:
-        server = PostgresCluster(bin_dir, role_password=f"pw-{uuid.uuid4().hex}", synchronous=synchronous)
+    def make(
+        *, synchronous: bool = False, standby_of: PostgresCluster | None = None, port: int | None = None
+    ) -> PostgresCluster:
+        password = f"pw-{uuid.uuid4().hex}"
+        server = PostgresCluster(bin_dir, role_password=password, synchronous=synchronous, port=port)
         made.append(server)
         if standby_of is not None:
             return server.standby_of(standby_of)
@@ -92,17 +96,25 @@ async def _run_with_fault(
 
 
 async def _sync_standby_caught_up(primary: PostgresCluster) -> bool:
-    """No commit on `primary` waits for its standby, which has flushed all of its WAL."""
+    """`primary` has a synchronous standby, which has flushed all of its WAL; no commit waits for it."""
     conn = await asyncpg.connect(primary.url())
     try:
         return bool(
             await conn.fetchval(
                 "SELECT (SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep') = 0 "
-                "AND (SELECT bool_and(flush_lsn = pg_current_wal_lsn()) FROM pg_stat_replication)"
+                "AND (SELECT bool_and(flush_lsn = pg_current_wal_lsn() AND sync_state = 'sync') "
+                "FROM pg_stat_replication)"
             )
         )
     finally:
         await conn.close()
+
+
+async def _make_synchronous(primary: PostgresCluster) -> None:
+    """A promoted standby's commits wait for its own new standby, once that one has caught up."""
+    await primary.execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
+    await primary.execute("SELECT pg_reload_conf()")
+    await wait_until(lambda: _sync_standby_caught_up(primary), 60, "the new standby to be synchronous")
 
 
 async def _read_only(server: PostgresCluster, on: bool) -> None:
@@ -114,26 +126,51 @@ async def _read_only(server: PostgresCluster, on: bool) -> None:
 
 @pytest.mark.parametrize("fault", ["kill", "switchover"])
 async def test_a_primary_killed_or_switched_over_under_a_multi_host_url_loses_and_doubles_nothing(
-    servers: Servers, queue_name: str, redis_url: str, failover_jobs: int, fault: str
+    servers: Servers, queue_name: str, redis_url: str, failover_jobs: int, pg_failovers: int, fault: str
 ) -> None:
     """kill: SIGKILL to the primary's postmaster, then the standby promoted. switchover: the primary stopped
-    cleanly (`pg_ctl stop -m fast`), then the standby promoted."""
+    cleanly (`pg_ctl stop -m fast`), then the standby promoted. With --pg-failovers N, N rounds of jobs, each
+    with its failover (the failed server rebuilt as the new primary's synchronous standby, on its port, between
+    two)."""
+    total = failover_jobs * pg_failovers
     primary = servers(synchronous=True)
     standby = servers(standby_of=primary)
     settings = await failover_settings(
         multi_host_url(primary, standby), queue_name, redis_url=SecretStr(redis_url)
     )
-
-    def fail_over() -> None:
-        primary.kill() if fault == "kill" else primary.stop("fast")
-        standby.promote()
-
-    worker, took = await _run_with_fault(settings, failover_jobs, fail_over)
-    await assert_exactly_once(on(standby, settings), failover_jobs)  # every result a row of the new primary
+    changes: list[str] = []
+    with WorkerProcess(worker_env(settings)) as worker:
+        await asyncio.to_thread(worker.wait_for_line, LISTENING)
+        for round_ in range(pg_failovers):
+            first = round_ * failover_jobs
+            await add_jobs(settings, failover_jobs, start=first)
+            share = first + failover_jobs // 3  # a third of the way through the round
+            await wait_until(
+                partial(_completed, settings, share), 60 + total / 100, f"{share} jobs completed"
+            )
+            if fault == "kill":
+                primary.kill()
+            else:
+                primary.stop("fast")
+            standby.promote()
+            changes.append(f"Database primary changed: 127.0.0.1:{primary.port} → 127.0.0.1:{standby.port}")
+            if round_ + 1 < pg_failovers:  # the next failover needs a synchronous standby again
+                rebuilt = servers(standby_of=standby, port=primary.port)
+                await _make_synchronous(standby)
+                primary, standby = standby, rebuilt
+            else:
+                primary = standby
+        started = time.monotonic()
+        await wait_all_finished(settings, total, timeout=60 + total / 50)
+        took = time.monotonic() - started
+    await assert_exactly_once(on(primary, settings), total)  # every result a row of the last primary
     assert " failed: " not in worker.output, worker.output
-    changed = f"Database primary changed: 127.0.0.1:{primary.port} → 127.0.0.1:{standby.port}"
-    assert worker.output.count(changed) == 1, worker.output
-    print(f"[pg-failover] {fault}, multi-host URL: jobs={failover_jobs}, done_s_after_fault={took:.1f}")
+    assert worker.output.count("Database primary changed: ") == pg_failovers, worker.output
+    assert all(change in worker.output for change in changes), (changes, worker.output)
+    print(
+        f"[pg-failover] {fault} x{pg_failovers}, multi-host URL: jobs={total}, "
+        f"done_s_after_last_failover={took:.1f}"
+    )
 
 
 async def test_an_address_that_moves_and_cuts_the_connections_loses_and_doubles_nothing(
