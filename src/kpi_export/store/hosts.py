@@ -27,6 +27,7 @@ class HostConnector:
 
     def __init__(self, target: DatabaseTarget) -> None:
         self.hosts = target.hosts
+        self.listed = target.address  # host:port,host:port, for a line or a probe
         self.in_use: str | None = None  # host:port of the last connection made
         # Called with host:port after each connection made (the writer's PrimaryWatch listens).
         self.on_connect: Callable[[str], None] = lambda _host: None
