@@ -7,7 +7,7 @@ import json
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL
@@ -18,6 +18,9 @@ from kpi_export.errors import DatabaseMissing
 from kpi_export.store.primary import drop_read_only_connections
 from kpi_export.store.url import DatabaseTarget
 
+if TYPE_CHECKING:
+    from kpi_export.store.hosts import HostConnector
+
 
 def create_engine(
     target: DatabaseTarget, *, pool_size: int = 5, pooled: bool = True, create: bool = True
@@ -27,9 +30,9 @@ def create_engine(
     `pooled=False`: a new connection each time (health checks, which must see the server as it is now).
     `create=False`: a SQLite file is opened read-write only if it exists; a missing one is an error on
     connect, never a new empty file (only `db upgrade`, the demo and the tests make one)."""
-    connector = None
+    connector: HostConnector | None = None
     connect_args = target.connect_args
-    if target.hosts:
+    if target.hosts:  # libpq's multi-host form: each host tried in turn, within its own timeout
         from kpi_export.store.hosts import HostConnector
 
         connector = HostConnector(target)
@@ -55,9 +58,7 @@ def create_engine(
     else:
         drop_read_only_connections(engine.sync_engine)
     if connector is not None:
-        from kpi_export.store.hosts import install
-
-        install(engine.sync_engine, connector)
+        connector.attach(engine.sync_engine)
     return engine
 
 

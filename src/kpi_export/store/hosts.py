@@ -58,9 +58,9 @@ class HostConnector:
             f"no host takes connections as target_session_attrs={wanted} asks: {'; '.join(missed)}"
         ) from last
 
-
-def install(engine: Engine, connector: HostConnector) -> None:
-    _connectors[engine] = connector
+    def attach(self, engine: Engine) -> None:
+        """The connector of `engine` (connector_of finds it)."""
+        _connectors[engine] = self
 
 
 def connector_of(engine: Engine) -> HostConnector | None:
