@@ -248,8 +248,8 @@ async def test_a_read_only_window_on_postgresql_fails_and_doubles_nothing(
 
 @pytest.fixture
 async def mariadb_user_url() -> AsyncIterator[str]:
-    """A database and a user of the test's own on the shared MariaDB, the user without SUPER (which read_only
-    does not stop); both dropped afterwards."""
+    """A database and a user of the test's own on the shared MariaDB, the user without the privilege that
+    read_only does not stop (READ ONLY ADMIN, SUPER before 10.11); both dropped afterwards."""
     require_service("MariaDB", MARIADB_URL)
     suffix = uuid.uuid4().hex[:12]
     name, user, password = f"t_{suffix}", f"kpi_{suffix}", f"pw-{uuid.uuid4().hex}"
