@@ -2,7 +2,8 @@
 streaming standby of the test's own (tests/pgcluster.py), reached through a multi-host DATABASE_URL or through
 one address that moves (a TCP relay: HAProxy in front of Patroni, or a DNS name that flips and leaves the old
 connections on the old server); and read-only windows on PostgreSQL and MariaDB. After each: every job completed
-once, none failed, one row each, every result a row of the server that takes writes now.
+once, none failed, one row each, every result a row of the server that takes writes now. And which host each
+`target_session_attrs` picks from a multi-host URL.
 
 Sized for CI by --failover-jobs (5,000; the read-only windows a fifth of it); a larger run by hand:
 `pytest tests/integration/test_pg_failover.py -s --failover-jobs 50000`."""
@@ -19,8 +20,12 @@ from typing import Any
 import asyncpg
 import pytest
 from pydantic import SecretStr
+from sqlalchemy import text
 
 from kpi_export.config import Settings
+from kpi_export.store import opened_engine
+from kpi_export.store.hosts import connector_of
+from kpi_export.store.url import parse_database_url
 from tests.faults import TcpFaultProxy
 from tests.flow import add_jobs, assert_exactly_once, counts, wait_all_finished
 from tests.pgcluster import PostgresCluster, postgres_bin
@@ -283,3 +288,35 @@ async def test_a_read_only_window_on_mariadb_fails_and_doubles_nothing(
     await assert_exactly_once(settings, total)
     assert " failed: " not in worker.output, worker.output
     assert "refused a write as read-only" in worker.output, worker.output
+
+
+async def _host_reached(url: str) -> str | None:
+    async with opened_engine(parse_database_url(url), pooled=False) as engine, engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+        connector = connector_of(engine.sync_engine)
+        assert connector is not None
+        return connector.in_use
+
+
+async def test_target_session_attrs_choose_among_the_hosts_as_libpq_does(servers: Servers) -> None:
+    primary = servers(synchronous=False)
+    standby = servers(standby_of=primary)
+    hosts = f"127.0.0.1:{standby.port},127.0.0.1:{primary.port}"  # the standby first
+    on_primary, on_standby = f"127.0.0.1:{primary.port}", f"127.0.0.1:{standby.port}"
+    expected = {
+        "any": on_standby,
+        "read-write": on_primary,
+        "primary": on_primary,
+        "standby": on_standby,
+        "read-only": on_standby,
+        "prefer-standby": on_standby,
+    }
+    for attrs, host in expected.items():
+        url = f"postgresql://postgres@{hosts}/{DATABASE}?target_session_attrs={attrs}"
+        assert await _host_reached(url) == host, attrs
+    primary_first = f"127.0.0.1:{primary.port},127.0.0.1:{standby.port}"
+    url = f"postgresql://postgres@{primary_first}/{DATABASE}?target_session_attrs=prefer-standby"
+    assert await _host_reached(url) == on_standby  # a standby, though listed second
+    standby.stop("fast")
+    url = f"postgresql://postgres@{hosts}/{DATABASE}?target_session_attrs=prefer-standby"
+    assert await _host_reached(url) == on_primary  # no standby answers: any host
