@@ -5,8 +5,9 @@ connections on the old server); and read-only windows on PostgreSQL and MariaDB.
 once, none failed, one row each, every result a row of the server that takes writes now. And which host each
 `target_session_attrs` picks from a multi-host URL.
 
-Sized for CI by --failover-jobs (5,000; the read-only windows a fifth of it); a larger run by hand:
-`pytest tests/integration/test_pg_failover.py -s --failover-jobs 50000`."""
+Sized for CI by --failover-jobs (5,000; the read-only windows a fifth of it) and --pg-failovers (1); a larger run
+by hand, 50,000 jobs across three failovers for the multi-host test:
+`pytest tests/integration/test_pg_failover.py -s --failover-jobs 16667 --pg-failovers 3`."""
 
 from __future__ import annotations
 
