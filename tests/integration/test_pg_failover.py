@@ -27,9 +27,11 @@ from kpi_export.config import Settings
 from kpi_export.store import opened_engine
 from kpi_export.store.hosts import connector_of
 from kpi_export.store.url import parse_database_url
+from tests.embedded_redis import free_port
 from tests.faults import TcpFaultProxy
 from tests.flow import add_jobs, assert_exactly_once, counts, wait_all_finished
 from tests.pgcluster import PostgresCluster, postgres_bin
+from tests.probes import metric
 from tests.services import MARIADB_URL, mariadb_execute, require_service, unavailable, worker_env
 from tests.support import LISTENING, WorkerProcess, wait_until
 from tests.topology import failover_settings
@@ -86,10 +88,13 @@ async def _completed(settings: Settings, share: int) -> bool:
 
 async def _run_with_fault(
     settings: Settings, total: int, fault: Callable[[], Any], **env: str
-) -> tuple[WorkerProcess, float]:
-    """`total` jobs through one worker process; `fault` (sync or async) once a third have completed. The worker
-    has stopped when this returns; so have the jobs: all finished, or the wait failed."""
-    with WorkerProcess(worker_env(settings, **env)) as worker:
+) -> tuple[WorkerProcess, float, float | None]:
+    """`total` jobs through one worker process; `fault` (sync or async) once a third have completed. Returns the
+    worker, stopped, the seconds from the fault to the last job, and its kpi_export_db_primary_changes_total."""
+    health = free_port()
+    with WorkerProcess(
+        worker_env(settings, HEALTH_PORT=str(health), HEALTH_HOST="127.0.0.1", **env)
+    ) as worker:
         await asyncio.to_thread(worker.wait_for_line, LISTENING)
         await add_jobs(settings, total)
         await wait_until(lambda: _completed(settings, total // 3), 60 + total / 100, "a third of the jobs")
@@ -98,7 +103,9 @@ async def _run_with_fault(
         if asyncio.iscoroutine(outcome):
             await outcome
         await wait_all_finished(settings, total, timeout=60 + total / 50)
-        return worker, time.monotonic() - started
+        took = time.monotonic() - started
+        changes = await metric(health, "kpi_export_db_primary_changes_total")
+        return worker, took, changes
 
 
 async def _sync_standby_caught_up(primary: PostgresCluster) -> bool:
@@ -146,7 +153,8 @@ async def test_a_primary_killed_or_switched_over_under_a_multi_host_url_loses_an
     )
     changes: list[str] = []
     switched: list[float] = []  # seconds from each fault to the worker's connection to the new primary
-    with WorkerProcess(worker_env(settings)) as worker:
+    health = free_port()
+    with WorkerProcess(worker_env(settings, HEALTH_PORT=str(health), HEALTH_HOST="127.0.0.1")) as worker:
         await asyncio.to_thread(worker.wait_for_line, LISTENING)
         for round_ in range(pg_failovers):
             first = round_ * failover_jobs
@@ -173,6 +181,7 @@ async def test_a_primary_killed_or_switched_over_under_a_multi_host_url_loses_an
         started = time.monotonic()
         await wait_all_finished(settings, total, timeout=60 + total / 50)
         took = time.monotonic() - started
+        assert await metric(health, "kpi_export_db_primary_changes_total") == pg_failovers
     await assert_exactly_once(on(primary, settings), total)  # every result a row of the last primary
     assert " failed: " not in worker.output, worker.output
     assert worker.output.count("Database primary changed: ") == pg_failovers, worker.output
@@ -200,7 +209,7 @@ async def test_an_address_that_moves_and_cuts_the_connections_loses_and_doubles_
             relay.upstream = ("127.0.0.1", standby.port)
             relay.cut_all()
 
-        worker, took = await _run_with_fault(settings, failover_jobs, fail_over)
+        worker, took, _ = await _run_with_fault(settings, failover_jobs, fail_over)
     await assert_exactly_once(on(standby, settings), failover_jobs)
     assert " failed: " not in worker.output, worker.output
     print(f"[pg-failover] relay that cuts: jobs={failover_jobs}, done_s_after_fault={took:.1f}")
@@ -223,10 +232,11 @@ async def test_an_address_that_moves_without_cutting_the_connections_takes_every
             standby.promote()
             relay.upstream = ("127.0.0.1", standby.port)  # the old connections stay where they are
 
-        worker, took = await _run_with_fault(settings, failover_jobs, flip)
+        worker, took, changes = await _run_with_fault(settings, failover_jobs, flip)
     await assert_exactly_once(on(standby, settings), failover_jobs)
     assert " failed: " not in worker.output, worker.output
     assert worker.output.count("refused a write as read-only") == 1, worker.output
+    assert changes == 1
     print(
         f"[pg-failover] relay that moves without cutting: jobs={failover_jobs}, done_s_after_flip={took:.1f}"
     )
@@ -246,10 +256,11 @@ async def test_a_read_only_window_on_postgresql_fails_and_doubles_nothing(
         finally:
             await _read_only(postgres_cluster, False)
 
-    worker, _ = await _run_with_fault(settings, total, window)
+    worker, _, changes = await _run_with_fault(settings, total, window)
     await assert_exactly_once(settings, total)
     assert " failed: " not in worker.output, worker.output
     assert worker.output.count("refused a write as read-only") == 1, worker.output
+    assert changes == 1
 
 
 @pytest.fixture
@@ -285,10 +296,11 @@ async def test_a_read_only_window_on_mariadb_fails_and_doubles_nothing(
         finally:
             await mariadb_execute(MARIADB_URL, "SET GLOBAL read_only = OFF")
 
-    worker, _ = await _run_with_fault(settings, total, window)
+    worker, _, changes = await _run_with_fault(settings, total, window)
     await assert_exactly_once(settings, total)
     assert " failed: " not in worker.output, worker.output
     assert "refused a write as read-only" in worker.output, worker.output
+    assert changes is not None and changes >= 1
 
 
 async def _host_reached(url: str) -> str | None:
