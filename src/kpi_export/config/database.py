@@ -23,7 +23,8 @@ class DatabaseSettings(BaseSettings):
 
     url: SecretStr = Field(SecretStr(DEFAULT_DATABASE_URL), validation_alias="DATABASE_URL")
     """Where the audit table lives, as a Prisma app writes it:
-    `postgresql://u:p@host:5432/db?schema=public`, `mysql://…`, `file:./dev.db` (SQLite)."""
+    `postgresql://u:p@host:5432/db?schema=public`, `mysql://…`, `file:./dev.db` (SQLite); or libpq's
+    multi-host form, `postgresql://u:p@h1:5432,h2:5432/db?target_session_attrs=read-write`."""
     direct_url: SecretStr | None = Field(None, validation_alias="DATABASE_DIRECT_URL")
     """Prisma's `directUrl`: where the `db` commands (migrations) connect when DATABASE_URL goes through a
     pooler such as PgBouncer; the same grammar. Unset: they use DATABASE_URL."""

@@ -8,7 +8,7 @@ import json
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, Connection
@@ -16,7 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from kpi_export.errors import DatabaseMissing
+from kpi_export.store.primary import drop_read_only_connections
 from kpi_export.store.url import DatabaseTarget, search_path
+
+if TYPE_CHECKING:
+    from kpi_export.store.hosts import HostConnector
 
 
 def create_engine(
@@ -27,8 +31,15 @@ def create_engine(
     `pooled=False`: a new connection each time (health checks, which must see the server as it is now).
     `create=False`: a SQLite file is opened read-write only if it exists; a missing one is an error on
     connect, never a new empty file (only `db upgrade`, the demo and the tests make one)."""
+    connector: HostConnector | None = None
+    connect_args = target.connect_args
+    if target.hosts:  # libpq's multi-host form: each host tried in turn, within its own timeout
+        from kpi_export.store.hosts import HostConnector
+
+        connector = HostConnector(target)
+        connect_args = {**connect_args, "async_creator_fn": connector.connect}
     kwargs: dict[str, Any] = {
-        "connect_args": target.connect_args,
+        "connect_args": connect_args,
         "hide_parameters": True,
         "json_serializer": prisma_json,
     }
@@ -43,8 +54,6 @@ def create_engine(
         }
     url = target.url if create or target.dialect != "sqlite" else _existing_sqlite_file(target.url)
     engine = create_async_engine(url, **kwargs)
-    if target.dialect == "sqlite":
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     if target.pgbouncer and target.schema:
         # PgBouncer refuses search_path at start-up, and a session's SET would stay on a server connection that
         # the pooler hands to other clients. So, as Prisma does, every statement names the schema of its
@@ -53,6 +62,12 @@ def create_engine(
         event.listen(
             engine.sync_engine, "begin", functools.partial(_set_search_path, search_path(target.schema))
         )
+    if target.dialect == "sqlite":
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    else:
+        drop_read_only_connections(engine.sync_engine)
+    if connector is not None:
+        connector.attach(engine.sync_engine)
     return engine
 
 
