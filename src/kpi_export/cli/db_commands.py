@@ -45,8 +45,8 @@ def upgrade(as_json: bool) -> None:
     from kpi_export.store.schema import upgrade as run_upgrade
 
     settings = settings_or_exit()
-    before, after = run(with_engine(settings, run_upgrade))
-    target = settings.database.target.display
+    before, after = run(with_engine(settings, run_upgrade, migrating=True))
+    target = settings.database.migration_target.display
     echo_result(
         as_json,
         {"database": target, "before": before, "after": after},
@@ -65,8 +65,8 @@ def current(as_json: bool) -> None:
     from kpi_export.store.schema import current_revision, head_revision
 
     settings = settings_or_exit()
-    now, head = run(with_engine(settings, current_revision, create=False)), head_revision()
-    target = settings.database.target.display
+    now, head = run(with_engine(settings, current_revision, create=False, migrating=True)), head_revision()
+    target = settings.database.migration_target.display
     state = "up to date" if now == head else "run `kpi-export db upgrade`"
     echo_result(
         as_json,
@@ -193,12 +193,19 @@ def _show_row(id_export: int, row: dict[str, Any]) -> None:
 
 
 async def with_engine(
-    settings: Settings, use: Callable[[AsyncEngine], Awaitable[T]], *, create: bool = True
+    settings: Settings,
+    use: Callable[[AsyncEngine], Awaitable[T]],
+    *,
+    create: bool = True,
+    migrating: bool = False,
 ) -> T:
-    """`create=False` for the commands that only read: they never leave a new SQLite file behind."""
+    """`create=False` for the commands that only read: they never leave a new SQLite file behind.
+    `migrating`: the `db` commands, which connect to DATABASE_DIRECT_URL when it is set."""
     from kpi_export.store import opened_engine
 
-    async with opened_engine(settings.database.target, pool_size=1, create=create) as engine:
+    database = settings.database
+    target = database.migration_target if migrating else database.target
+    async with opened_engine(target, pool_size=1, create=create) as engine:
         return await use(engine)
 
 
