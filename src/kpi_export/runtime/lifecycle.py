@@ -29,6 +29,7 @@ from kpi_export.logs import START_LINE, Throttle, include_trace_ids
 from kpi_export.redaction import describe
 from kpi_export.runtime.database_wait import wait_for_database
 from kpi_export.runtime.health import Closer, serve_health
+from kpi_export.runtime.id_guard import guard_ids
 from kpi_export.runtime.job_handler import JobDeps, process_job
 from kpi_export.runtime.listeners import JobEventLog
 from kpi_export.runtime.metrics import WorkerMetrics
@@ -96,6 +97,7 @@ async def run_worker(
         await check_eviction_policy(watch.client)
         if not await wait_for_database(engine, settings.database.target, stop.requested):
             return 0
+        await guard_ids(settings, engine, actor=worker_name())  # before any row is written
         watch.start()
         memory_client = redis_client(settings.redis, max_connections=1)
         closers.append(memory_client.aclose)
