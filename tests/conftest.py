@@ -40,6 +40,8 @@ CHAOS_JOBS = 1000
 CHAOS_KILL_EVERY = 2.0
 # The jobs of each failover test (tests/integration/test_sentinel.py, test_cluster.py, test_readonly.py).
 FAILOVER_JOBS = 5000
+# The jobs of each database restore test (tests/interop/test_restore.py).
+RESTORE_JOBS = 500
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -51,17 +53,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.getgroup("failover", "failover tests (Sentinel, Cluster, READONLY)").addoption(
         "--failover-jobs", type=int, default=FAILOVER_JOBS, help="jobs each failover test runs"
     )
+    parser.getgroup("restore", "database restore tests (tests/interop/test_restore.py)").addoption(
+        "--restore-jobs", type=int, default=RESTORE_JOBS, help="jobs each database restore test runs"
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """A chaos test's time limit grows with its size."""
+    """A chaos, failover or restore test's time limit grows with its size."""
     jobs = int(config.getoption("--chaos-jobs"))
     failover_jobs = int(config.getoption("--failover-jobs"))
+    restore_jobs = int(config.getoption("--restore-jobs"))
     for item in items:
         if item.get_closest_marker("chaos") is not None:
             item.add_marker(pytest.mark.timeout(120 + jobs // 10))
         if item.get_closest_marker("failover") is not None:
             item.add_marker(pytest.mark.timeout(180 + failover_jobs // 50))
+        if item.get_closest_marker("restore") is not None:
+            item.add_marker(pytest.mark.timeout(240 + restore_jobs // 20))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -78,6 +86,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 @pytest.fixture
 def failover_jobs(request: pytest.FixtureRequest) -> int:
     return int(request.config.getoption("--failover-jobs"))
+
+
+@pytest.fixture
+def restore_jobs(request: pytest.FixtureRequest) -> int:
+    return int(request.config.getoption("--restore-jobs"))
 
 
 @pytest.fixture(autouse=True)

@@ -10,6 +10,7 @@ writes it; an `ip` reduced since (AUDIT_IP_MODE, `audit pseudonymise-ips`) still
 from __future__ import annotations
 
 import json
+from bisect import insort
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -136,15 +137,16 @@ def ms_to_utc(ms: int) -> datetime:
 
 @dataclass
 class Tally:
-    """How many of one finding, and the first ids of it."""
+    """How many of one finding, and the lowest ids of it (idExports, or job ids)."""
 
     count: int = 0
-    first: list[int | str] = field(default_factory=list)
+    first: list[Any] = field(default_factory=list)
 
     def add(self, item: int | str) -> None:
         self.count += 1
-        if len(self.first) < MAX_LISTED:
-            self.first.append(item)
+        if len(self.first) < MAX_LISTED or item < self.first[-1]:
+            insort(self.first, item)
+            del self.first[MAX_LISTED:]
 
 
 @dataclass

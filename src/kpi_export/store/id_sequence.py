@@ -31,7 +31,10 @@ async def _next_id(conn: AsyncConnection) -> int:
         row = (await conn.execute(text(f"SELECT last_value, is_called FROM {sequence}"))).one()
         return int(row.last_value) + (1 if row.is_called else 0)
     if dialect in _MYSQL:
-        if dialect == "mysql":  # MySQL 8 caches the tables' statistics for a day by default
+        mysql_8 = not getattr(conn.dialect, "is_mariadb", False) and (
+            conn.dialect.server_version_info or (0,)
+        ) >= (8,)
+        if mysql_8:  # MySQL 8 caches the tables' statistics for a day by default
             await conn.execute(text("SET SESSION information_schema_stats_expiry = 0"))
         found = await conn.scalar(
             text(
