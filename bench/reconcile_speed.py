@@ -77,7 +77,7 @@ def fill_redis(client: redis.Redis, jobs: int) -> None:
 
 
 def rows(first: int, last: int) -> list[tuple[object, ...]]:
-    found = []
+    found: list[tuple[object, ...]] = []
     for n in range(first, last + 1):
         processed = STARTED_MS + n * 10
         found.append(
