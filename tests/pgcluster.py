@@ -77,6 +77,21 @@ class PostgresCluster:
         self.stop()
         self.start()
 
+    def allow_replication(self) -> None:
+        """Let a standby stream this server's WAL (the role `postgres`, from 127.0.0.1)."""
+        with (self.data / "pg_hba.conf").open("a") as hba:
+            hba.write("host replication postgres 127.0.0.1/32 trust\n")
+
+    def standby_of(self, port: int) -> None:
+        """Instead of init(): a base backup of the server on `port`, as its asynchronous standby."""
+        self._run(
+            "pg_basebackup", "-D", str(self.data), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
+            "-R", "-X", "stream", "--no-sync", "--checkpoint=fast",
+        )  # fmt: skip
+
+    def promote(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-w", "promote")
+
     @property
     def running(self) -> bool:
         return (self.data / "postmaster.pid").exists()

@@ -13,20 +13,25 @@ import contextlib
 import json
 import sqlite3
 import subprocess
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import asyncpg
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import select, update
 
 from kpi_export.bullmq import opened_queue
 from kpi_export.config import Settings
 from kpi_export.integrity.reconcile import MAX_LISTED, ms_to_utc
 from kpi_export.store import audit_table, opened_engine
+from tests.faults import TcpFaultProxy
 from tests.interop.node import Produced, add, original_worker, produce
-from tests.services import worker_env
+from tests.pgcluster import PostgresCluster, postgres_bin
+from tests.services import unavailable, worker_env
 from tests.support import LISTENING, WorkerProcess, audit_rows, run_kpi_export, wait_until
 
 SEAL_KEY = "restore-test-seal-key-0123456789abcdef"
@@ -269,3 +274,82 @@ async def test_a_row_edited_by_hand_is_reported_never_repaired(migrated: Setting
     verified = run_kpi_export(env_of(migrated), "audit", "verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "repair recorded in seal 1: 1 row re-inserted" in verified.stdout
+
+
+@contextlib.contextmanager
+def private_server() -> Iterator[PostgresCluster]:
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        unavailable("initdb/pg_ctl not found", in_ci="initdb/pg_ctl not found, and CI needs them")
+    server = PostgresCluster(bin_dir, role_password=f"pw-{uuid.uuid4().hex}")
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
+async def ids_on(url: str) -> set[int]:
+    conn = await asyncpg.connect(url)
+    try:
+        return {row[0] for row in await conn.fetch('SELECT "idExport" FROM kpi_auditoria_export')}
+    finally:
+        await conn.close()
+
+
+@pytest.mark.restore
+async def test_an_async_standby_promoted_after_the_primary_died(
+    redis_url: str, queue_name: str, restore_jobs: int
+) -> None:
+    """The standby's replication link cut (a network fault), the primary killed later, the standby promoted:
+    the rows the primary wrote in between are lost; reconcile finds exactly those (counted from the old
+    primary's data files) and --repair restores them."""
+    fifth = max(restore_jobs // 5, 10)
+    with private_server() as primary, private_server() as standby:
+        primary.init()
+        primary.allow_replication()
+        primary.start()
+        await primary.execute('CREATE DATABASE "audit"')
+        async with TcpFaultProxy(primary.port) as link, TcpFaultProxy(primary.port) as endpoint:
+            await asyncio.to_thread(standby.standby_of, link.port)
+            await asyncio.to_thread(standby.start)
+            # The workers reach the database at one address (a DNS name, a virtual IP): this proxy.
+            settings = Settings.of(
+                redis_url=SecretStr(redis_url),
+                database_url=SecretStr(f"postgresql://postgres@127.0.0.1:{endpoint.port}/audit"),
+                queue_name=queue_name,
+                worker_concurrency=4,
+                shutdown_timeout=5,
+            )
+            upgraded = await asyncio.to_thread(run_kpi_export, env_of(settings), "db", "upgrade")
+            assert upgraded.returncode == 0, upgraded.stderr
+            with WorkerProcess(env_of(settings)) as worker:
+                await asyncio.to_thread(worker.wait_for_line, LISTENING)
+                first = await produce(settings, bulk(0, 2 * fifth), timeout=120)
+                link.block()  # the standby hears no more: what the primary commits now is its alone
+                second = await produce(settings, bulk(2 * fifth, 3 * fifth), timeout=120)
+                await asyncio.to_thread(primary.stop, "immediate")  # the primary dies
+                assert (await asyncio.to_thread(worker.stop))[0] == 0
+            await asyncio.to_thread(standby.promote)
+            endpoint.upstream = ("127.0.0.1", standby.port)
+            with WorkerProcess(env_of(settings)) as worker:
+                await asyncio.to_thread(worker.wait_for_line, LISTENING)
+                third = await produce(settings, bulk(3 * fifth, 4 * fifth), timeout=120)
+                assert (await asyncio.to_thread(worker.stop))[0] == 0
+            assert sum("went back in time" in line for line in worker.lines) == 1, worker.output
+            on_standby = await ids_on(standby.url("audit"))
+            await asyncio.to_thread(primary.start)  # the old primary's data files, as it left them
+            on_old_primary = await ids_on(primary.url("audit"))
+            await asyncio.to_thread(primary.stop, "immediate")
+            kept = results(first, second)
+            lost = {job["returnvalue"]["idExport"] for job in kept.values()} & (on_old_primary - on_standby)
+            assert lost, "the standby received every row: the link was cut too late"
+            assert min(j["returnvalue"]["idExport"] for j in results(third).values()) > max(on_old_primary)
+
+            status, found = await asyncio.to_thread(cli_json, settings, "audit", "reconcile")
+            assert status == 1
+            assert found["missing"] == {"count": len(lost), "first": sorted(lost)[:MAX_LISTED]}
+            status, repaired = await asyncio.to_thread(cli_json, settings, "audit", "reconcile", "--repair")
+            assert status == 0 and repaired["repaired"]["count"] == len(lost)
+            assert await ids_on(standby.url("audit")) >= on_old_primary
+            verified = await asyncio.to_thread(run_kpi_export, env_of(settings), "audit", "verify")
+            assert verified.returncode == 0, verified.stdout + verified.stderr
