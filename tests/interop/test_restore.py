@@ -168,6 +168,8 @@ async def test_restore_mid_run_then_reconcile_and_repair(
     lost -= restored
     assert lost, "the dump holds every row: it was taken too late"
     highest = max(job["returnvalue"]["idExport"] for job in kept.values())
+    ids = json.loads(run_kpi_export(env_of(migrated), "check", "--json").stdout)["ids"]
+    assert (ids["wentBack"], ids["highestKept"]) == (True, highest) and ids["nextIdExport"] <= highest
     with WorkerProcess(env_of(migrated)) as worker:
         await asyncio.to_thread(worker.wait_for_line, LISTENING)
         after_restore = await after
