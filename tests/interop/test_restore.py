@@ -302,9 +302,10 @@ async def ids_on(url: str) -> set[int]:
 async def test_an_async_standby_promoted_after_the_primary_died(
     redis_url: str, queue_name: str, restore_jobs: int
 ) -> None:
-    """The standby's replication link cut (a network fault), the primary killed later, the standby promoted:
-    the rows the primary wrote in between are lost; reconcile finds exactly those (counted from the old
-    primary's data files) and --repair restores them."""
+    """The standby's replication link cut (a network fault), the primary killed later, the standby promoted
+    under a running worker: the rows the primary wrote in between are lost; the worker, reconnected, hands out
+    none of their ids again; reconcile finds exactly those rows (counted from the old primary's data files)
+    and --repair restores them."""
     fifth = max(restore_jobs // 5, 10)
     with private_server() as primary, private_server() as standby:
         primary.init()
@@ -330,12 +331,11 @@ async def test_an_async_standby_promoted_after_the_primary_died(
                 link.block()  # the standby hears no more: what the primary commits now is its alone
                 second = await produce(settings, bulk(2 * fifth, 3 * fifth), timeout=120)
                 await asyncio.to_thread(primary.stop, "immediate")  # the primary dies
-                assert (await asyncio.to_thread(worker.stop))[0] == 0
-            await asyncio.to_thread(standby.promote)
-            endpoint.upstream = ("127.0.0.1", standby.port)
-            with WorkerProcess(env_of(settings)) as worker:
-                await asyncio.to_thread(worker.wait_for_line, LISTENING)
-                third = await produce(settings, bulk(3 * fifth, 4 * fifth), timeout=120)
+                # Jobs keep coming while the standby is promoted; the address moves to it, the worker runs on.
+                during = asyncio.create_task(produce(settings, bulk(3 * fifth, 4 * fifth), timeout=120))
+                await asyncio.to_thread(standby.promote)
+                endpoint.upstream = ("127.0.0.1", standby.port)
+                third = await during
                 assert (await asyncio.to_thread(worker.stop))[0] == 0
             assert sum("went back in time" in line for line in worker.lines) == 1, worker.output
             on_standby = await ids_on(standby.url("audit"))
@@ -345,7 +345,8 @@ async def test_an_async_standby_promoted_after_the_primary_died(
             kept = results(first, second)
             lost = {job["returnvalue"]["idExport"] for job in kept.values()} & (on_old_primary - on_standby)
             assert lost, "the standby received every row: the link was cut too late"
-            assert min(j["returnvalue"]["idExport"] for j in results(third).values()) > max(on_old_primary)
+            third_ids = [j["returnvalue"]["idExport"] for j in results(third).values()]
+            assert min(third_ids) > max(on_old_primary), [x for x in worker.lines if "Job" not in x]
 
             status, found = await asyncio.to_thread(cli_json, settings, "audit", "reconcile")
             assert status == 1
