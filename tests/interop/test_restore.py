@@ -261,6 +261,10 @@ async def test_a_row_edited_by_hand_is_reported_never_repaired(migrated: Setting
     assert status == 1
     assert found["differs"] == {"count": 1, "first": [edited]}
     assert found["missing"] == {"count": 1, "first": [deleted]}
+    status, later = cli_json(migrated, "audit", "reconcile", "--since", "2999-01-01")
+    assert (status, later["jobs"], later["orphans"]["count"]) == (0, 0, 0)
+    refused = run_kpi_export(env_of(migrated), "audit", "reconcile", "--since", "yesterday")
+    assert refused.returncode == 2 and "--since" in refused.stderr
     status, repaired = cli_json(migrated, "audit", "reconcile", "--repair")
     assert status == 1  # the edited row is still for a person to look at
     assert repaired["repaired"] == {"count": 1, "first": [deleted]}
