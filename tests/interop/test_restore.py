@@ -208,6 +208,11 @@ async def test_restore_mid_run_then_reconcile_and_repair(
         )
         if row.idExport in lost:  # re-inserted with the job's time
             assert row.createdAt == ms_to_utc(job["processedOn"])
+    print(
+        f"[restore] {migrated.database.target.dialect}: jobs={5 * fifth}, lost={len(lost)}, "
+        f"repaired={repaired['repaired']['count']}, repair entries={len(repaired['recorded'])}, "
+        f"next id {repaired['nextIdExport']['before']}->{repaired['nextIdExport']['after']}"
+    )
     status, again = cli_json(migrated, "audit", "reconcile", "--repair")
     assert status == 0
     assert again["repaired"]["count"] == 0 and again["recorded"] == []
@@ -358,5 +363,6 @@ async def test_an_async_standby_promoted_after_the_primary_died(
             status, repaired = await asyncio.to_thread(cli_json, settings, "audit", "reconcile", "--repair")
             assert status == 0 and repaired["repaired"]["count"] == len(lost)
             assert await ids_on(standby.url("audit")) >= on_old_primary
+            print(f"[restore] async standby: jobs={4 * fifth}, lost={len(lost)}, repaired={len(lost)}")
             verified = await asyncio.to_thread(run_kpi_export, env_of(settings), "audit", "verify")
             assert verified.returncode == 0, verified.stdout + verified.stderr

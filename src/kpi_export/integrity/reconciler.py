@@ -88,8 +88,10 @@ async def _reconcile_page(
     rows = [(job, expected(job)) for job in page]
     keys = [e.key for _, e in rows if e is not None and e.key is not None]
     ids = [e.id_export for _, e in rows if e is not None]
-    by_key = await _rows(conn, audit_table.c[KEY_COLUMN], keys)
     by_id = await _rows(conn, audit_table.c.idExport, ids)
+    # Most rows are where their result says: only the keys not found there are looked for elsewhere.
+    by_key = {row[KEY_COLUMN]: row for row in by_id.values() if row[KEY_COLUMN] is not None}
+    by_key |= await _rows(conn, audit_table.c[KEY_COLUMN], [key for key in keys if key not in by_key])
     for job, want in rows:
         id_export = job.id_export
         kind = verdict(
