@@ -19,6 +19,7 @@ from kpi_export.integrity.reconcile import (
     ms_to_utc,
     verdict,
 )
+from kpi_export.integrity.reconciler import IdBitmap
 
 STARTED = 1_796_000_000_000
 DATA = {"usuarioId": 42, "ip": "203.0.113.7", "filters": {"area": "ventas"}, "format": "XLSX"}
@@ -104,3 +105,10 @@ def test_a_tally_keeps_the_lowest_ids() -> None:
     for item in range(100, 0, -1):
         tally.add(item)
     assert (tally.count, tally.first) == (100, list(range(1, MAX_LISTED + 1)))
+
+
+def test_the_bitmap_of_named_ids() -> None:
+    named = IdBitmap()
+    for id_export in (1, 8, 9, 1_000_003):
+        named.add(id_export)
+    assert [i for i in range(1_000_010) if i in named] == [1, 8, 9, 1_000_003]
