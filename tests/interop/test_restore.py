@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import sqlite3
 import subprocess
@@ -318,12 +319,10 @@ async def test_an_async_standby_promoted_after_the_primary_died(
     fifth = max(restore_jobs // 5, 10)
     with private_server() as primary, private_server() as standby:
         primary.init()
-        primary.allow_replication()
         primary.start()
         await primary.execute('CREATE DATABASE "audit"')
         async with TcpFaultProxy(primary.port) as link, TcpFaultProxy(primary.port) as endpoint:
-            await asyncio.to_thread(standby.standby_of, link.port)
-            await asyncio.to_thread(standby.start)
+            await asyncio.to_thread(functools.partial(standby.standby_of, primary, port=link.port))
             # The workers reach the database at one address (a DNS name, a virtual IP): this proxy.
             settings = Settings.of(
                 redis_url=SecretStr(redis_url),
@@ -339,7 +338,7 @@ async def test_an_async_standby_promoted_after_the_primary_died(
                 first = await produce(settings, bulk(0, 2 * fifth), timeout=120)
                 link.block()  # the standby hears no more: what the primary commits now is its alone
                 second = await produce(settings, bulk(2 * fifth, 3 * fifth), timeout=120)
-                await asyncio.to_thread(primary.stop, "immediate")  # the primary dies
+                await asyncio.to_thread(primary.kill)  # the primary dies
                 # Jobs keep coming while the standby is promoted; the address moves to it, the worker runs on.
                 during = asyncio.create_task(produce(settings, bulk(3 * fifth, 4 * fifth), timeout=120))
                 await asyncio.to_thread(standby.promote)

@@ -117,6 +117,9 @@ def _show_readiness(readiness: Readiness, ids: IdCheck | None) -> None:
     show(found)
     if readiness.redis_master is not None:
         click.echo(f"redis master: {shown(readiness.redis_master)} (named by the sentinels)")
+    if readiness.database_hosts is not None:
+        host = shown(readiness.database_host or "none")
+        click.echo(f"database host: {host} (of {shown(readiness.database_hosts)}, the one that answered)")
     if ids is not None and ids.went_back:
         click.echo(f"WARNING: {shown(ids.message())}; a worker moves the ids past it as it starts")
     click.echo("ready" if readiness.ready else f"not ready: {', '.join(readiness.failing)}")
