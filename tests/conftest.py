@@ -45,6 +45,8 @@ FAILOVER_JOBS = 5000
 PG_FAILOVERS = 1
 # The jobs of each test behind a connection pooler (tests/integration/test_pgbouncer.py).
 POOLER_JOBS = 5000
+# The jobs of each database restore test (tests/interop/test_restore.py).
+RESTORE_JOBS = 500
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -68,13 +70,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.getgroup("pooler", "tests behind PgBouncer").addoption(
         "--pooler-jobs", type=int, default=POOLER_JOBS, help="jobs each test behind PgBouncer runs"
     )
+    parser.getgroup("restore", "database restore tests (tests/interop/test_restore.py)").addoption(
+        "--restore-jobs", type=int, default=RESTORE_JOBS, help="jobs each database restore test runs"
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """A chaos, failover or pooler test's time limit grows with its size."""
+    """A chaos, failover, pooler or restore test's time limit grows with its size."""
     jobs = int(config.getoption("--chaos-jobs"))
     failover_jobs = int(config.getoption("--failover-jobs")) * int(config.getoption("--pg-failovers"))
     pooler_jobs = int(config.getoption("--pooler-jobs"))
+    restore_jobs = int(config.getoption("--restore-jobs"))
     for item in items:
         if item.get_closest_marker("chaos") is not None:
             item.add_marker(pytest.mark.timeout(120 + jobs // 10))
@@ -82,6 +88,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.timeout(180 + failover_jobs // 50))
         if item.get_closest_marker("pooler") is not None:
             item.add_marker(pytest.mark.timeout(120 + pooler_jobs // 20))
+        if item.get_closest_marker("restore") is not None:
+            item.add_marker(pytest.mark.timeout(240 + restore_jobs // 20))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -108,6 +116,8 @@ def pg_failovers(request: pytest.FixtureRequest) -> int:
 @pytest.fixture
 def pooler_jobs(request: pytest.FixtureRequest) -> int:
     return int(request.config.getoption("--pooler-jobs"))
+def restore_jobs(request: pytest.FixtureRequest) -> int:
+    return int(request.config.getoption("--restore-jobs"))
 
 
 @pytest.fixture(autouse=True)

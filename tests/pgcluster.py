@@ -76,11 +76,12 @@ class PostgresCluster:
             f"host all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\n"
         )
 
-    def standby_of(self, primary: PostgresCluster) -> Self:
-        """This server made a streaming standby of `primary` (running), and started."""
+    def standby_of(self, primary: PostgresCluster, *, port: int | None = None) -> Self:
+        """This server made a streaming standby of `primary` (running), and started; `port`: a relay's in
+        front of the primary, through which the standby streams (a link a test can cut)."""
         self._run(
             "pg_basebackup", "-D", str(self.data), "-R", "-X", "stream", "-c", "fast",
-            "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
+            "-h", "127.0.0.1", "-p", str(port or primary.port), "-U", "postgres",
         )  # fmt: skip
         # Not the primary's synchronous_standby_names (ALTER SYSTEM's, copied): promoted, it would wait for a
         # standby at every commit.

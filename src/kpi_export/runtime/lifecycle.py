@@ -29,6 +29,7 @@ from kpi_export.logs import START_LINE, Throttle, include_trace_ids
 from kpi_export.redaction import describe
 from kpi_export.runtime.database_wait import wait_for_database
 from kpi_export.runtime.health import Closer, serve_health
+from kpi_export.runtime.id_guard import IdGuard, guard_ids
 from kpi_export.runtime.job_handler import JobDeps, process_job
 from kpi_export.runtime.listeners import JobEventLog
 from kpi_export.runtime.metrics import WorkerMetrics
@@ -98,6 +99,8 @@ async def run_worker(
         await check_eviction_policy(watch.client)
         if not await wait_for_database(engine, settings.database.target, stop.requested):
             return 0
+        await guard_ids(settings, engine, actor=worker_name())  # before any row is written
+        id_guard = IdGuard(settings, engine, actor=worker_name())
         watch.start()
         memory_client = redis_client(settings.redis, max_connections=1)
         closers.append(memory_client.aclose)
@@ -116,6 +119,7 @@ async def run_worker(
             database=settings.database.target.address,
             metrics=metrics,
             ip_mode=settings.audit.ip_mode,
+            id_guard=id_guard,
         )
         handler: JobHandler = functools.partial(process_job, deps=deps)
         events: WorkerEvents = JobEventLog(settings.queue.name, throttle, metrics, watch)
