@@ -116,6 +116,8 @@ def pg_failovers(request: pytest.FixtureRequest) -> int:
 @pytest.fixture
 def pooler_jobs(request: pytest.FixtureRequest) -> int:
     return int(request.config.getoption("--pooler-jobs"))
+
+
 def restore_jobs(request: pytest.FixtureRequest) -> int:
     return int(request.config.getoption("--restore-jobs"))
 
