@@ -1,4 +1,5 @@
-"""The database's commands: `db upgrade|current` (migrations) and `audit list|show` (the table's rows)."""
+"""The database's commands: `db upgrade|current` (migrations), `db grants` (the roles' rights) and `audit list|show`
+(the table's rows)."""
 
 from __future__ import annotations
 
@@ -75,6 +76,36 @@ def current(as_json: bool) -> None:
     )
     if now != head:
         sys.exit(1)
+
+
+@db.command()
+@click.option("--owner", default="kpi_owner", show_default=True, help="The role that runs `db upgrade`.")
+@click.option(
+    "--worker", default="kpi_worker", show_default=True, help="The workers' role: appends and seals."
+)
+@click.option("--auditor", default="kpi_auditor", show_default=True, help="The role that reads and verifies.")
+@click.option(
+    "--privacy", default="kpi_privacy", show_default=True, help="The role that runs `audit pseudonymise-ips`."
+)
+@click.option(
+    "--host", default="%", show_default=True, help="MariaDB/MySQL: the accounts' host ('name'@'host')."
+)
+def grants(owner: str, worker: str, auditor: str, privacy: str, host: str) -> None:
+    """Print the SQL that gives each role only the rights it needs, for DATABASE_URL's database (no password;
+    the roles must exist). Run it after `db upgrade`, as an administrator."""
+    from kpi_export.integrity.grants import Roles, grants_sql
+
+    target = settings_or_exit().database.target
+    try:
+        roles = Roles(owner=owner, worker=worker, auditor=auditor, privacy=privacy, host=host)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    try:
+        sql = grants_sql(target.dialect, roles, schema=target.schema, database=target.url.database)
+    except ValueError as exc:
+        click.echo(f"kpi-export: {exc}", err=True)
+        sys.exit(1)
+    click.echo(sql, nl=False)
 
 
 @cli.group()

@@ -67,7 +67,11 @@ def check(as_json: bool) -> None:
     is migrated, else 1 (the checks /readyz makes)."""
     from kpi_export.bullmq import redis_client
     from kpi_export.errors import DatabaseMissing
-    from kpi_export.runtime.readiness import check_readiness, check_readiness_without_database
+    from kpi_export.runtime.readiness import (
+        check_readiness,
+        check_readiness_without_database,
+        with_rights_warning,
+    )
     from kpi_export.store import opened_engine
 
     settings = settings_or_exit()
@@ -76,7 +80,8 @@ def check(as_json: bool) -> None:
         client = redis_client(settings.redis, max_connections=1)
         try:
             async with opened_engine(settings.database.target, pooled=False, create=False) as engine:
-                return await check_readiness(client, engine)
+                readiness = await check_readiness(client, engine)
+                return await with_rights_warning(readiness, engine)
         except DatabaseMissing as exc:
             return await check_readiness_without_database(client, str(exc))
         finally:
@@ -95,3 +100,5 @@ def _show_readiness(readiness: Readiness) -> None:
     if readiness.redis_master is not None:
         click.echo(f"redis master: {shown(readiness.redis_master)} (named by the sentinels)")
     click.echo("ready" if readiness.ready else f"not ready: {', '.join(readiness.failing)}")
+    for line in readiness.warnings:
+        click.echo(f"warning: {line}", err=True)

@@ -151,7 +151,9 @@ _PG_WRITERS = f"""
                 AND relation = '"{TABLE_NAME}"'::regclass) AS writers
 """
 # Its comment shows in pg_stat_activity while the sealer waits.
-_PG_STILL_OPEN = "SELECT count(*) FROM pg_locks WHERE virtualtransaction = ANY(:writers) -- kpi-export settles"
+_PG_STILL_OPEN = (
+    "SELECT count(*) FROM pg_locks WHERE virtualtransaction = ANY(:writers) -- kpi-export settles"
+)
 _PG_POLL_SECONDS = (0.002, 0.1)  # the first wait between two looks, and the longest
 
 

@@ -119,7 +119,9 @@ class AuditStore:
 _DUPLICATE_KEY = 1062
 
 
-async def _insert_unless_there(conn: AsyncConnection, statement: Insert, values: dict[str, Any]) -> int | None:
+async def _insert_unless_there(
+    conn: AsyncConnection, statement: Insert, values: dict[str, Any]
+) -> int | None:
     """MariaDB/MySQL: the new row's id, or None when a row with its key is there (the statement alone is
     rolled back; the transaction goes on)."""
     try:
