@@ -40,21 +40,40 @@ def db() -> None:
 
 
 @db.command()
+@click.option(
+    "--append-only",
+    is_flag=True,
+    help="Also install triggers that refuse UPDATE (but of ip), DELETE and TRUNCATE of the audit trail "
+    "(PostgreSQL, MariaDB/MySQL).",
+)
 @JSON_OPTION
-def upgrade(as_json: bool) -> None:
+def upgrade(append_only: bool, as_json: bool) -> None:
     """Create the audit table, or upgrade in place the one the Node original's Prisma made (rows are kept)."""
     from kpi_export.store.schema import upgrade as run_upgrade
 
     settings = settings_or_exit()
+    if append_only and settings.database.target.dialect == "sqlite":
+        raise click.BadParameter(
+            "is for PostgreSQL and MariaDB/MySQL, not SQLite", param_hint="--append-only"
+        )
     before, after = run(with_engine(settings, run_upgrade))
+    if append_only:
+        from kpi_export.integrity.append_only import install
+
+        run(with_engine(settings, install))
     target = settings.database.target.display
+    guarded = "; append-only triggers in place" if append_only else ""
     echo_result(
         as_json,
-        {"database": target, "before": before, "after": after},
+        {"database": target, "before": before, "after": after}
+        | ({"append_only": True} if append_only else {}),
         lambda: click.echo(
-            f"{target}: already at migration {after}"
-            if before == after
-            else f"{target}: migrated from {before or 'nothing'} to {after}"
+            (
+                f"{target}: already at migration {after}"
+                if before == after
+                else f"{target}: migrated from {before or 'nothing'} to {after}"
+            )
+            + guarded
         ),
     )
 
