@@ -40,6 +40,8 @@ CHAOS_JOBS = 1000
 CHAOS_KILL_EVERY = 2.0
 # The jobs of each failover test (tests/integration/test_sentinel.py, test_cluster.py, test_readonly.py).
 FAILOVER_JOBS = 5000
+# The jobs the worker role writes and seals on each database (tests/integration/test_rights.py).
+RIGHTS_JOBS = 1000
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -50,6 +52,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.getgroup("failover", "failover tests (Sentinel, Cluster, READONLY)").addoption(
         "--failover-jobs", type=int, default=FAILOVER_JOBS, help="jobs each failover test runs"
+    )
+    parser.getgroup("rights", "least privilege (tests/integration/test_rights.py)").addoption(
+        "--rights-jobs", type=int, default=RIGHTS_JOBS, help="jobs the worker role writes and seals"
     )
 
 
