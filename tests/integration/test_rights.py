@@ -240,7 +240,10 @@ async def test_the_append_only_triggers_refuse_the_owner_and_verify_reports_what
     assert upgraded.exit_code == 0 and "append-only triggers in place" in upgraded.output
     key = SealKey(SECRET)
     postgresql = migrated.database.target.dialect == "postgresql"
-    q = (lambda name: f'"{name}"') if postgresql else (lambda name: f"`{name}`")
+
+    def q(name: str) -> str:
+        return f'"{name}"' if postgresql else f"`{name}`"
+
     table = q("kpi_auditoria_export")
     async with opened_engine(migrated.database.target) as engine:
         async with engine.begin() as conn:
@@ -298,7 +301,8 @@ async def acl_redis(tmp_path: Path) -> AsyncIterator[EmbeddedRedis]:
         client = redis.asyncio.Redis(port=server.port)
         try:
             for line in acl_lines():
-                assert await client.execute_command(*line.split()) in (b"OK", "OK")
+                reply = await client.execute_command(*line.split())  # type: ignore[no-untyped-call]
+                assert reply in (b"OK", "OK")
             yield server
         finally:
             await client.aclose()
@@ -352,7 +356,7 @@ async def test_the_worker_and_the_cli_work_through_the_acl_users_of_the_rights_p
         with pytest.raises(NoPermissionError):
             await client.get("bull:another-queue:1")
         with pytest.raises(NoPermissionError):
-            await client.execute_command("FLUSHALL")
+            await client.execute_command("FLUSHALL")  # type: ignore[no-untyped-call]
     finally:
         await client.aclose()
         await admin.aclose()
