@@ -18,11 +18,13 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 import redis.asyncio
+from click.testing import CliRunner
 from pydantic import SecretStr
 from redis.exceptions import NoPermissionError
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import DBAPIError
 
+from kpi_export.cli import cli
 from kpi_export.config import Settings
 from kpi_export.integrity import chain_store
 from kpi_export.integrity.digests import SealKey
@@ -42,6 +44,11 @@ RIGHTS_PAGE = Page.of("production/rights.md")
 ROLES = ("owner", "worker", "auditor", "privacy")
 both_servers = pytest.mark.parametrize("database_url", ["postgresql", "mariadb"], indirect=True)
 WARNING = "Least privilege not applied"
+OWNER_WARNING = (
+    "Least privilege not applied: DATABASE_URL's role owns kpi_auditoria_export and may UPDATE, DELETE, TRUNCATE it "
+    "(rights that could rewrite the audit trail); `kpi-export db grants` prints the SQL of a worker role that may "
+    "only append"
+)
 
 
 @dataclass
@@ -206,6 +213,27 @@ async def test_each_role_does_its_job_and_no_more(accounts: Accounts, rights_job
     assert least.exit_code == 0 and "warnings" not in json.loads(least.stdout), least.output
 
 
+@pytest.mark.parametrize(
+    ("heading", "url"),
+    [
+        ("### PostgreSQL", "postgresql://admin@db:5432/kpis?schema=public"),
+        ("### MariaDB and MySQL", "mysql://admin@db:3306/kpis"),
+    ],
+)
+def test_the_rights_page_shows_what_db_grants_prints(heading: str, url: str) -> None:
+    """The page's SQL is the command's, for the URL the page names (the tests above run the command's)."""
+    section = RIGHTS_PAGE.section(heading)
+    assert f"`DATABASE_URL={url}`" in section
+    printed = CliRunner().invoke(cli, ["db", "grants"], env={"DATABASE_URL": url})
+    assert printed.exit_code == 0, printed.output
+    assert code_blocks(section, "sql") == [printed.stdout]
+
+
+def test_the_rights_page_shows_the_warning_as_check_prints_it() -> None:
+    (shown,) = code_blocks(RIGHTS_PAGE.section("### Least privilege, checked"), "text")
+    assert shown == f"warning: {OWNER_WARNING}\n"
+
+
 def quoted(accounts: Accounts, column: str) -> str:
     return f'"{column}"' if accounts.dialect == "postgresql" else f"`{column}`"
 
@@ -223,13 +251,7 @@ async def test_an_over_privileged_worker_starts_with_the_original_line_and_a_war
         await asyncio.to_thread(process.wait_for_line, "Worker escuchando cola", 60)
         await asyncio.to_thread(process.wait_for_line, WARNING, 30)
     assert process.stdout[0] == start_line(migrated)
-    assert [line for line in process.stderr if WARNING in line] == [
-        (
-            "Least privilege not applied: DATABASE_URL's role owns kpi_auditoria_export and may UPDATE, DELETE, "
-            "TRUNCATE it (rights that could rewrite the audit trail); `kpi-export db grants` prints the SQL of a "
-            "worker role that may only append"
-        )
-    ]
+    assert [line for line in process.stderr if WARNING in line] == [OWNER_WARNING]
 
 
 @both_servers
