@@ -382,3 +382,15 @@ async def test_the_worker_and_the_cli_work_through_the_acl_users_of_the_rights_p
     finally:
         await client.aclose()
         await admin.aclose()
+
+
+def test_db_grants_refuses_a_role_name_that_is_not_one_and_says_sqlite_has_no_roles(tmp_path: Path) -> None:
+    runner = CliRunner()
+    postgresql = {"DATABASE_URL": "postgresql://admin@db:5432/kpis"}
+    bad = runner.invoke(cli, ["db", "grants", "--worker", "kpi; DROP TABLE x"], env=postgresql)
+    assert (
+        bad.exit_code == 2 and "letters, digits and underscores" in bad.output and "GRANT" not in bad.output
+    )
+    sqlite = runner.invoke(cli, ["db", "grants"], env={"DATABASE_URL": f"file:{tmp_path / 'audit.db'}"})
+    assert sqlite.exit_code == 1 and sqlite.stdout == "" and "SQLite has no roles" in sqlite.stderr
+    assert not (tmp_path / "audit.db").exists()
