@@ -22,15 +22,26 @@ def test_prisma_postgres_url_with_schema_sets_the_search_path() -> None:
 def test_prisma_postgres_parameters_are_translated() -> None:
     target = parse_database_url(
         "postgres://u@h/db?schema=public&sslmode=require&connection_limit=7&connect_timeout=3"
-        "&pgbouncer=true&application_name=kpi&pool_timeout=10"
+        "&application_name=kpi&pool_timeout=10"
     )
     assert target.connect_args == {
         "ssl": "require",
         "timeout": 3.0,
-        "statement_cache_size": 0,
         "server_settings": {"search_path": '"public"', "application_name": "kpi"},
     }
     assert target.pool_size == 7
+    assert not target.pgbouncer
+
+
+def test_behind_pgbouncer_no_named_statement_and_no_search_path_at_start_up() -> None:
+    """PgBouncer refuses search_path as a start-up parameter: the engine sets it in each transaction."""
+    target = parse_database_url("postgres://u@h/db?schema=Audit&pgbouncer=true&application_name=kpi")
+    assert target.connect_args == {
+        "timeout": 10.0,
+        "statement_cache_size": 0,
+        "server_settings": {"application_name": "kpi"},
+    }
+    assert target.pgbouncer and target.schema == "Audit"
 
 
 def test_mysql_url_as_prisma_writes_it() -> None:
@@ -120,10 +131,9 @@ def test_libpq_multi_host_url_with_target_session_attrs_and_prisma_parameters() 
     assert target.connect_args == {
         "target_session_attrs": "read-write",
         "timeout": 3.0,  # each host's, not the list's (store/hosts.py)
-        "statement_cache_size": 0,
-        "server_settings": {"search_path": '"auditoria"'},
+        "statement_cache_size": 0,  # pgbouncer=true: and the schema set in each transaction (store/engine.py)
     }
-    assert target.pool_size == 7
+    assert target.pool_size == 7 and target.pgbouncer
     assert target.address == "db1.internal:5432,db2.internal:5433,[fd00::3]:5432"
     assert target.display == (
         "postgresql+asyncpg://app:***@db1.internal:5432,db2.internal:5433,[fd00::3]:5432/kpis?schema=auditoria"

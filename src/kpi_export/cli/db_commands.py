@@ -56,12 +56,12 @@ def upgrade(append_only: bool, as_json: bool) -> None:
         raise click.BadParameter(
             "is for PostgreSQL and MariaDB/MySQL, not SQLite", param_hint="--append-only"
         )
-    before, after = run(with_engine(settings, run_upgrade))
+    before, after = run(with_engine(settings, run_upgrade, migrating=True))
     if append_only:
         from kpi_export.integrity.append_only import install
 
-        run(with_engine(settings, install))
-    target = settings.database.target.display
+        run(with_engine(settings, install, migrating=True))
+    target = settings.database.migration_target.display
     guarded = "; append-only triggers in place" if append_only else ""
     echo_result(
         as_json,
@@ -85,8 +85,8 @@ def current(as_json: bool) -> None:
     from kpi_export.store.schema import current_revision, head_revision
 
     settings = settings_or_exit()
-    now, head = run(with_engine(settings, current_revision, create=False)), head_revision()
-    target = settings.database.target.display
+    now, head = run(with_engine(settings, current_revision, create=False, migrating=True)), head_revision()
+    target = settings.database.migration_target.display
     state = "up to date" if now == head else "run `kpi-export db upgrade`"
     echo_result(
         as_json,
@@ -243,12 +243,19 @@ def _show_row(id_export: int, row: dict[str, Any]) -> None:
 
 
 async def with_engine(
-    settings: Settings, use: Callable[[AsyncEngine], Awaitable[T]], *, create: bool = True
+    settings: Settings,
+    use: Callable[[AsyncEngine], Awaitable[T]],
+    *,
+    create: bool = True,
+    migrating: bool = False,
 ) -> T:
-    """`create=False` for the commands that only read: they never leave a new SQLite file behind."""
+    """`create=False` for the commands that only read: they never leave a new SQLite file behind.
+    `migrating`: the `db` commands, which connect to DATABASE_DIRECT_URL when it is set."""
     from kpi_export.store import opened_engine
 
-    async with opened_engine(settings.database.target, pool_size=1, create=create) as engine:
+    database = settings.database
+    target = database.migration_target if migrating else database.target
+    async with opened_engine(target, pool_size=1, create=create) as engine:
         return await use(engine)
 
 

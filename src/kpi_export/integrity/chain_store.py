@@ -163,8 +163,9 @@ async def _settled_postgresql(engine: AsyncEngine, lock_wait: int) -> int:
     One statement reads both, on one snapshot taken before pg_locks: a row with a lower id that the snapshot
     does not see belongs to a transaction that got its id before the highest row committed, so held the lock
     then, and still holds it unless it has ended. A transaction that starts writing later gets a higher id."""
-    async with engine.connect() as raw:
-        conn = await raw.execution_options(isolation_level="AUTOCOMMIT")
+    # One READ COMMITTED transaction (behind PgBouncer it sets the schema's search_path); each statement sees
+    # the rows committed when it starts, and pg_locks as it is then.
+    async with engine.begin() as conn:
         found = (await conn.execute(text(_PG_WRITERS))).one()
         max_id, writers = int(found.max_id or 0), list(found.writers)
         deadline = asyncio.get_running_loop().time() + lock_wait

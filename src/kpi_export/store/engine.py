@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event
-from sqlalchemy.engine import URL
+from sqlalchemy import event, text
+from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from kpi_export.errors import DatabaseMissing
 from kpi_export.store.primary import drop_read_only_connections
-from kpi_export.store.url import DatabaseTarget
+from kpi_export.store.url import DatabaseTarget, search_path
 
 if TYPE_CHECKING:
     from kpi_export.store.hosts import HostConnector
@@ -53,6 +54,14 @@ def create_engine(
         }
     url = target.url if create or target.dialect != "sqlite" else _existing_sqlite_file(target.url)
     engine = create_async_engine(url, **kwargs)
+    if target.pgbouncer and target.schema:
+        # PgBouncer refuses search_path at start-up, and a session's SET would stay on a server connection that
+        # the pooler hands to other clients. So, as Prisma does, every statement names the schema of its
+        # tables, and each transaction sets the path for its own SQL (migrations, locks, the inspector).
+        engine = engine.execution_options(schema_translate_map={None: target.schema})
+        event.listen(
+            engine.sync_engine, "begin", functools.partial(_set_search_path, search_path(target.schema))
+        )
     if target.dialect == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     else:
@@ -97,6 +106,12 @@ def prisma_json(value: Any) -> str:
     """JSON text as Prisma writes it (compact, UTF-8 kept): where the column is text (MariaDB's JSON,
     SQLite), rows written by the worker and by the original are byte for byte alike."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _set_search_path(path: str, conn: Connection) -> None:
+    # Run before the BEGIN, whose statement then opens the transaction it is local to (asyncpg's is lazy).
+    # The same text as the start-up parameter: the migration lock's name is made of it.
+    conn.execute(text("SELECT set_config('search_path', :path, true)"), {"path": path})
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
