@@ -47,6 +47,8 @@ PG_FAILOVERS = 1
 POOLER_JOBS = 5000
 # The jobs of each database restore test (tests/interop/test_restore.py).
 RESTORE_JOBS = 500
+# The jobs the worker role writes and seals on each database (tests/integration/test_rights.py).
+RIGHTS_JOBS = 1000
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -72,6 +74,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.getgroup("restore", "database restore tests (tests/interop/test_restore.py)").addoption(
         "--restore-jobs", type=int, default=RESTORE_JOBS, help="jobs each database restore test runs"
+    )
+    parser.getgroup("rights", "least privilege (tests/integration/test_rights.py)").addoption(
+        "--rights-jobs", type=int, default=RIGHTS_JOBS, help="jobs the worker role writes and seals"
     )
 
 

@@ -70,7 +70,11 @@ def check(as_json: bool) -> None:
     one that a result Redis keeps names: the database went back in time (`audit reconcile`)."""
     from kpi_export.bullmq import redis_client
     from kpi_export.errors import DatabaseMissing
-    from kpi_export.runtime.readiness import check_readiness, check_readiness_without_database
+    from kpi_export.runtime.readiness import (
+        check_readiness,
+        check_readiness_without_database,
+        with_rights_warning,
+    )
     from kpi_export.store import opened_engine
 
     settings = settings_or_exit()
@@ -80,6 +84,7 @@ def check(as_json: bool) -> None:
         try:
             async with opened_engine(settings.database.target, pooled=False, create=False) as engine:
                 readiness = await check_readiness(client, engine)
+                readiness = await with_rights_warning(readiness, engine)
                 return readiness, await _ids(settings, engine) if readiness.ready else None
         except DatabaseMissing as exc:
             return await check_readiness_without_database(client, str(exc)), None
@@ -123,3 +128,5 @@ def _show_readiness(readiness: Readiness, ids: IdCheck | None) -> None:
     if ids is not None and ids.went_back:
         click.echo(f"WARNING: {shown(ids.message())}; a worker moves the ids past it as it starts")
     click.echo("ready" if readiness.ready else f"not ready: {', '.join(readiness.failing)}")
+    for line in readiness.warnings:
+        click.echo(f"warning: {line}", err=True)

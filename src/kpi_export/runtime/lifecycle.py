@@ -25,6 +25,7 @@ from kpi_export.bullmq import (
 )
 from kpi_export.config import Settings
 from kpi_export.errors import StartupError
+from kpi_export.integrity import least_privilege
 from kpi_export.logs import START_LINE, Throttle, include_trace_ids
 from kpi_export.redaction import describe
 from kpi_export.runtime.database_wait import wait_for_database
@@ -44,6 +45,8 @@ from kpi_export.store.engine import require_existing
 from kpi_export.store.primary import PrimaryWatch
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
     from kpi_export.runtime.tracing import JobTracing
 
 log = logging.getLogger(__name__)
@@ -99,6 +102,7 @@ async def run_worker(
         await check_eviction_policy(watch.client)
         if not await wait_for_database(engine, settings.database.target, stop.requested):
             return 0
+        await _warn_excess_rights(engine)
         await guard_ids(settings, engine, actor=worker_name())  # before any row is written
         id_guard = IdGuard(settings, engine, actor=worker_name())
         watch.start()
@@ -149,6 +153,17 @@ async def run_worker(
         if tracing is not None:  # last, on a bound of its own: the connections close first
             await tracing.close()
         stop.remove()
+
+
+async def _warn_excess_rights(engine: AsyncEngine) -> None:
+    """One line on stderr when the worker's role may rewrite the audit trail; the worker runs on either way."""
+    try:
+        line = least_privilege.warning(await least_privilege.excess_rights(engine))
+    except Exception as exc:  # a server that will not tell: nothing to say
+        log.debug("Rights on the audit table not read: %s", describe(exc))
+        return
+    if line is not None:
+        log.warning(line, extra={"event": "db.excess_rights"})
 
 
 def _start_sealing(
