@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
@@ -20,6 +21,8 @@ from kpi_export.store.primary import drop_read_only_connections
 from kpi_export.store.url import DatabaseTarget, search_path
 
 if TYPE_CHECKING:
+    import aiosqlite
+
     from kpi_export.store.hosts import HostConnector
 
 
@@ -38,6 +41,8 @@ def create_engine(
 
         connector = HostConnector(target)
         connect_args = {**connect_args, "async_creator_fn": connector.connect}
+    elif target.dialect == "sqlite":
+        connect_args = {**connect_args, "async_creator_fn": _open_sqlite}
     kwargs: dict[str, Any] = {
         "connect_args": connect_args,
         "hide_parameters": True,
@@ -112,6 +117,22 @@ def _set_search_path(path: str, conn: Connection) -> None:
     # Run before the BEGIN, whose statement then opens the transaction it is local to (asyncpg's is lazy).
     # The same text as the start-up parameter: the migration lock's name is made of it.
     conn.execute(text("SELECT set_config('search_path', :path, true)"), {"path": path})
+
+
+async def _open_sqlite(database: str, **kwargs: Any) -> aiosqlite.Connection:
+    """aiosqlite.connect, waiting on a failed open (a missing folder, no permission) for the thread it stops
+    without waiting: else the thread may hand its last result to the event loop after `asyncio.run` has closed
+    it (a CLI command failing), and die printing `RuntimeError: Event loop is closed` on stderr."""
+    import aiosqlite
+
+    connection = aiosqlite.connect(database, **kwargs)
+    worker = connection._thread
+    worker.daemon = True  # as SQLAlchemy's own connect sets it: never holding the process open at exit
+    try:
+        return await connection
+    except BaseException:
+        await asyncio.to_thread(worker.join)
+        raise
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
