@@ -1,9 +1,9 @@
 """Redis Cluster (three masters with a replica each, the test's own) with the queue's keys in one slot through a
 hash-tag prefix: a Node producer (npm bullmq, ioredis Cluster, prefix `{kpi}`) and this worker meet on the same
 keys, end to end, also when the master holding the queue's slot is killed mid-run and its replica promoted; after
-such a promotion no job waits for its lock to expire. Sized by --failover-jobs * 2 / 5 (2,000 by default; the
-three rounds of kill -9: that many jobs each); a larger run by hand:
-`pytest tests/interop/test_cluster.py -s --failover-jobs 15000`."""
+such a promotion no job waits for its lock to expire. Sized by --failover-jobs: two fifths of it (2,000 by
+default) end to end and killed mid-run, all of it (5,000) in each of three rounds of kill -9; a larger run by
+hand: `pytest tests/interop/test_cluster.py -s --failover-jobs 20000`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import pytest
 from kpi_export.bullmq import add_jobs, opened_queue, queue_key
 from kpi_export.config import Settings
 from tests.embedded_redis import free_port
-from tests.faults import FirstCall, RedisFaultProxy, ScriptCalls, calls_script
+from tests.faults import FirstCall, RedisFaultProxy, calls_script
 from tests.flow import counts
 from tests.interop.node import JOB_NAME, produce
 from tests.probes import metric
@@ -126,21 +126,24 @@ async def test_a_fetch_whose_reply_died_with_the_slots_master_runs_again_at_the_
         proxied = f"127.0.0.1:{proxy.port}"
         with master.client() as client:
             client.config_set("cluster-announce-port", proxy.port)
-        await wait_until(lambda: _announced(replica, proxy.port), 20, "the cluster to name the proxy")
-        proxy.refuse = fetches = ScriptCalls("moveToActive")  # counts them, refuses none
+        await wait_until(
+            lambda: _announced(cluster, replica, proxy.port), 20, "the cluster to name the proxy"
+        )
         with WorkerProcess(worker_env(settings)) as worker:
             await asyncio.to_thread(worker.wait_for_line, LISTENING)
-            # Idle, the worker fetches once every DRAIN_DELAY (5 s): right after one, the next fetch is the job's.
-            seen = fetches.count
-            await wait_until(lambda: _above(fetches, seen), 20, "an idle fetch")
-            proxy.cut_after = lost = FirstCall(calls_script("moveToActive"))
+            # Once the worker waits for a job (BZPOPMIN), the first fetch after the add is the one that takes it.
+            await wait_until(lambda: _blocking(master), 20, "the worker to wait for a job")
+            proxy.cut_after = lost = FirstCall(
+                calls_script("moveToActive"), after=calls_script("addStandardJob")
+            )
             [orphan] = await add_jobs(settings.redis, settings.queue, JOB_NAME, [{"usuarioId": 1}], {})
             await wait_until(lambda: _matched(lost), 20, "the fetch of the job")
+            active = queue_key(settings.queue)
+            await wait_until(lambda: _listed(master, active, [orphan]), 20, "the job active, its reply lost")
             with master.client() as client:
-                assert client.lrange(queue_key(settings.queue), 0, -1) == [orphan]
                 # In a thread: the replica follows its master through the proxy, which runs on this loop.
                 replicated = await asyncio.to_thread(client.execute_command, "WAIT", 1, 4000)
-                assert replicated == 1  # the replica holds the job as active
+            assert replicated == 1  # the replica holds the job as active
             master.kill()
             await asyncio.to_thread(cluster.wait_for_promotion, replica)
             promoted_at = time.monotonic()
@@ -162,6 +165,7 @@ async def test_three_kills_of_the_slots_master_at_concurrency_50_each_round_done
     jobs were caught: none waits for its lock (30 s)."""
     settings, per_round = on_cluster, failover_jobs
     figures: list[tuple[int, float]] = []
+    results: set[int] = set()  # the idExport of each job's result
     done = 0  # completed jobs, as last read
     async with opened_queue(settings.redis, settings.queue, max_connections=2) as queue:
 
@@ -206,6 +210,7 @@ async def test_three_kills_of_the_slots_master_at_concurrency_50_each_round_done
                 produced = await producing
                 assert len(produced.finished) == per_round
                 assert all("value" in outcome for outcome in produced.finished.values()), produced.finished
+                results |= {outcome["value"]["idExport"] for outcome in produced.finished.values()}
                 await asyncio.to_thread(cluster.wait_for_replica, old)
     shown = ", ".join(f"{seconds:.1f} s ({left} left at the kill)" for left, seconds in figures)
     requeued = sum(int(n) for n in re.findall(r"After the failover, (\d+) job", worker.output))
@@ -219,17 +224,32 @@ async def test_three_kills_of_the_slots_master_at_concurrency_50_each_round_done
     assert (state["completed"], state["failed"], state["active"]) == (3 * per_round, 0, 0), state
     rows = await audit_rows(settings)
     assert len(rows) == 3 * per_round == len({row.idempotencyKey for row in rows})
+    assert results == {row.idExport for row in rows}  # each job's result names its own row
 
 
-async def _announced(replica: RedisProcess, port: int) -> bool:
-    """The cluster knows the master by the proxy's port: its replica follows it there."""
+async def _announced(cluster: RedisClusterNodes, replica: RedisProcess, port: int) -> bool:
+    """Every node names the proxy's port for the queue's slot, and the master's replica follows it there."""
+    for node in cluster.nodes:
+        with node.client() as client:
+            slot = int(client.execute_command("CLUSTER KEYSLOT", PREFIX))
+            ranges = client.execute_command("CLUSTER SLOTS")
+            if not any(
+                first <= slot <= last and int(master[1]) == port for first, last, master, *_ in ranges
+            ):
+                return False
     with replica.client() as client:
         info = client.info("replication")
         return bool(info.get("master_port") == port and info.get("master_link_status") == "up")
 
 
-async def _above(calls: ScriptCalls, count: int) -> bool:
-    return calls.count > count
+async def _blocking(server: RedisProcess) -> bool:
+    with server.client() as client:
+        return int(client.info("clients")["blocked_clients"]) > 0
+
+
+async def _listed(server: RedisProcess, key: str, items: list[str]) -> bool:
+    with server.client() as client:
+        return bool(client.lrange(key, 0, -1) == items)
 
 
 async def _matched(first: FirstCall) -> bool:
