@@ -38,8 +38,10 @@ pytest_plugins = ("tests.image",)
 # The chaos tests' size: what CI runs by default, larger by hand (see README).
 CHAOS_JOBS = 1000
 CHAOS_KILL_EVERY = 2.0
-# The jobs of each failover test (tests/integration/test_sentinel.py, test_cluster.py, test_readonly.py).
+# The jobs of each failover test (tests/integration/test_sentinel.py, test_cluster.py, test_readonly.py,
+# test_pg_failover.py), and the PostgreSQL failovers in a row of test_pg_failover.py's multi-host test.
 FAILOVER_JOBS = 5000
+PG_FAILOVERS = 1
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -48,15 +50,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--chaos-kill-every", type=float, default=CHAOS_KILL_EVERY, help="seconds between two kill -9"
     )
-    parser.getgroup("failover", "failover tests (Sentinel, Cluster, READONLY)").addoption(
+    failover = parser.getgroup("failover", "failover tests (Sentinel, Cluster, READONLY, PostgreSQL)")
+    failover.addoption(
         "--failover-jobs", type=int, default=FAILOVER_JOBS, help="jobs each failover test runs"
+    )
+    failover.addoption(
+        "--pg-failovers",
+        type=int,
+        default=PG_FAILOVERS,
+        help="PostgreSQL failovers in a row under one run of jobs (test_pg_failover.py's multi-host test)",
     )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A chaos test's time limit grows with its size."""
     jobs = int(config.getoption("--chaos-jobs"))
-    failover_jobs = int(config.getoption("--failover-jobs"))
+    failover_jobs = int(config.getoption("--failover-jobs")) * int(config.getoption("--pg-failovers"))
     for item in items:
         if item.get_closest_marker("chaos") is not None:
             item.add_marker(pytest.mark.timeout(120 + jobs // 10))
@@ -78,6 +87,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 @pytest.fixture
 def failover_jobs(request: pytest.FixtureRequest) -> int:
     return int(request.config.getoption("--failover-jobs"))
+
+
+@pytest.fixture
+def pg_failovers(request: pytest.FixtureRequest) -> int:
+    return max(1, int(request.config.getoption("--pg-failovers")))
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import exc as sa_exc
 
 from kpi_export.redaction import describe
-from kpi_export.store.transient import is_lock_wait, is_transient
+from kpi_export.store.transient import is_lock_wait, is_read_only, is_transient
 
 
 class DriverError(Exception):
@@ -41,6 +41,33 @@ def test_postgres_permanent_states(sqlstate: str) -> None:
 )
 def test_mysql_codes(code: int, transient: bool) -> None:
     assert is_transient(wrapped(Exception(code, "message"))) is transient
+
+
+class PyMySQLError(Exception):
+    """PyMySQL's errors carry the number first, and a SQLSTATE that is HY000 for most of them."""
+
+    sqlstate = "HY000"
+
+
+@pytest.mark.parametrize(
+    ("code", "transient", "read_only"),
+    [(1290, True, True), (1836, True, True), (1213, True, False), (1205, True, False), (1062, False, False)],
+)
+def test_mysql_codes_decide_over_pymysqls_generic_sqlstate(
+    code: int, transient: bool, read_only: bool
+) -> None:
+    error = wrapped(PyMySQLError(code, "The MariaDB server is running with the --read-only option"))
+    assert (is_transient(error), is_read_only(error)) == (transient, read_only)
+    assert is_lock_wait(error) is (code == 1205)
+
+
+@pytest.mark.parametrize(("sqlstate", "read_only"), [("25006", True), ("40001", False), ("08006", False)])
+def test_a_postgres_read_only_refusal(sqlstate: str, read_only: bool) -> None:
+    assert (
+        is_read_only(wrapped(DriverError("cannot execute INSERT in a read-only transaction", sqlstate)))
+        is read_only
+    )
+    assert not is_read_only(ConnectionRefusedError(111, "Connection refused"))
 
 
 def test_sqlite_busy_is_transient_and_a_missing_table_is_not() -> None:

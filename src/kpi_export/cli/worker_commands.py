@@ -94,4 +94,7 @@ def _show_readiness(readiness: Readiness) -> None:
     show(found)
     if readiness.redis_master is not None:
         click.echo(f"redis master: {shown(readiness.redis_master)} (named by the sentinels)")
+    if readiness.database_hosts is not None:
+        host = shown(readiness.database_host or "none")
+        click.echo(f"database host: {host} (of {shown(readiness.database_hosts)}, the one that answered)")
     click.echo("ready" if readiness.ready else f"not ready: {', '.join(readiness.failing)}")

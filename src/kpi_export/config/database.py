@@ -23,7 +23,8 @@ class DatabaseSettings(BaseSettings):
 
     url: SecretStr = Field(SecretStr(DEFAULT_DATABASE_URL), validation_alias="DATABASE_URL")
     """Where the audit table lives, as a Prisma app writes it:
-    `postgresql://u:p@host:5432/db?schema=public`, `mysql://…`, `file:./dev.db` (SQLite)."""
+    `postgresql://u:p@host:5432/db?schema=public`, `mysql://…`, `file:./dev.db` (SQLite); or libpq's
+    multi-host form, `postgresql://u:p@h1:5432,h2:5432/db?target_session_attrs=read-write`."""
     retry_window: float = Field(30.0, ge=0, le=HOUR, validation_alias="DB_RETRY_WINDOW")
     """Seconds, from a job's first attempt at the audit write, during which a transient database fault
     (connection lost, failover, deadlock) is retried inside the job; then the job fails."""

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from kpi_export.errors import SchemaNotReady, StartupError
 from kpi_export.redaction import describe
 from kpi_export.runtime.waiting import wait_until
+from kpi_export.store.hosts import connector_of
 from kpi_export.store.schema import check_ready
 from kpi_export.store.transient import is_lock_wait, is_transient
 from kpi_export.store.url import DatabaseTarget
@@ -56,4 +57,17 @@ async def wait_for_database(engine: AsyncEngine, target: DatabaseTarget, give_up
         return False
     if "waiting" in reported:
         log.info("Database reachable at %s", target.address, extra={"event": "db.back"})
+    _name_host_in_use(engine, target)
     return True
+
+
+def _name_host_in_use(engine: AsyncEngine, target: DatabaseTarget) -> None:
+    """Of a multi-host URL's hosts, the one the worker reached."""
+    connector = connector_of(engine.sync_engine)
+    if connector is not None:
+        log.info(
+            "Database host in use: %s (DATABASE_URL lists %s)",
+            connector.in_use,
+            target.address,
+            extra={"event": "db.host"},
+        )

@@ -41,6 +41,7 @@ from kpi_export.runtime.signals import StopSignals
 from kpi_export.runtime.tracing_switch import tracing_wanted
 from kpi_export.store import AuditStore, create_engine
 from kpi_export.store.engine import require_existing
+from kpi_export.store.primary import PrimaryWatch
 
 if TYPE_CHECKING:
     from kpi_export.runtime.tracing import JobTracing
@@ -85,7 +86,8 @@ async def run_worker(
     engine = create_engine(
         settings.database.target, pool_size=min(settings.worker.concurrency, 20), create=False
     )
-    store = AuditStore(engine, timeout=settings.database.write_timeout)
+    primary = PrimaryWatch(engine, settings.database.target.address, metrics.db_primary_changed)
+    store = AuditStore(engine, timeout=settings.database.write_timeout, primary=primary)
     background: list[asyncio.Task[None]] = []
     tracing: JobTracing | None = None
     closers: list[Closer] = []

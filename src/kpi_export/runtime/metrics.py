@@ -83,6 +83,14 @@ class WorkerMetrics:
             labels,
             registry=self.registry,
         )
+        self._db_primary_changes = Counter(
+            "kpi_export_db_primary_changes",
+            "Times the database's writable server changed under the worker: writes refused as read-only (a failover, a "
+            "demoted primary, a read-only window; the connections are dropped and the write retried), or new connections "
+            "reaching another host of a multi-host DATABASE_URL.",
+            labels,
+            registry=self.registry,
+        )
         self._queue_jobs = Gauge(
             "kpi_export_queue_jobs",
             "Jobs in the queue by state (waiting, prioritized and paused included; active; delayed; failed), as last read "
@@ -117,6 +125,7 @@ class WorkerMetrics:
         self._db_write_q = self._db_write.labels(queue)
         self._progress_failures_q = self._progress_failures.labels(queue)
         self._redis_reconnects_q = self._redis_reconnects.labels(queue)
+        self._db_primary_changes_q = self._db_primary_changes.labels(queue)
 
     def watch_seals(self) -> None:
         """The seal chain's series, which exist only while sealing is on (AUDIT_SEAL_KEY)."""
@@ -172,6 +181,9 @@ class WorkerMetrics:
 
     def redis_reconnected(self) -> None:
         self._redis_reconnects_q.inc()
+
+    def db_primary_changed(self) -> None:
+        self._db_primary_changes_q.inc()
 
     def queue_depth(self, counts: dict[str, int]) -> None:
         for state in QUEUE_STATES:

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from kpi_export.bullmq import RedisClient, redis_master
 from kpi_export.errors import SchemaNotReady
 from kpi_export.redaction import describe
+from kpi_export.store.hosts import connector_of
 from kpi_export.store.schema import check_ready
 
 OK = "ok"
@@ -25,6 +26,8 @@ CHECK_TIMEOUT = 3.0
 class Readiness:
     checks: dict[str, str]  # redis, database, audit_table: "ok" or why not
     redis_master: str | None = None  # behind Sentinel: the master the sentinels named
+    database_host: str | None = None  # a multi-host DATABASE_URL: the host the check reached
+    database_hosts: str | None = None  # and the hosts it lists
 
     @property
     def ready(self) -> bool:
@@ -35,9 +38,12 @@ class Readiness:
         return [name for name, state in self.checks.items() if state != OK]
 
     def body(self) -> dict[str, Any]:
-        body = {"status": "ready" if self.ready else "not ready", "checks": self.checks}
+        body: dict[str, Any] = {"status": "ready" if self.ready else "not ready", "checks": self.checks}
         if self.redis_master is not None:
             body["redis_master"] = self.redis_master
+        if self.database_hosts is not None:
+            body["database_hosts"] = self.database_hosts
+            body["database_host"] = self.database_host
         return body
 
 
@@ -48,7 +54,11 @@ async def check_readiness(
     (redis_state, master), (database, table) = await asyncio.gather(
         _redis(redis, timeout), _database(engine, timeout)
     )
-    return Readiness({"redis": redis_state, "database": database, "audit_table": table}, master)
+    checks = {"redis": redis_state, "database": database, "audit_table": table}
+    connector = connector_of(engine.sync_engine)
+    if connector is None:
+        return Readiness(checks, master)
+    return Readiness(checks, master, connector.in_use if database == OK else None, connector.listed)
 
 
 async def check_readiness_without_database(

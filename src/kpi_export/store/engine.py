@@ -7,7 +7,7 @@ import json
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL
@@ -15,7 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from kpi_export.errors import DatabaseMissing
+from kpi_export.store.primary import drop_read_only_connections
 from kpi_export.store.url import DatabaseTarget
+
+if TYPE_CHECKING:
+    from kpi_export.store.hosts import HostConnector
 
 
 def create_engine(
@@ -26,8 +30,15 @@ def create_engine(
     `pooled=False`: a new connection each time (health checks, which must see the server as it is now).
     `create=False`: a SQLite file is opened read-write only if it exists; a missing one is an error on
     connect, never a new empty file (only `db upgrade`, the demo and the tests make one)."""
+    connector: HostConnector | None = None
+    connect_args = target.connect_args
+    if target.hosts:  # libpq's multi-host form: each host tried in turn, within its own timeout
+        from kpi_export.store.hosts import HostConnector
+
+        connector = HostConnector(target)
+        connect_args = {**connect_args, "async_creator_fn": connector.connect}
     kwargs: dict[str, Any] = {
-        "connect_args": target.connect_args,
+        "connect_args": connect_args,
         "hide_parameters": True,
         "json_serializer": prisma_json,
     }
@@ -44,6 +55,10 @@ def create_engine(
     engine = create_async_engine(url, **kwargs)
     if target.dialect == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    else:
+        drop_read_only_connections(engine.sync_engine)
+    if connector is not None:
+        connector.attach(engine.sync_engine)
     return engine
 
 

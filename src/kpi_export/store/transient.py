@@ -36,6 +36,8 @@ _TRANSIENT_MYSQL_CODES = {
     1927,  # connection killed
     4031,  # disconnected by the server
 }
+_READ_ONLY_SQLSTATE = "25006"
+_READ_ONLY_MYSQL_CODES = {1290, 1836}
 _SQLITE_BUSY = ("database is locked", "database is busy", "database table is locked")
 _LOCK_NOT_AVAILABLE = "55P03"
 _MYSQL_LOCK_WAIT_TIMEOUT = 1205
@@ -54,12 +56,12 @@ def is_transient(error: BaseException) -> bool:
         if error.connection_invalidated:
             return True
         orig = error.orig
-        sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-        if isinstance(sqlstate, str):
-            return sqlstate.startswith("08") or sqlstate in _TRANSIENT_SQLSTATES
         code = _mysql_code(orig)
         if code is not None:
             return code in _TRANSIENT_MYSQL_CODES
+        sqlstate = _sqlstate(orig)
+        if sqlstate is not None:
+            return sqlstate.startswith("08") or sqlstate in _TRANSIENT_SQLSTATES
         if any(text in str(orig).lower() for text in _SQLITE_BUSY):
             return True
         return _caused_by_network(error)
@@ -72,18 +74,36 @@ def is_lock_wait(error: BaseException) -> bool:
     if not isinstance(error, sa_exc.DBAPIError):
         return False
     orig = error.orig
-    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    if isinstance(sqlstate, str):
-        return sqlstate == _LOCK_NOT_AVAILABLE
     code = _mysql_code(orig)
     if code is not None:
         return code == _MYSQL_LOCK_WAIT_TIMEOUT
+    sqlstate = _sqlstate(orig)
+    if sqlstate is not None:
+        return sqlstate == _LOCK_NOT_AVAILABLE
     return any(text in str(orig).lower() for text in _SQLITE_BUSY)
 
 
+def is_read_only(error: BaseException) -> bool:
+    """True when the server refused a write because it is read-only: a standby, a demoted primary, a read-only
+    window (PostgreSQL's default_transaction_read_only, MariaDB's read_only). Its connection is of no use for
+    writing any more: a reconnect finds the writable server (store/primary.py)."""
+    if not isinstance(error, sa_exc.DBAPIError):
+        return False
+    code = _mysql_code(error.orig)
+    if code is not None:
+        return code in _READ_ONLY_MYSQL_CODES
+    return _sqlstate(error.orig) == _READ_ONLY_SQLSTATE
+
+
 def _mysql_code(orig: BaseException | None) -> int | None:
+    """MySQL's error number, which says more than the SQLSTATE PyMySQL gives it (HY000 for most)."""
     args = getattr(orig, "args", ())
     return args[0] if args and isinstance(args[0], int) else None
+
+
+def _sqlstate(orig: BaseException | None) -> str | None:
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return sqlstate if isinstance(sqlstate, str) else None
 
 
 def _caused_by_network(error: BaseException) -> bool:

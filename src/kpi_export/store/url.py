@@ -2,11 +2,13 @@
 
 Pure: parsing only (but for the TLS context that MySQL's `sslaccept` asks for, which reads the system's CA
 certificates). `postgresql://…?schema=s`, `mysql://…` and `file:./dev.db` are accepted as they are, so a team
-can reuse the URL its Node application already has.
+can reuse the URL its Node application already has; and libpq's multi-host form,
+`postgresql://u:p@h1:5432,h2:5432/db?target_session_attrs=read-write`, as Patroni and managed services write it.
 """
 
 from __future__ import annotations
 
+import re
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,12 @@ _SQLITE_SCHEMES = {"sqlite", "sqlite+aiosqlite"}
 # Prisma parameters that only tune Prisma's own engine: accepted and not needed here.
 _PRISMA_ONLY = {"socket_timeout", "pool_timeout", "relationJoins"}
 _DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
+# What asyncpg takes for target_session_attrs (libpq's values, but for libpq's `read-only` spelled alike).
+SESSION_ATTRS = ("any", "primary", "standby", "prefer-standby", "read-write", "read-only")
+# scheme://[userinfo@]hosts[/rest]: the hosts part of a URL, where libpq lists several, comma-separated.
+_NETLOC = re.compile(
+    r"^(?P<head>[a-z][a-z0-9+.-]*://(?:[^/?#]*@)?)(?P<hosts>[^/?#@]*)(?P<tail>.*)$", re.IGNORECASE | re.DOTALL
+)
 
 
 @dataclass(frozen=True)
@@ -34,11 +42,20 @@ class DatabaseTarget:
     connect_args: dict[str, Any] = field(default_factory=dict)
     pool_size: int | None = None
     schema: str | None = None
+    # A multi-host URL's hosts, in its order (PostgreSQL only); empty for one host.
+    hosts: tuple[tuple[str, int], ...] = ()
 
     @property
     def display(self) -> str:
-        """The URL with its password hidden, for logs; with its schema, as Prisma writes it."""
+        """The URL with its password hidden, for logs; with its schema, as Prisma writes it, and a multi-host
+        URL's hosts as libpq writes them."""
         shown = self.url.render_as_string(hide_password=True)
+        if self.hosts:  # the first host, as the URL holds it, becomes the list
+            head, _, rest = shown.partition("://")
+            credentials, _, place = rest.rpartition("@")
+            path = place[place.find("/") :] if "/" in place else ""
+            listed = ",".join(_host_port(*host) for host in self.hosts)
+            shown = f"{head}://{credentials + '@' if credentials else ''}{listed}{path}"
         return f"{shown}?schema={quote(self.schema, safe='')}" if self.schema else shown
 
     @property
@@ -52,8 +69,13 @@ class DatabaseTarget:
             return str(socket)
         if folder := self.connect_args.get("host"):  # PostgreSQL's `host`: the socket's folder
             return f"{str(folder).rstrip('/')}/.s.PGSQL.{port}"
-        host = self.url.host or "localhost"
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if self.hosts:
+            return ",".join(_host_port(*host) for host in self.hosts)
+        return _host_port(self.url.host or "localhost", port)
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def parse_database_url(raw: str) -> DatabaseTarget:
@@ -61,18 +83,46 @@ def parse_database_url(raw: str) -> DatabaseTarget:
     raw = raw.strip()
     if raw.startswith("file:"):
         return _sqlite(raw.removeprefix("file:").split("?", 1)[0])
+    raw, hosts = _split_hosts(raw)
     try:
         url = make_url(raw)
     except (ArgumentError, ValueError):  # ValueError: a port that is not a number, a bracket left open
         raise ValueError("is not a database URL (expected postgresql://, mysql:// or file:)") from None
     scheme = url.drivername
+    if hosts and scheme not in _POSTGRES_SCHEMES:
+        raise ValueError(
+            "names several hosts, which only a postgresql:// URL may: point the worker at the primary "
+            "(a proxy such as MaxScale, or a virtual IP)"
+        )
     if scheme in _SQLITE_SCHEMES:
         return _sqlite(url.database or "")
     if scheme in _POSTGRES_SCHEMES:
-        return _postgres(url)
+        return _postgres(url, hosts)
     if scheme in _MYSQL_SCHEMES:
         return _mysql(url)
     raise ValueError(f"has an unsupported scheme {scheme!r} (expected postgresql://, mysql:// or file:)")
+
+
+def _split_hosts(raw: str) -> tuple[str, tuple[tuple[str, int], ...]]:
+    """libpq's `h1:5432,h2:5433` host list taken out of the URL: the URL with its first host alone, and the
+    list (a host without a port has PostgreSQL's); no list, the URL as it is."""
+    match = _NETLOC.match(raw)
+    if match is None or "," not in match["hosts"]:
+        return raw, ()
+    hosts = tuple(_one_host(text) for text in match["hosts"].split(","))
+    return f"{match['head']}{_host_port(*hosts[0])}{match['tail']}", hosts
+
+
+def _one_host(text: str) -> tuple[str, int]:
+    host, port = text, ""
+    if text.startswith("["):  # [v6] or [v6]:port
+        host, _, rest = text[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif ":" in text:
+        host, port = text.rsplit(":", 1)
+    if not host or not (port == "" or (port.isascii() and port.isdigit() and 0 < int(port) < 65536)):
+        raise ValueError("has a host list that is not host:port,host:port")
+    return host, int(port) if port else _DEFAULT_PORTS["postgresql"]
 
 
 def _sqlite(path: str) -> DatabaseTarget:
@@ -85,7 +135,7 @@ def _sqlite(path: str) -> DatabaseTarget:
     return DatabaseTarget("sqlite", url, connect_args={"timeout": 10})
 
 
-def _postgres(url: URL) -> DatabaseTarget:
+def _postgres(url: URL, hosts: tuple[tuple[str, int], ...] = ()) -> DatabaseTarget:
     query = dict(url.query)
     connect_args: dict[str, Any] = {}
     server_settings: dict[str, str] = {}
@@ -98,8 +148,7 @@ def _postgres(url: URL) -> DatabaseTarget:
         server_settings["application_name"] = name
     if sslmode := _pop_text(query, "sslmode"):
         connect_args["ssl"] = sslmode
-    if host := _pop_text(query, "host"):  # a Unix socket folder
-        connect_args["host"] = host
+    connect_args |= _which_server(query, hosts)
     if timeout := _pop_text(query, "connect_timeout"):
         connect_args["timeout"] = _number(timeout, "connect_timeout")
     if limit := _pop_text(query, "connection_limit"):
@@ -110,11 +159,28 @@ def _postgres(url: URL) -> DatabaseTarget:
         connect_args["statement_cache_size"] = _count(size, "statement_cache_size", low=0)
     _pop_text(query, "sslaccept")  # Prisma's certificate policy; sslmode decides here
     _reject_unknown(query)
-    connect_args.setdefault("timeout", 10.0)  # asyncpg's default, 60 s, is long for a worker waiting on it
+    # asyncpg's default, 60 s, is long for a worker waiting on it. With several hosts, each has its own
+    # (store/hosts.py), as in libpq: a host that never answers does not hide the next one.
+    connect_args.setdefault("timeout", 10.0)
     if server_settings:
         connect_args["server_settings"] = server_settings
+    # A host list stays out of the URL (which keeps its first host): store/hosts.py tries each in turn.
     clean = url.set(drivername="postgresql+asyncpg", query={})
-    return DatabaseTarget("postgresql", clean, connect_args, pool_size, schema)
+    return DatabaseTarget("postgresql", clean, connect_args, pool_size, schema, hosts)
+
+
+def _which_server(query: dict[str, Any], hosts: tuple[tuple[str, int], ...]) -> dict[str, Any]:
+    """`host` (a Unix socket folder, as in Prisma) and `target_session_attrs` (libpq's), as asyncpg takes them."""
+    found: dict[str, Any] = {}
+    if host := _pop_text(query, "host"):
+        if hosts:
+            raise ValueError("names both a host list and a socket folder (host=): one or the other")
+        found["host"] = host
+    if attrs := _pop_text(query, "target_session_attrs"):
+        if attrs not in SESSION_ATTRS:
+            raise ValueError(f"parameter target_session_attrs must be one of {', '.join(SESSION_ATTRS)}")
+        found["target_session_attrs"] = attrs
+    return found
 
 
 def _mysql(url: URL) -> DatabaseTarget:

@@ -13,6 +13,7 @@ from sqlalchemy.sql.dml import Insert
 
 from kpi_export.contract import AuditEntry
 from kpi_export.store.groupcommit import GroupCommit
+from kpi_export.store.primary import PrimaryWatch
 from kpi_export.store.table import KEY_COLUMN, PENDING, audit_table
 from kpi_export.store.transient import is_transient
 
@@ -31,9 +32,16 @@ class AuditStore:
     """
 
     def __init__(
-        self, engine: AsyncEngine, *, group_commit: bool = True, max_batch: int = 200, timeout: float = 15.0
+        self,
+        engine: AsyncEngine,
+        *,
+        group_commit: bool = True,
+        max_batch: int = 200,
+        timeout: float = 15.0,
+        primary: PrimaryWatch | None = None,
     ) -> None:
         self.engine = engine
+        self.primary = primary  # told of each write's outcome: it says when the primary changes
         self.timeout = timeout  # one write, connection included; TimeoutError is a transient fault
         dialect = engine.dialect.name
         # Each write is one statement, atomic by itself: no BEGIN/COMMIT round trips. Not on MySQL, where
@@ -61,9 +69,15 @@ class AuditStore:
             "createdAt": created_at,
             KEY_COLUMN: key,
         }
-        if self._group is None:
-            return await self._record_one(values)
-        return await self._group.submit(values)
+        try:
+            new_id = await (self._record_one(values) if self._group is None else self._group.submit(values))
+        except Exception as exc:
+            if self.primary is not None:
+                self.primary.refused(exc)
+            raise
+        if self.primary is not None:
+            self.primary.wrote()
+        return new_id
 
     async def _record_one(self, values: dict[str, Any]) -> int:
         async with asyncio.timeout(self.timeout), self._connect() as conn:
