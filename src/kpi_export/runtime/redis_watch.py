@@ -44,9 +44,7 @@ class RedisWatch:
         self.interval = interval
         self.up = False
         self.reached = False  # answered at least once
-        self.master: str | None = (
-            None  # behind Sentinel or on a Cluster: host:port of the master, as last found
-        )
+        self.master: str | None = None  # behind Sentinel or on a Cluster: the master (host:port) last found
         self.replica = False  # REDIS_URL's server answered that it is a replica
         # Called once another server is the master (the sentinels named a new one, another node serves the
         # queue's Cluster slot, or REDIS_URL's server is a master again after it was a replica).
