@@ -19,6 +19,7 @@ from kpi_export.bullmq import (
     QueueConsumer,
     WorkerEvents,
     create_queue,
+    queue_key,
     redis_client,
     redis_target,
     worker_name,
@@ -83,6 +84,7 @@ async def run_worker(
         redis_client(settings.redis, max_connections=1),
         redis_target(settings.redis),
         on_reconnect=metrics.redis_reconnected,
+        queue_key=queue_key(settings.queue),
     )
     # The worker never creates a SQLite file: a mistyped path is refused at start, not made into an empty one.
     engine = create_engine(
@@ -226,7 +228,7 @@ async def _recover_after_failover(consumer: QueueConsumer) -> None:
     if requeued:
         log.warning(
             "After the failover, %d job(s) held under this worker's locks but no longer processed here (the old "
-            "master took their completion and lost it) are back in the queue: %s",
+            "master took their fetch or their completion and lost it) are back in the queue: %s",
             len(requeued),
             ", ".join(requeued[:20]) + (" …" if len(requeued) > 20 else ""),
             extra={"event": "redis.failover_requeued"},
