@@ -38,8 +38,17 @@ pytest_plugins = ("tests.image",)
 # The chaos tests' size: what CI runs by default, larger by hand (see README).
 CHAOS_JOBS = 1000
 CHAOS_KILL_EVERY = 2.0
-# The jobs of each failover test (tests/integration/test_sentinel.py, test_cluster.py, test_readonly.py).
+# The jobs of each failover test (tests/integration/test_sentinel.py, test_cluster.py, test_readonly.py,
+# test_pg_failover.py, test_patroni.py), and the PostgreSQL failovers in a row of test_pg_failover.py's
+# multi-host test.
 FAILOVER_JOBS = 5000
+PG_FAILOVERS = 1
+# The jobs of each test behind a connection pooler (tests/integration/test_pgbouncer.py).
+POOLER_JOBS = 5000
+# The jobs of each database restore test (tests/interop/test_restore.py).
+RESTORE_JOBS = 500
+# The jobs the worker role writes and seals on each database (tests/integration/test_rights.py).
+RIGHTS_JOBS = 1000
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -48,20 +57,44 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--chaos-kill-every", type=float, default=CHAOS_KILL_EVERY, help="seconds between two kill -9"
     )
-    parser.getgroup("failover", "failover tests (Sentinel, Cluster, READONLY)").addoption(
+    failover = parser.getgroup(
+        "failover", "failover tests (Sentinel, Cluster, READONLY, PostgreSQL, Patroni)"
+    )
+    failover.addoption(
         "--failover-jobs", type=int, default=FAILOVER_JOBS, help="jobs each failover test runs"
+    )
+    failover.addoption(
+        "--pg-failovers",
+        type=int,
+        default=PG_FAILOVERS,
+        help="PostgreSQL failovers in a row under one run of jobs (test_pg_failover.py's multi-host test)",
+    )
+    parser.getgroup("pooler", "tests behind PgBouncer").addoption(
+        "--pooler-jobs", type=int, default=POOLER_JOBS, help="jobs each test behind PgBouncer runs"
+    )
+    parser.getgroup("restore", "database restore tests (tests/interop/test_restore.py)").addoption(
+        "--restore-jobs", type=int, default=RESTORE_JOBS, help="jobs each database restore test runs"
+    )
+    parser.getgroup("rights", "least privilege (tests/integration/test_rights.py)").addoption(
+        "--rights-jobs", type=int, default=RIGHTS_JOBS, help="jobs the worker role writes and seals"
     )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """A chaos test's time limit grows with its size."""
+    """A chaos, failover, pooler or restore test's time limit grows with its size."""
     jobs = int(config.getoption("--chaos-jobs"))
-    failover_jobs = int(config.getoption("--failover-jobs"))
+    failover_jobs = int(config.getoption("--failover-jobs")) * int(config.getoption("--pg-failovers"))
+    pooler_jobs = int(config.getoption("--pooler-jobs"))
+    restore_jobs = int(config.getoption("--restore-jobs"))
     for item in items:
         if item.get_closest_marker("chaos") is not None:
             item.add_marker(pytest.mark.timeout(120 + jobs // 10))
         if item.get_closest_marker("failover") is not None:
             item.add_marker(pytest.mark.timeout(180 + failover_jobs // 50))
+        if item.get_closest_marker("pooler") is not None:
+            item.add_marker(pytest.mark.timeout(120 + pooler_jobs // 20))
+        if item.get_closest_marker("restore") is not None:
+            item.add_marker(pytest.mark.timeout(240 + restore_jobs // 20))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -78,6 +111,20 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 @pytest.fixture
 def failover_jobs(request: pytest.FixtureRequest) -> int:
     return int(request.config.getoption("--failover-jobs"))
+
+
+@pytest.fixture
+def pg_failovers(request: pytest.FixtureRequest) -> int:
+    return max(1, int(request.config.getoption("--pg-failovers")))
+
+
+@pytest.fixture
+def pooler_jobs(request: pytest.FixtureRequest) -> int:
+    return int(request.config.getoption("--pooler-jobs"))
+
+
+def restore_jobs(request: pytest.FixtureRequest) -> int:
+    return int(request.config.getoption("--restore-jobs"))
 
 
 @pytest.fixture(autouse=True)

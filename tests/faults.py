@@ -28,13 +28,21 @@ def calls_script(name: str) -> Callable[[Command], bool]:
 
 class FirstCall:
     """`proxy.cut_after = FirstCall(calls_script("moveToFinished"))`: true for the first command the predicate
-    matches and no other; `matched` says whether that command has come."""
+    matches and no other; `after`: the first one that comes after a command `after` matches, on any of the
+    proxy's connections. `matched` says whether that command has come."""
 
-    def __init__(self, predicate: Callable[[Command], bool]) -> None:
+    def __init__(
+        self, predicate: Callable[[Command], bool], *, after: Callable[[Command], bool] | None = None
+    ) -> None:
         self._predicate = predicate
+        self._after = after
         self.matched = False
 
     def __call__(self, command: Command) -> bool:
+        if self._after is not None:
+            if self._after(command):
+                self._after = None
+            return False
         if self.matched or not self._predicate(command):
             return False
         self.matched = True

@@ -37,13 +37,15 @@ def postgres_bin() -> Path | None:
 
 
 class PostgresCluster:
-    def __init__(self, bin_dir: Path, role_password: str, *, synchronous: bool = False) -> None:
+    def __init__(
+        self, bin_dir: Path, role_password: str, *, synchronous: bool = False, port: int | None = None
+    ) -> None:
         self.bin = bin_dir
         self.role_password = role_password
         # Commits wait for a standby's acknowledgement (synchronous_standby_names); given on the command line,
         # so that a standby made from this server's files does not inherit it.
         self.synchronous = synchronous
-        self.port = free_port()
+        self.port = port or free_port()  # a port: a server rebuilt where a failed one was
         # Not under pytest's tmp_path: when the tests run as root the server runs as `postgres`, which must
         # be able to reach the folder.
         self.folder = Path(tempfile.mkdtemp(prefix="kpi-pg-"))
@@ -74,12 +76,18 @@ class PostgresCluster:
             f"host all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\n"
         )
 
-    def standby_of(self, primary: PostgresCluster) -> Self:
-        """This server made a streaming standby of `primary` (running), and started."""
+    def standby_of(self, primary: PostgresCluster, *, port: int | None = None) -> Self:
+        """This server made a streaming standby of `primary` (running), and started; `port`: a relay's in
+        front of the primary, through which the standby streams (a link a test can cut)."""
         self._run(
             "pg_basebackup", "-D", str(self.data), "-R", "-X", "stream", "-c", "fast",
-            "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
+            "-h", "127.0.0.1", "-p", str(port or primary.port), "-U", "postgres",
         )  # fmt: skip
+        # Not the primary's synchronous_standby_names (ALTER SYSTEM's, copied): promoted, it would wait for a
+        # standby at every commit.
+        auto = self.data / "postgresql.auto.conf"
+        lines = auto.read_text().splitlines(keepends=True)
+        auto.write_text("".join(line for line in lines if not line.startswith("synchronous_standby_names")))
         self.start()
         return self
 

@@ -120,13 +120,26 @@ class RedisProcess:
         if not sentinel and test_defaults:
             lines += ['save ""', "appendonly no", "maxmemory-policy noeviction"]
         (folder / "redis.conf").write_text("\n".join([*lines, *config]) + "\n")
-        command = [redis_server(kind), str(folder / "redis.conf"), *(["--sentinel"] if sentinel else [])]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._command = [
+            redis_server(kind),
+            str(folder / "redis.conf"),
+            *(["--sentinel"] if sentinel else []),
+        ]
+        self._start()
+
+    def _start(self) -> None:
+        self.process = subprocess.Popen(self._command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            wait_for(self.client().ping, 10, f"redis-server on port {port}")
+            wait_for(self.client().ping, 10, f"redis-server on port {self.port}")
         except BaseException:
             self.kill()
             raise
+
+    def restart(self) -> None:
+        """Start it again after kill() or stop(), with its folder and configuration (a Cluster node rejoins
+        with its nodes.conf)."""
+        assert self.process.poll() is not None, "still running"
+        self._start()
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, password=self.password, decode_responses=True, socket_timeout=5)
@@ -315,6 +328,7 @@ class RedisClusterNodes:
             "cluster-enabled yes",
             f"cluster-node-timeout {DOWN_AFTER_MS}",
             "cluster-config-file nodes.conf",
+            "repl-diskless-sync-delay 0",  # a replica (a master back from the dead too) syncs at once
         ]
         self.nodes = [RedisProcess(folder / f"node-{port}", port, config) for port in ports]
         cli = shutil.which("redis-cli")
@@ -330,11 +344,19 @@ class RedisClusterNodes:
             timeout=60,
         )
         wait_for(self._ok, 30, "the cluster to be ok on every node")
+        self._ids: dict[str, RedisProcess] = {}
+        for node in self.nodes:
+            with node.client() as client:
+                self._ids[str(client.execute_command("CLUSTER MYID"))] = node
 
     def _ok(self) -> bool:
+        """The cluster is ok on every node, and every replica has synced (else it cannot take over)."""
         for node in self.nodes:
             with node.client() as client:
                 if client.execute_command("CLUSTER INFO").get("cluster_state") != "ok":
+                    return False
+                info = client.info("replication")
+                if info.get("role") == "slave" and info.get("master_link_status") != "up":
                     return False
         return True
 
@@ -343,13 +365,41 @@ class RedisClusterNodes:
         return ",".join(node.address for node in self.nodes[:3])
 
     def master_of(self, key: str) -> RedisProcess:
-        """The master that holds `key`'s slot now."""
-        with self.nodes[0].client() as client:
+        """The master that holds `key`'s slot now, as the first node alive says."""
+        with self._alive().client() as client:
             slot = int(client.execute_command("CLUSTER KEYSLOT", key))
             for start, end, master, *_replicas in client.execute_command("CLUSTER SLOTS"):
                 if start <= slot <= end:
-                    return next(node for node in self.nodes if node.port == int(master[1]))
+                    return self._ids[str(master[2])]
         raise RuntimeError(f"no master for slot {slot}")
+
+    def replica_of(self, master: RedisProcess) -> RedisProcess:
+        """The node that replicates `master` (alive)."""
+        with master.client() as client:
+            port = int(client.info("replication")["slave0"]["port"])
+        return next(node for node in self.nodes if node.port == port)
+
+    def wait_for_promotion(self, replica: RedisProcess, timeout: float = 30) -> None:
+        """Until `replica` says it is a master."""
+
+        def promoted() -> bool:
+            with replica.client() as client:
+                return str(client.execute_command("ROLE")[0]) == "master"
+
+        wait_for(promoted, timeout, f"{replica.address} to be promoted")
+
+    def wait_for_replica(self, node: RedisProcess, timeout: float = 60) -> None:
+        """Until `node` (a master that came back after its replica took over) replicates again."""
+
+        def replicating() -> bool:
+            with node.client() as client:
+                info = client.info("replication")
+                return bool(info.get("role") == "slave" and info.get("master_link_status") == "up")
+
+        wait_for(replicating, timeout, f"{node.address} to rejoin as a replica")
+
+    def _alive(self) -> RedisProcess:
+        return next(node for node in self.nodes if node.process.poll() is None)
 
     def wait_until_ok(self, without: RedisProcess, timeout: float = 30) -> None:
         def ok() -> bool:

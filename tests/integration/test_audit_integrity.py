@@ -207,16 +207,18 @@ async def test_rows_committed_out_of_id_order_are_never_left_outside_every_seal(
     await fill(engine, 10)
     async with opened_engine(migrated.database.target) as other:
         late = await other.connect()
-        transaction = await late.begin()
-        await late.execute(insert(audit_table), python_row(100))  # takes id 11, not committed yet
-        await fill(engine, 5, start=200)  # ids 12-16, committed
-        # A long wait here: the test commits once it sees the sealer waiting, on a machine maybe busy.
-        sealing = asyncio.create_task(seal_pending(engine, KEY, min_age=0, actor="test", lock_wait=30))
-        await wait_until(
-            lambda: sealer_waits(other), timeout=10, what="the sealer to wait for the open insert"
-        )
-        await transaction.commit()
-        await late.close()
+        try:
+            transaction = await late.begin()
+            await late.execute(insert(audit_table), python_row(100))  # takes id 11, not committed yet
+            await fill(engine, 5, start=200)  # ids 12-16, committed
+            # A long wait here: the test commits once it sees the sealer waiting, on a machine maybe busy.
+            sealing = asyncio.create_task(seal_pending(engine, KEY, min_age=0, actor="test", lock_wait=30))
+            await wait_until(
+                lambda: sealer_waits(other), timeout=10, what="the sealer to wait for the open insert"
+            )
+            await transaction.commit()
+        finally:  # a failure must not leave the insert open: the schema could not be dropped
+            await late.close()
         sealed = await asyncio.wait_for(sealing, timeout=30)
     assert [(e.from_id, e.to_id, e.row_count) for e in sealed] == [(1, 16, 16)]
     report = await verify(engine, KEY)
@@ -224,9 +226,12 @@ async def test_rows_committed_out_of_id_order_are_never_left_outside_every_seal(
 
 
 async def sealer_waits(engine: AsyncEngine) -> bool:
-    """True once a session waits for a lock on the audit table."""
+    """True once the sealer waits for the open insert: on PostgreSQL, once it has looked whether it ended (its
+    statement's mark in pg_stat_activity); on MariaDB, once it waits for its lock on the audit table."""
     if engine.dialect.name == "postgresql":
-        query = text("SELECT count(*) FROM pg_locks WHERE NOT granted")
+        query = text(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%kpi-export settles' AND pid <> pg_backend_pid()"
+        )
     else:
         query = text(
             "SELECT count(*) FROM information_schema.processlist WHERE state LIKE 'Waiting for table metadata lock'"

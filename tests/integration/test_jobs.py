@@ -265,8 +265,10 @@ async def test_a_completion_whose_reply_is_lost_is_found_done_and_the_job_comple
     assert first_completion.matched  # Redis ran the completion, the worker never heard back
     assert (outcome, result) == ("completed", {"idExport": rows[0].idExport})
     assert (len(rows), stored.attemptsMade, stored.returnvalue) == (1, 1, result)
-    # The worker tried again, found the job completed, and took that for success: nothing else to say.
-    assert [r.getMessage() for r in caplog.records] == []
+    # The worker tried again, found the job completed, and took that for success: nothing else to say (but that
+    # the tests' database role, its owner, could rewrite the audit trail).
+    said = [r.getMessage() for r in caplog.records if getattr(r, "event", None) != "db.excess_rights"]
+    assert said == []
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

@@ -22,15 +22,26 @@ def test_prisma_postgres_url_with_schema_sets_the_search_path() -> None:
 def test_prisma_postgres_parameters_are_translated() -> None:
     target = parse_database_url(
         "postgres://u@h/db?schema=public&sslmode=require&connection_limit=7&connect_timeout=3"
-        "&pgbouncer=true&application_name=kpi&pool_timeout=10"
+        "&application_name=kpi&pool_timeout=10"
     )
     assert target.connect_args == {
         "ssl": "require",
         "timeout": 3.0,
-        "statement_cache_size": 0,
         "server_settings": {"search_path": '"public"', "application_name": "kpi"},
     }
     assert target.pool_size == 7
+    assert not target.pgbouncer
+
+
+def test_behind_pgbouncer_no_named_statement_and_no_search_path_at_start_up() -> None:
+    """PgBouncer refuses search_path as a start-up parameter: the engine sets it in each transaction."""
+    target = parse_database_url("postgres://u@h/db?schema=Audit&pgbouncer=true&application_name=kpi")
+    assert target.connect_args == {
+        "timeout": 10.0,
+        "statement_cache_size": 0,
+        "server_settings": {"application_name": "kpi"},
+    }
+    assert target.pgbouncer and target.schema == "Audit"
 
 
 def test_mysql_url_as_prisma_writes_it() -> None:
@@ -109,3 +120,49 @@ def test_the_address_a_log_line_names_holds_no_credentials(raw: str, address: st
     target = parse_database_url(raw)
     assert target.address == address
     assert not any(secret in target.address for secret in ("s3cret", "p%40ss", "p@ss", "pw", "app", "root"))
+
+
+def test_libpq_multi_host_url_with_target_session_attrs_and_prisma_parameters() -> None:
+    target = parse_database_url(
+        "postgresql://app:s3cret@db1.internal:5432,db2.internal:5433,[fd00::3]/kpis"
+        "?target_session_attrs=read-write&schema=auditoria&connect_timeout=3&connection_limit=7&pgbouncer=true"
+    )
+    assert target.hosts == (("db1.internal", 5432), ("db2.internal", 5433), ("fd00::3", 5432))
+    assert target.connect_args == {
+        "target_session_attrs": "read-write",
+        "timeout": 3.0,  # each host's, not the list's (store/hosts.py)
+        "statement_cache_size": 0,  # pgbouncer=true: and the schema set in each transaction (store/engine.py)
+    }
+    assert target.pool_size == 7 and target.pgbouncer
+    assert target.address == "db1.internal:5432,db2.internal:5433,[fd00::3]:5432"
+    assert target.display == (
+        "postgresql+asyncpg://app:***@db1.internal:5432,db2.internal:5433,[fd00::3]:5432/kpis?schema=auditoria"
+    )
+
+
+@pytest.mark.parametrize("attrs", ["any", "primary", "standby", "prefer-standby", "read-write", "read-only"])
+def test_every_target_session_attrs_asyncpg_knows(attrs: str) -> None:
+    target = parse_database_url(f"postgresql://u@h1,h2/db?target_session_attrs={attrs}")
+    assert target.connect_args["target_session_attrs"] == attrs
+    assert parse_database_url(f"postgresql://u@h1/db?target_session_attrs={attrs}").hosts == ()
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("postgresql://u:topsecret@h1:x,h2/db", "host list that is not host:port,host:port"),
+        ("postgresql://u:topsecret@h1,,h2/db", "host list that is not host:port,host:port"),
+        ("postgresql://u:topsecret@h1,h2:99999/db", "host list that is not host:port,host:port"),
+        ("postgresql://u:topsecret@h1,h2/db?host=/run/postgresql", "both a host list and a socket folder"),
+        (
+            "postgresql://u:topsecret@h1,h2/db?target_session_attrs=master",
+            "target_session_attrs must be one of",
+        ),
+        ("mysql://u:topsecret@h1,h2/db", "only a postgresql:// URL may"),
+    ],
+)
+def test_bad_multi_host_urls_are_refused_without_echoing_the_password(raw: str, message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_database_url(raw)
+    assert message in str(caught.value)
+    assert "topsecret" not in str(caught.value)

@@ -53,6 +53,22 @@ async def test_a_cluster_takes_the_password_of_redis_password() -> None:
         await client.aclose()
 
 
+async def test_a_cluster_takes_the_acl_user_and_password_of_redis_url() -> None:
+    """An ACL user (docs/production/rights.md) on every node: REDIS_URL's user, not only its password."""
+    settings = Settings.of(
+        redis_cluster_nodes="10.0.0.1:7000",
+        queue_prefix="{kpi}",
+        redis_url=SecretStr("redis://kpi-worker:worker-pw@ignored:7000"),
+    )
+    client = redis_client(settings.redis)
+    try:
+        assert isinstance(client, RedisCluster)
+        kwargs = client.connection_kwargs
+        assert (kwargs["username"], kwargs["password"]) == ("kpi-worker", "worker-pw")
+    finally:
+        await client.aclose()
+
+
 @pytest.mark.parametrize("url", [None, "redis://127.0.0.1:6379/0"])
 async def test_one_server_reconnects_on_readonly(url: str | None) -> None:
     settings = Settings.of(redis_url=SecretStr(url) if url else None)

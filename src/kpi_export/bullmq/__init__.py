@@ -8,8 +8,9 @@ What the rest of the program uses:
                        the operators' reads and actions (queue_reads.py)
     redis_client, redis_target
                        the Redis clients, from the Redis settings, and where Redis is (clients.py)
-    create_queue, opened_queue, node_client_name, worker_name
-                       bullmq's Queue, from the Redis and queue settings; connection names (queues.py)
+    create_queue, opened_queue, node_client_name, worker_name, queue_key
+                       bullmq's Queue, from the Redis and queue settings; connection names; the key whose
+                       Cluster slot holds the queue (queues.py)
     redis_master, redis_role
                        who the master is after a failover (failover.py)
 Inside: the connection classes that pack commands with hiredis and follow failovers
@@ -41,7 +42,13 @@ if TYPE_CHECKING:
         retry_all_failed,
         retry_jobs,
     )
-    from kpi_export.bullmq.queues import create_queue, node_client_name, opened_queue, worker_name
+    from kpi_export.bullmq.queues import (
+        create_queue,
+        node_client_name,
+        opened_queue,
+        queue_key,
+        worker_name,
+    )
 
 from kpi_export.lazy import lazy_exports
 
@@ -62,7 +69,13 @@ _EXPORTS = {
         "retry_all_failed",
         "retry_jobs",
     ),
-    "kpi_export.bullmq.queues": ("create_queue", "node_client_name", "opened_queue", "worker_name"),
+    "kpi_export.bullmq.queues": (
+        "create_queue",
+        "node_client_name",
+        "opened_queue",
+        "queue_key",
+        "worker_name",
+    ),
 }
 # What the package gives: the names of _EXPORTS (tests/unit/test_lazy_exports.py holds the two equal).
 __all__ = [
@@ -83,6 +96,7 @@ __all__ = [
     "list_jobs",
     "node_client_name",
     "opened_queue",
+    "queue_key",
     "queue_stats",
     "redis_client",
     "redis_master",

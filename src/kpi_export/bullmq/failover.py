@@ -1,7 +1,9 @@
-"""What the worker does about a Redis failover: ask the sentinels who the master is, leave the old one, and
-ask a server its role."""
+"""What the worker does about a Redis failover: ask the sentinels (or the Cluster) who the master is, leave the
+old one, and ask a server its role."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
@@ -9,12 +11,26 @@ from redis.exceptions import ResponseError
 from kpi_export.bullmq.clients import RedisClient, SentinelRedis, address
 
 
-async def redis_master(client: RedisClient) -> str | None:
-    """host:port of the master the sentinels name now; None when Redis is not behind Sentinel."""
-    if not isinstance(client, SentinelRedis):
-        return None
-    host, port = await client.sentinel_manager.discover_master(client.master_name)
-    return address(host, int(port))
+async def redis_master(client: RedisClient, key: str | None = None) -> str | None:
+    """host:port of the master the sentinels name now, or on a Cluster of the master serving `key`'s slot now;
+    None on one server, or on a Cluster without a key."""
+    if isinstance(client, SentinelRedis):
+        host, port = await client.sentinel_manager.discover_master(client.master_name)
+        return address(host, int(port))
+    if isinstance(client, RedisCluster) and key is not None:
+        return await _slot_master(client, client.keyslot(key))
+    return None
+
+
+async def _slot_master(client: RedisCluster, slot: int) -> str | None:
+    """As the node asked says now (CLUSTER SLOTS): the client's own map changes only once a command of its own
+    has failed or been redirected."""
+    ranges: dict[tuple[int, int], dict[str, Any]] = await client.execute_command("CLUSTER SLOTS")
+    for (first, last), shard in ranges.items():
+        if first <= slot <= last:
+            host, port = shard["primary"]
+            return address(str(host), int(port))
+    return None  # the slot is served by no node: the cluster is down
 
 
 async def leave_old_master(client: RedisClient) -> None:

@@ -20,7 +20,7 @@ async def add_jobs(
         if isinstance(opened.client, RedisCluster):
             # redis-py's cluster pipeline refuses EVALSHA, which Queue.addBulk's transaction sends: one by one.
             for job in jobs:
-                await opened.backend.addJob(job)
+                job.id = await opened.backend.addJob(job)  # as addJobs does: the id Redis gave
         else:
             await opened.backend.addJobs(jobs)  # what Queue.addBulk does (mirrors bullmq 3.4 `Queue.addBulk`)
         return [str(job.id) for job in jobs]

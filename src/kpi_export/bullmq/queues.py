@@ -27,6 +27,12 @@ def node_client_name(prefix: str, queue_name: str, worker: str) -> str:
     return f"{prefix}:{encoded}:w:{worker}"
 
 
+def queue_key(queue: QueueSettings) -> str:
+    """One of the queue's keys (bullmq's list of its active jobs): on a Cluster, the master of its slot serves
+    the whole queue (a hash-tag prefix puts all its keys in one slot)."""
+    return f"{queue.prefix}:{queue.name}:active"
+
+
 def create_queue(redis: RedisSettings, queue: QueueSettings, *, max_connections: int = 10) -> Queue:
     client = redis_client(redis, max_connections=max_connections)
     return Queue(queue.name, {"connection": client, "prefix": queue.prefix})

@@ -65,7 +65,7 @@ class LazyCommands(Commands):
     MODULES: ClassVar[dict[str, tuple[str, ...]]] = {
         "kpi_export.cli.queue_commands": ("enqueue", "job", "stats", "jobs", "retry"),
         "kpi_export.cli.db_commands": ("db", "audit"),
-        "kpi_export.cli.integrity_commands": ("audit",),  # audit seal|verify|pseudonymise-ips
+        "kpi_export.cli.integrity_commands": ("audit",),  # audit seal|verify|pseudonymise-ips|reconcile
         "kpi_export.cli.worker_commands": ("worker", "demo", "check"),
     }
 

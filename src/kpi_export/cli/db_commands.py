@@ -1,4 +1,5 @@
-"""The database's commands: `db upgrade|current` (migrations) and `audit list|show` (the table's rows)."""
+"""The database's commands: `db upgrade|current` (migrations), `db grants` (the roles' rights) and `audit list|show`
+(the table's rows)."""
 
 from __future__ import annotations
 
@@ -39,21 +40,40 @@ def db() -> None:
 
 
 @db.command()
+@click.option(
+    "--append-only",
+    is_flag=True,
+    help="Also install triggers that refuse UPDATE (but of ip), DELETE and TRUNCATE of the audit trail "
+    "(PostgreSQL, MariaDB/MySQL).",
+)
 @JSON_OPTION
-def upgrade(as_json: bool) -> None:
+def upgrade(append_only: bool, as_json: bool) -> None:
     """Create the audit table, or upgrade in place the one the Node original's Prisma made (rows are kept)."""
     from kpi_export.store.schema import upgrade as run_upgrade
 
     settings = settings_or_exit()
-    before, after = run(with_engine(settings, run_upgrade))
-    target = settings.database.target.display
+    if append_only and settings.database.target.dialect == "sqlite":
+        raise click.BadParameter(
+            "is for PostgreSQL and MariaDB/MySQL, not SQLite", param_hint="--append-only"
+        )
+    before, after = run(with_engine(settings, run_upgrade, migrating=True))
+    if append_only:
+        from kpi_export.integrity.append_only import install
+
+        run(with_engine(settings, install, migrating=True))
+    target = settings.database.migration_target.display
+    guarded = "; append-only triggers in place" if append_only else ""
     echo_result(
         as_json,
-        {"database": target, "before": before, "after": after},
+        {"database": target, "before": before, "after": after}
+        | ({"append_only": True} if append_only else {}),
         lambda: click.echo(
-            f"{target}: already at migration {after}"
-            if before == after
-            else f"{target}: migrated from {before or 'nothing'} to {after}"
+            (
+                f"{target}: already at migration {after}"
+                if before == after
+                else f"{target}: migrated from {before or 'nothing'} to {after}"
+            )
+            + guarded
         ),
     )
 
@@ -65,8 +85,8 @@ def current(as_json: bool) -> None:
     from kpi_export.store.schema import current_revision, head_revision
 
     settings = settings_or_exit()
-    now, head = run(with_engine(settings, current_revision, create=False)), head_revision()
-    target = settings.database.target.display
+    now, head = run(with_engine(settings, current_revision, create=False, migrating=True)), head_revision()
+    target = settings.database.migration_target.display
     state = "up to date" if now == head else "run `kpi-export db upgrade`"
     echo_result(
         as_json,
@@ -75,6 +95,36 @@ def current(as_json: bool) -> None:
     )
     if now != head:
         sys.exit(1)
+
+
+@db.command()
+@click.option("--owner", default="kpi_owner", show_default=True, help="The role that runs `db upgrade`.")
+@click.option(
+    "--worker", default="kpi_worker", show_default=True, help="The workers' role: appends and seals."
+)
+@click.option("--auditor", default="kpi_auditor", show_default=True, help="The role that reads and verifies.")
+@click.option(
+    "--privacy", default="kpi_privacy", show_default=True, help="The role that runs `audit pseudonymise-ips`."
+)
+@click.option(
+    "--host", default="%", show_default=True, help="MariaDB/MySQL: the accounts' host ('name'@'host')."
+)
+def grants(owner: str, worker: str, auditor: str, privacy: str, host: str) -> None:
+    """Print the SQL that gives each role only the rights it needs, for DATABASE_URL's database (no password;
+    the roles must exist). Run it after `db upgrade`, as an administrator."""
+    from kpi_export.integrity.grants import Roles, grants_sql
+
+    target = settings_or_exit().database.target
+    try:
+        roles = Roles(owner=owner, worker=worker, auditor=auditor, privacy=privacy, host=host)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    try:
+        sql = grants_sql(target.dialect, roles, schema=target.schema, database=target.url.database)
+    except ValueError as exc:
+        click.echo(f"kpi-export: {exc}", err=True)
+        sys.exit(1)
+    click.echo(sql, nl=False)
 
 
 @cli.group()
@@ -193,12 +243,19 @@ def _show_row(id_export: int, row: dict[str, Any]) -> None:
 
 
 async def with_engine(
-    settings: Settings, use: Callable[[AsyncEngine], Awaitable[T]], *, create: bool = True
+    settings: Settings,
+    use: Callable[[AsyncEngine], Awaitable[T]],
+    *,
+    create: bool = True,
+    migrating: bool = False,
 ) -> T:
-    """`create=False` for the commands that only read: they never leave a new SQLite file behind."""
+    """`create=False` for the commands that only read: they never leave a new SQLite file behind.
+    `migrating`: the `db` commands, which connect to DATABASE_DIRECT_URL when it is set."""
     from kpi_export.store import opened_engine
 
-    async with opened_engine(settings.database.target, pool_size=1, create=create) as engine:
+    database = settings.database
+    target = database.migration_target if migrating else database.target
+    async with opened_engine(target, pool_size=1, create=create) as engine:
         return await use(engine)
 
 

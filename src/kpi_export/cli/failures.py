@@ -65,10 +65,16 @@ def _database(error: BaseException, settings: Settings | None) -> str:
 
 def _database_hint(settings: Settings | None) -> str:
     try:
-        where = f" ({settings.database.target.display})" if settings else ""
+        database = settings.database if settings else None
+        where = f" ({database.target.display})" if database else ""
+        direct = ""
+        if database and database.direct_url is not None:
+            direct = (
+                f"; the `db` commands connect to DATABASE_DIRECT_URL ({database.migration_target.display})"
+            )
     except ValueError:  # a queue command's settings leave DATABASE_URL unchecked
-        where = ""
-    return f"check that its server runs and that DATABASE_URL{where} names it"
+        where = direct = ""
+    return f"check that its server runs and that DATABASE_URL{where} names it{direct}"
 
 
 def _redis_where(settings: Settings | None) -> str:

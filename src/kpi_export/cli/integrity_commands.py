@@ -1,4 +1,4 @@
-"""The audit trail's integrity: `audit seal`, `audit verify` and `audit pseudonymise-ips`."""
+"""The audit trail's integrity: `audit seal`, `audit verify`, `audit pseudonymise-ips` and `audit reconcile`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import re
 import socket
 import sys
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 import click
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from kpi_export.contract.ip_privacy import IpMode
     from kpi_export.integrity import ChainEntry, SealKey
     from kpi_export.integrity.pseudonymise import PseudonymiseReport
+    from kpi_export.integrity.reconcile import ReconcileReport, Tally
     from kpi_export.integrity.verifier import VerifyReport
 
 _AGE = re.compile(r"([0-9]{1,6})([dh])", re.IGNORECASE)
@@ -147,6 +148,7 @@ def _report_json(report: VerifyReport) -> dict[str, Any]:
         "chainKeyIds": report.chain_key_ids,
         "expectedHeadSeq": report.expected_head_seq,
         "pseudonymisations": [entry_json(e) for e in report.pseudonymisations],
+        "repairs": [entry_json(e) for e in report.repairs],
         "findings": [
             {"kind": f.kind, "seq": f.seq, "idExport": f.id_export, "message": f.message}
             for f in report.findings
@@ -163,6 +165,13 @@ def _show_report(report: VerifyReport) -> None:
             f"{counted(detail.get('rowsChanged', '?'), 'row')} ip {detail.get('ip', '?')}, older than "
             f"{detail.get('olderThan', '?')}, by {shown(entry.actor)} at "
             f"{entry.sealed_at.isoformat(timespec='seconds')}Z"
+        )
+    for entry in report.repairs:
+        detail = _detail(entry)
+        click.echo(
+            f"repair recorded in seal {entry.seq}: {counted(detail.get('rowsReinserted', '?'), 'row')} re-inserted "
+            f"(idExport {shown(detail.get('reinserted', '?'))}) from {shown(detail.get('from', '?'))}, by "
+            f"{shown(entry.actor)} at {entry.sealed_at.isoformat(timespec='seconds')}Z"
         )
     for finding in report.findings:
         click.echo(f"FOUND: {shown(finding.message)}")
@@ -288,3 +297,141 @@ def _operator() -> str:
     except (KeyError, OSError):
         user = "unknown"
     return f"{user}@{socket.gethostname()}"
+
+
+@audit.command("reconcile")
+@click.option("--since", help="Only the jobs that finished since this date or ISO date-time.")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Re-insert each missing row with its idExport and time, in id order, never over a row; then move the "
+    "table's next id past the highest idExport a kept result names.",
+)
+@click.option("--actor", help="Who repairs, as the seal chain records it. [default: user@host]")
+@JSON_OPTION
+def audit_reconcile(since: str | None, repair: bool, actor: str | None, as_json: bool) -> None:
+    """Hold every completed job Redis keeps against its audit row: rows missing (a database restore, a
+    failover), rows that differ from their job, results whose idExport is another job's row, and rows whose
+    job Redis no longer keeps. Read-only unless --repair. Exit status 1 when a row is missing or differs."""
+    since_time = when_option(since, "--since")
+    settings = settings_or_exit()
+    since_ms = int(since_time.replace(tzinfo=UTC).timestamp() * 1000) if since_time is not None else None
+    try:
+        report = run(
+            with_engine(
+                settings,
+                lambda engine: _reconcile(settings, engine, since_ms, repair, actor or _operator()),
+                create=False,
+            )
+        )
+    except KeyboardInterrupt:
+        click.echo("kpi-export: reconcile interrupted: run it again to the end", err=True)
+        sys.exit(130)
+    echo_result(as_json, _reconcile_json(report), lambda: _show_reconciled(report, repair))
+    if not report.clean:
+        sys.exit(EXIT_FAILED)
+
+
+async def _reconcile(
+    settings: Settings, engine: Any, since_ms: int | None, repair: bool, actor: str
+) -> ReconcileReport:
+    from kpi_export.bullmq import opened_queue
+    from kpi_export.bullmq.kept_jobs import count_kept, kept_jobs, read_kept
+    from kpi_export.integrity import reconciler
+    from kpi_export.store.id_sequence import move_past
+
+    async with opened_queue(settings.redis, settings.queue, max_connections=2) as queue:
+        with progress_bar() as bar:
+            task = bar.add_task("Reconciling", total=await count_kept(queue, since_ms))
+            found = await reconciler.reconcile(
+                engine,
+                kept_jobs(queue, since_ms=since_ms),
+                progress=lambda done: bar.update(task, completed=done),
+            )
+        report = found.report
+        if not repair:
+            return report
+        # The sequence first: a worker writing meanwhile must not take an id the repair is about to restore.
+        before, _ = await move_past(engine, report.highest_id)
+        done = await reconciler.repair(
+            engine,
+            settings.audit.key,
+            found.missing,
+            lambda job_ids: read_kept(queue, job_ids),
+            ip_mode=settings.audit.ip_mode,
+            actor=actor,
+            source=f"Redis: the completed jobs of {queue.qualifiedName}",
+        )
+        report.repaired, report.not_repaired, report.recorded = (
+            done.repaired,
+            done.not_repaired,
+            done.recorded,
+        )
+        report.sequence = (before, (await move_past(engine, report.highest_id))[1])
+    return report
+
+
+def _tally_json(tally: Tally) -> dict[str, Any]:
+    return {"count": tally.count, "first": tally.first}
+
+
+def _reconcile_json(report: ReconcileReport) -> dict[str, Any]:
+    found: dict[str, Any] = {
+        "clean": report.clean,
+        "jobs": report.jobs,
+        "equal": report.equal,
+        "highestIdExport": report.highest_id or None,
+        "missing": _tally_json(report.missing),
+        "differs": _tally_json(report.differs),
+        "taken": _tally_json(report.taken),
+        "unreadable": _tally_json(report.unreadable),
+        "orphans": _tally_json(report.orphans),
+    }
+    if report.sequence is not None:
+        found["repaired"] = _tally_json(report.repaired)
+        found["notRepaired"] = _tally_json(report.not_repaired)
+        found["recorded"] = [entry_json(e) for e in report.recorded]
+        found["nextIdExport"] = {"before": report.sequence[0], "after": report.sequence[1]}
+    return found
+
+
+def _first(tally: Tally) -> str:
+    more = ", …" if tally.count > len(tally.first) else ""
+    return ", ".join(shown(item) for item in tally.first) + more
+
+
+def _show_reconciled(report: ReconcileReport, repair: bool) -> None:
+    click.echo(
+        f"{counted(report.jobs, 'completed job')} kept in Redis: {report.equal} with their row as the worker "
+        "wrote it"
+    )
+    lines = (
+        ("MISSING", report.missing, "row", "", "idExport"),
+        ("DIFFERS", report.differs, "row", " from its job", "idExport"),
+        ("TAKEN", report.taken, "result", " whose idExport is another job's row", "idExport"),
+        ("not checked", report.unreadable, "job", " without an idExport, or with data refused", "job"),
+        (
+            "not in Redis",
+            report.orphans,
+            "row",
+            " whose job Redis no longer keeps (informational)",
+            "idExport",
+        ),
+        ("REPAIRED", report.repaired, "row", " re-inserted", "idExport"),
+        ("NOT REPAIRED", report.not_repaired, "missing row", " whose id or key is a row now", "idExport"),
+    )
+    for label, tally, noun, what, ids in lines:
+        if tally.count:
+            click.echo(f"{label}: {counted(tally.count, noun)}{what} ({ids} {_first(tally)})")
+    for entry in report.recorded:
+        click.echo(f"seal {entry.seq}: repair of idExport {entry.from_id}-{entry.to_id} recorded")
+    if report.sequence is not None:
+        before, after = report.sequence
+        moved = f"moved from {before} to {after}" if after != before else f"{after}, unchanged"
+        click.echo(f"the table's next idExport: {moved}")
+    if report.clean:
+        click.echo("reconciled: every kept job has its row")
+    elif report.missing.count and not repair:
+        click.echo("NOT RECONCILED: `kpi-export audit reconcile --repair` re-inserts the missing rows")
+    else:
+        click.echo("NOT RECONCILED: a row that differs, or an id taken, is for a person to look at")

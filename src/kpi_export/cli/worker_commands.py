@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -14,6 +14,8 @@ from kpi_export.logs import setup_logging
 from kpi_export.tables import shown, styled, table
 
 if TYPE_CHECKING:
+    from kpi_export.config import Settings
+    from kpi_export.runtime.id_guard import IdCheck
     from kpi_export.runtime.readiness import Readiness
 
 
@@ -64,38 +66,67 @@ def demo(total: int, workdir: Path) -> None:
 @JSON_OPTION
 def check(as_json: bool) -> None:
     """Readiness, for probes that run a command: exit 0 when Redis and the database answer and the audit table
-    is migrated, else 1 (the checks /readyz makes)."""
+    is migrated, else 1 (the checks /readyz makes). It also warns when the table's next idExport is at or below
+    one that a result Redis keeps names: the database went back in time (`audit reconcile`)."""
     from kpi_export.bullmq import redis_client
     from kpi_export.errors import DatabaseMissing
-    from kpi_export.runtime.readiness import check_readiness, check_readiness_without_database
+    from kpi_export.runtime.readiness import (
+        check_readiness,
+        check_readiness_without_database,
+        with_rights_warning,
+    )
     from kpi_export.store import opened_engine
 
     settings = settings_or_exit()
 
-    async def go() -> Readiness:
+    async def go() -> tuple[Readiness, IdCheck | None]:
         client = redis_client(settings.redis, max_connections=1)
         try:
             async with opened_engine(settings.database.target, pooled=False, create=False) as engine:
-                return await check_readiness(client, engine)
+                readiness = await check_readiness(client, engine)
+                readiness = await with_rights_warning(readiness, engine)
+                return readiness, await _ids(settings, engine) if readiness.ready else None
         except DatabaseMissing as exc:
-            return await check_readiness_without_database(client, str(exc))
+            return await check_readiness_without_database(client, str(exc)), None
         finally:
             await client.aclose()
 
-    readiness = run(go())
-    echo_result(as_json, readiness.body(), lambda: _show_readiness(readiness))
+    readiness, ids = run(go())
+    body = readiness.body()
+    if ids is not None:
+        body["ids"] = {
+            "nextIdExport": ids.next_id,
+            "highestKept": ids.highest_kept,
+            "wentBack": ids.went_back,
+        }
+    echo_result(as_json, body, lambda: _show_readiness(readiness, ids))
     sys.exit(0 if readiness.ready else 1)
 
 
-def _show_readiness(readiness: Readiness) -> None:
+async def _ids(settings: Settings, engine: Any) -> IdCheck | None:
+    """The ids against the results Redis keeps; a failure to tell is said on stderr, and not readiness's."""
+    from kpi_export.redaction import describe
+    from kpi_export.runtime.id_guard import check_ids
+
+    try:
+        return await check_ids(settings, engine)
+    except Exception as exc:
+        click.echo(f"kpi-export: the audit ids were not checked against Redis: {describe(exc)}", err=True)
+        return None
+
+
+def _show_readiness(readiness: Readiness, ids: IdCheck | None) -> None:
     found = table("check", "state")
     for name, state in readiness.checks.items():
         found.add_row(name, state if state == "ok" else styled(state, "red"))
     show(found)
     if readiness.redis_master is not None:
         click.echo(f"redis master: {shown(readiness.redis_master)} (named by the sentinels)")
-    if readiness.database_host is not None:
-        click.echo(
-            f"database host: {shown(readiness.database_host)} (of DATABASE_URL's hosts, the one that answered)"
-        )
+    if readiness.database_hosts is not None:
+        host = shown(readiness.database_host or "none")
+        click.echo(f"database host: {host} (of {shown(readiness.database_hosts)}, the one that answered)")
+    if ids is not None and ids.went_back:
+        click.echo(f"WARNING: {shown(ids.message())}; a worker moves the ids past it as it starts")
     click.echo("ready" if readiness.ready else f"not ready: {', '.join(readiness.failing)}")
+    for line in readiness.warnings:
+        click.echo(f"warning: {line}", err=True)

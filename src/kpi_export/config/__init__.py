@@ -6,7 +6,7 @@
      ├── queue      QueueSettings       QUEUE_NAME, QUEUE_PREFIX, LOCK_DURATION
      ├── retention  RetentionSettings   KEEP_COMPLETED_AGE, KEEP_COMPLETED_COUNT, KEEP_FAILED_AGE, KEEP_FAILED_COUNT
      ├── worker     WorkerSettings      WORKER_CONCURRENCY, WORKER_PROCESSES, SHUTDOWN_TIMEOUT
-     ├── database   DatabaseSettings    DATABASE_URL, DB_RETRY_WINDOW, DB_WRITE_TIMEOUT
+     ├── database   DatabaseSettings    DATABASE_URL, DATABASE_DIRECT_URL, DB_RETRY_WINDOW, DB_WRITE_TIMEOUT
      ├── health     HealthSettings      HEALTH_PORT, HEALTH_HOST, QUEUE_METRICS_INTERVAL
      ├── logs       LogSettings         LOG_LEVEL, LOG_FORMAT, LOG_TIMESTAMPS
      └── audit      AuditSettings       AUDIT_SEAL_KEY, AUDIT_SEAL_INTERVAL, AUDIT_SEAL_MIN_AGE, AUDIT_IP_MODE
@@ -110,8 +110,8 @@ _GROUPS: dict[str, type[BaseSettings]] = {
 
 
 def load_settings(*, database: bool = True) -> Settings:
-    """Read the environment. Raises ConfigError naming the first variable that is wrong. DATABASE_URL is
-    parsed only with `database` (a command that never opens the database need not import SQLAlchemy)."""
+    """Read the environment. Raises ConfigError naming the first variable that is wrong. DATABASE_URL (and
+    DATABASE_DIRECT_URL) is parsed only with `database` (a command that never opens the database need not import SQLAlchemy)."""
     groups: dict[str, BaseSettings] = {}
     for group, info in Settings.model_fields.items():
         assert info.default_factory is not None
@@ -127,6 +127,10 @@ def load_settings(*, database: bool = True) -> Settings:
             settings.database.target  # noqa: B018 - parsed here, so that a bad URL stops the start
         except ValueError as exc:
             raise ConfigError("DATABASE_URL", str(exc)) from None
+        try:
+            settings.database.migration_target  # noqa: B018 - and so is a bad DATABASE_DIRECT_URL
+        except ValueError as exc:
+            raise ConfigError("DATABASE_DIRECT_URL", str(exc)) from None
     check_together(settings)
     return settings
 

@@ -23,7 +23,11 @@ class DatabaseSettings(BaseSettings):
 
     url: SecretStr = Field(SecretStr(DEFAULT_DATABASE_URL), validation_alias="DATABASE_URL")
     """Where the audit table lives, as a Prisma app writes it:
-    `postgresql://u:p@host:5432/db?schema=public`, `mysql://…`, `file:./dev.db` (SQLite)."""
+    `postgresql://u:p@host:5432/db?schema=public`, `mysql://…`, `file:./dev.db` (SQLite); or libpq's
+    multi-host form, `postgresql://u:p@h1:5432,h2:5432/db?target_session_attrs=read-write`."""
+    direct_url: SecretStr | None = Field(None, validation_alias="DATABASE_DIRECT_URL")
+    """Prisma's `directUrl`: where the `db` commands (migrations) connect when DATABASE_URL goes through a
+    pooler such as PgBouncer; the same grammar. Unset: they use DATABASE_URL."""
     retry_window: float = Field(30.0, ge=0, le=HOUR, validation_alias="DB_RETRY_WINDOW")
     """Seconds, from a job's first attempt at the audit write, during which a transient database fault
     (connection lost, failover, deadlock) is retried inside the job; then the job fails."""
@@ -39,8 +43,13 @@ class DatabaseSettings(BaseSettings):
         SQLAlchemy."""
         return _parsed(self.url.get_secret_value())
 
+    @property
+    def migration_target(self) -> DatabaseTarget:
+        """Where the `db` commands connect: DATABASE_DIRECT_URL parsed when it is set, else `target`."""
+        return self.target if self.direct_url is None else _parsed(self.direct_url.get_secret_value())
+
     def secrets(self) -> list[str]:
-        return url_passwords(self.url)
+        return url_passwords(self.url) + url_passwords(self.direct_url)
 
 
 @functools.lru_cache(maxsize=8)

@@ -2,8 +2,9 @@
 three kinds of transaction the chain needs on each database.
 
 - `settled_max_id`: the highest idExport below which no open transaction can still add a row. It waits, a
-  few seconds at most, for the transactions writing the audit table (PostgreSQL: LOCK TABLE … IN SHARE MODE;
-  MariaDB: LOCK TABLES … READ; SQLite has one writer at a time, in id order).
+  few seconds at most, for the transactions writing the audit table, with no right beyond SELECT on it
+  (PostgreSQL: until the writers that `pg_locks` shows end; MariaDB: LOCK TABLES … READ, which needs the LOCK
+  TABLES privilege; SQLite has one writer at a time, in id order).
 - `sealer_transaction`: one sealer at a time per table, whatever the fleet (an advisory lock, or SQLite's
   write lock); None when another one holds it. `seq` as the primary key stands behind it.
 - `snapshot`: every read of a verify sees the same moment of the table and of the chain.
@@ -11,6 +12,7 @@ three kinds of transaction the chain needs on each database.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 from collections.abc import AsyncIterator
@@ -116,10 +118,7 @@ async def settled_max_id(engine: AsyncEngine, lock_wait: int = LOCK_WAIT_SECONDS
     max_id = select(func.max(audit_table.c.idExport))
     try:
         if dialect == "postgresql":
-            async with engine.begin() as conn:
-                await conn.execute(text(f"SET LOCAL lock_timeout = '{int(lock_wait)}s'"))
-                await conn.execute(text(f'LOCK TABLE "{TABLE_NAME}" IN SHARE MODE'))
-                return int(await conn.scalar(max_id) or 0)
+            return await _settled_postgresql(engine, lock_wait)
         if dialect in ("mysql", "mariadb"):
             async with engine.connect() as raw:
                 conn = await raw.execution_options(isolation_level="AUTOCOMMIT")
@@ -139,6 +138,44 @@ async def settled_max_id(engine: AsyncEngine, lock_wait: int = LOCK_WAIT_SECONDS
         raise
     async with engine.connect() as conn:
         return int(await conn.scalar(max_id) or 0)
+
+
+# Every transaction that writes the audit table holds ROW EXCLUSIVE on it from the start of its INSERT, before
+# nextval gives the row its id, to its end: pg_locks, which any role may read, names them. A LOCK TABLE would
+# say the same, but only to a role that may UPDATE, DELETE or TRUNCATE the table.
+_PG_WRITERS = f"""
+    SELECT (SELECT max("idExport") FROM "{TABLE_NAME}") AS max_id,
+        ARRAY(SELECT DISTINCT virtualtransaction FROM pg_locks
+              WHERE locktype = 'relation' AND mode = 'RowExclusiveLock'
+                AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                AND relation = '"{TABLE_NAME}"'::regclass) AS writers
+"""
+# Its comment shows in pg_stat_activity while the sealer waits.
+_PG_STILL_OPEN = (
+    "SELECT count(*) FROM pg_locks WHERE virtualtransaction = ANY(:writers) -- kpi-export settles"
+)
+_PG_POLL_SECONDS = (0.002, 0.1)  # the first wait between two looks, and the longest
+
+
+async def _settled_postgresql(engine: AsyncEngine, lock_wait: int) -> int:
+    """The highest idExport committed now, once every transaction that was writing the table then has ended.
+
+    One statement reads both, on one snapshot taken before pg_locks: a row with a lower id that the snapshot
+    does not see belongs to a transaction that got its id before the highest row committed, so held the lock
+    then, and still holds it unless it has ended. A transaction that starts writing later gets a higher id."""
+    # One READ COMMITTED transaction (behind PgBouncer it sets the schema's search_path); each statement sees
+    # the rows committed when it starts, and pg_locks as it is then.
+    async with engine.begin() as conn:
+        found = (await conn.execute(text(_PG_WRITERS))).one()
+        max_id, writers = int(found.max_id or 0), list(found.writers)
+        deadline = asyncio.get_running_loop().time() + lock_wait
+        pause = _PG_POLL_SECONDS[0]
+        while writers and await conn.scalar(text(_PG_STILL_OPEN), {"writers": writers}):
+            if asyncio.get_running_loop().time() >= deadline:
+                raise TableBusy(f"a transaction writing {TABLE_NAME} stayed open more than {lock_wait} s")
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _PG_POLL_SECONDS[1])
+    return max_id
 
 
 def _lock_timeout(exc: DBAPIError) -> bool:

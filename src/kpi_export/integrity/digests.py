@@ -20,7 +20,7 @@ from kpi_export.store.names import KEY_COLUMN
 FORMAT_VERSION = 1
 ROW_MAC_BYTES = 8  # 64 bits per row: enough to name the row that changed; the entry's digest is full-length
 KEY_MIN_LENGTH = 32
-Kind = Literal["seal", "pseudonymisation"]
+Kind = Literal["seal", "pseudonymisation", "repair"]
 
 # What a row says: who exported what, from where, when, for which job. Not `codigoEstado`: the exporting
 # application moves it on (pending, done) after the row is written.
@@ -76,7 +76,8 @@ class SealKey:
 @dataclass(frozen=True)
 class ChainEntry:
     """One row of kpi_auditoria_seal: a seal of the rows `from_id`…`to_id`, or a recorded pseudonymisation
-    of a sealed range (its rows as they are after the change)."""
+    or repair of a sealed range (its rows as they are after the change), or a repair's record of rows
+    re-inserted past the last seal (which a later seal covers)."""
 
     seq: int
     kind: Kind

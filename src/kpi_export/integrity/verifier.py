@@ -26,6 +26,7 @@ class VerifyReport:
     rows_checked: int = 0
     rows_not_sealed: int = 0
     pseudonymisations: list[ChainEntry] = field(default_factory=list)
+    repairs: list[ChainEntry] = field(default_factory=list)  # rows re-inserted by `audit reconcile --repair`
     findings: list[Finding] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
     expected_head_seq: int | None = None  # where --expect-head was found in the chain
@@ -65,6 +66,7 @@ async def verify(
         report.entries = len(entries)
         report.head = entries[-1] if entries else None
         report.pseudonymisations = [e for e in entries if e.kind == "pseudonymisation"]
+        report.repairs = [e for e in entries if e.kind == "repair"]
         report.key_id = key.key_id
         report.chain_key_ids = list(dict.fromkeys(entry.key_id for entry in entries))
         chain_findings, segments = check_chain(key, entries)

@@ -17,6 +17,7 @@ from kpi_export.errors import AuditWriteError, TransientDatabaseError
 from kpi_export.logs import Throttle
 from kpi_export.redaction import describe
 from kpi_export.runtime.backoff import backoff
+from kpi_export.runtime.id_guard import IdGuard
 from kpi_export.runtime.metrics import WorkerMetrics
 from kpi_export.store import AuditStore, utc_now
 from kpi_export.store.transient import is_transient
@@ -36,6 +37,8 @@ class JobDeps:
     ip_mode: IpMode  # AUDIT_IP_MODE: how much of the client address the row keeps
     # A span around each audit write when tracing is on (tracing.py); else nothing.
     audit_span: Callable[[], AbstractContextManager[None]] = nullcontext
+    # The id guard, run again before a write once a database connection was lost (id_guard.py).
+    id_guard: IdGuard | None = None
 
     @property
     def queue(self) -> str:
@@ -90,6 +93,8 @@ async def write_audit_row(deps: JobDeps, job: QueuedJob, entry: AuditEntry, key:
         )
 
     async def attempt_write() -> int:
+        if deps.id_guard is not None:
+            await deps.id_guard.before_write()
         started = time.monotonic()
         try:
             return await deps.store.record(entry, key, created_at)

@@ -19,16 +19,19 @@ from kpi_export.bullmq import (
     QueueConsumer,
     WorkerEvents,
     create_queue,
+    queue_key,
     redis_client,
     redis_target,
     worker_name,
 )
 from kpi_export.config import Settings
 from kpi_export.errors import StartupError
+from kpi_export.integrity import least_privilege
 from kpi_export.logs import START_LINE, Throttle, include_trace_ids
 from kpi_export.redaction import describe
 from kpi_export.runtime.database_wait import wait_for_database
 from kpi_export.runtime.health import Closer, serve_health
+from kpi_export.runtime.id_guard import IdGuard, guard_ids
 from kpi_export.runtime.job_handler import JobDeps, process_job
 from kpi_export.runtime.listeners import JobEventLog
 from kpi_export.runtime.metrics import WorkerMetrics
@@ -43,6 +46,8 @@ from kpi_export.store.engine import require_existing
 from kpi_export.store.primary import PrimaryWatch
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
     from kpi_export.runtime.tracing import JobTracing
 
 log = logging.getLogger(__name__)
@@ -79,6 +84,7 @@ async def run_worker(
         redis_client(settings.redis, max_connections=1),
         redis_target(settings.redis),
         on_reconnect=metrics.redis_reconnected,
+        queue_key=queue_key(settings.queue),
     )
     # The worker never creates a SQLite file: a mistyped path is refused at start, not made into an empty one.
     engine = create_engine(
@@ -98,6 +104,9 @@ async def run_worker(
         await check_eviction_policy(watch.client)
         if not await wait_for_database(engine, settings.database.target, stop.requested):
             return 0
+        await _warn_excess_rights(engine)
+        await guard_ids(settings, engine, actor=worker_name())  # before any row is written
+        id_guard = IdGuard(settings, engine, actor=worker_name())
         watch.start()
         memory_client = redis_client(settings.redis, max_connections=1)
         closers.append(memory_client.aclose)
@@ -116,6 +125,7 @@ async def run_worker(
             database=settings.database.target.address,
             metrics=metrics,
             ip_mode=settings.audit.ip_mode,
+            id_guard=id_guard,
         )
         handler: JobHandler = functools.partial(process_job, deps=deps)
         events: WorkerEvents = JobEventLog(settings.queue.name, throttle, metrics, watch)
@@ -145,6 +155,17 @@ async def run_worker(
         if tracing is not None:  # last, on a bound of its own: the connections close first
             await tracing.close()
         stop.remove()
+
+
+async def _warn_excess_rights(engine: AsyncEngine) -> None:
+    """One line on stderr when the worker's role may rewrite the audit trail; the worker runs on either way."""
+    try:
+        line = least_privilege.warning(await least_privilege.excess_rights(engine))
+    except Exception as exc:  # a server that will not tell: nothing to say
+        log.debug("Rights on the audit table not read: %s", describe(exc))
+        return
+    if line is not None:
+        log.warning(line, extra={"event": "db.excess_rights"})
 
 
 def _start_sealing(
@@ -207,7 +228,7 @@ async def _recover_after_failover(consumer: QueueConsumer) -> None:
     if requeued:
         log.warning(
             "After the failover, %d job(s) held under this worker's locks but no longer processed here (the old "
-            "master took their completion and lost it) are back in the queue: %s",
+            "master took their fetch or their completion and lost it) are back in the queue: %s",
             len(requeued),
             ", ".join(requeued[:20]) + (" …" if len(requeued) > 20 else ""),
             extra={"event": "redis.failover_requeued"},

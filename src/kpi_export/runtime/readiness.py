@@ -6,13 +6,14 @@ Used by /readyz and by `kpi-export check`.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kpi_export.bullmq import RedisClient, redis_master
 from kpi_export.errors import SchemaNotReady
+from kpi_export.integrity import least_privilege
 from kpi_export.redaction import describe
 from kpi_export.store.hosts import connector_of
 from kpi_export.store.schema import check_ready
@@ -27,6 +28,8 @@ class Readiness:
     checks: dict[str, str]  # redis, database, audit_table: "ok" or why not
     redis_master: str | None = None  # behind Sentinel: the master the sentinels named
     database_host: str | None = None  # a multi-host DATABASE_URL: the host the check reached
+    database_hosts: str | None = None  # and the hosts it lists
+    warnings: tuple[str, ...] = ()  # what is not wrong enough to make it not ready (`check` only)
 
     @property
     def ready(self) -> bool:
@@ -37,11 +40,14 @@ class Readiness:
         return [name for name, state in self.checks.items() if state != OK]
 
     def body(self) -> dict[str, Any]:
-        body = {"status": "ready" if self.ready else "not ready", "checks": self.checks}
+        body: dict[str, Any] = {"status": "ready" if self.ready else "not ready", "checks": self.checks}
         if self.redis_master is not None:
             body["redis_master"] = self.redis_master
-        if self.database_host is not None:
+        if self.database_hosts is not None:
+            body["database_hosts"] = self.database_hosts
             body["database_host"] = self.database_host
+        if self.warnings:
+            body["warnings"] = list(self.warnings)
         return body
 
 
@@ -52,9 +58,11 @@ async def check_readiness(
     (redis_state, master), (database, table) = await asyncio.gather(
         _redis(redis, timeout), _database(engine, timeout)
     )
+    checks = {"redis": redis_state, "database": database, "audit_table": table}
     connector = connector_of(engine.sync_engine)
-    host = connector.in_use if connector is not None and database == OK else None
-    return Readiness({"redis": redis_state, "database": database, "audit_table": table}, master, host)
+    if connector is None:
+        return Readiness(checks, master)
+    return Readiness(checks, master, connector.in_use if database == OK else None, connector.listed)
 
 
 async def check_readiness_without_database(
@@ -87,3 +95,14 @@ async def _database(engine: AsyncEngine, timeout: float) -> tuple[str, str]:
     except Exception as exc:
         return describe(exc), "not checked"
     return OK, OK
+
+
+async def with_rights_warning(readiness: Readiness, engine: AsyncEngine) -> Readiness:
+    """`readiness`, with a warning when the role may rewrite the audit trail (once the table is there)."""
+    if readiness.checks.get("audit_table") != OK:
+        return readiness
+    try:
+        line = least_privilege.warning(await least_privilege.excess_rights(engine))
+    except Exception:  # a server that will not tell: nothing to say
+        return readiness
+    return readiness if line is None else replace(readiness, warnings=(*readiness.warnings, line))

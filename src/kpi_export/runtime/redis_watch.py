@@ -1,5 +1,6 @@
 """Watches Redis with a ping: waits for it at start, and logs one line when it is lost and one when it is back,
-and one per failover: the master the sentinels name changed, or the server behind REDIS_URL became a replica.
+and one per failover: the master the sentinels name changed, or the master of the queue's slot on a Cluster, or
+the server behind REDIS_URL became a replica.
 
 bullmq retries lost connections silently; this is what tells the operator about an outage.
 """
@@ -34,17 +35,19 @@ class RedisWatch:
         target: RedisTarget,
         interval: float = PING_INTERVAL,
         on_reconnect: Callable[[], None] = lambda: None,
+        queue_key: str | None = None,
     ) -> None:
         self.client = client
+        self.queue_key = queue_key  # on a Cluster, the master of this key's slot is the one watched
         self.on_reconnect = on_reconnect
         self.target = target
         self.interval = interval
         self.up = False
         self.reached = False  # answered at least once
-        self.master: str | None = None  # behind Sentinel: host:port of the master, as last found
+        self.master: str | None = None  # behind Sentinel or on a Cluster: the master (host:port) last found
         self.replica = False  # REDIS_URL's server answered that it is a replica
-        # Called once another server is the master (the sentinels named a new one, or REDIS_URL's server is a
-        # master again after it was a replica).
+        # Called once another server is the master (the sentinels named a new one, another node serves the
+        # queue's Cluster slot, or REDIS_URL's server is a master again after it was a replica).
         self.on_failover: Callable[[], Awaitable[None]] | None = None
         self._failover_pending = False  # on_failover has yet to succeed: the next check calls it again
         self._lost_at: float | None = None
@@ -116,7 +119,7 @@ class RedisWatch:
 
     async def _follow_failover(self) -> bool:
         """Logs a change of master; True when another server is the master now."""
-        master = await redis_master(self.client)
+        master = await redis_master(self.client, self.queue_key)
         if master is not None:
             changed = self.master is not None and master != self.master
             if changed:

@@ -27,6 +27,7 @@ class HostConnector:
 
     def __init__(self, target: DatabaseTarget) -> None:
         self.hosts = target.hosts
+        self.listed = target.address  # host:port,host:port, for a line or a probe
         self.in_use: str | None = None  # host:port of the last connection made
         # Called with host:port after each connection made (the writer's PrimaryWatch listens).
         self.on_connect: Callable[[str], None] = lambda _host: None
@@ -57,9 +58,9 @@ class HostConnector:
             f"no host takes connections as target_session_attrs={wanted} asks: {'; '.join(missed)}"
         ) from last
 
-
-def install(engine: Engine, connector: HostConnector) -> None:
-    _connectors[engine] = connector
+    def attach(self, engine: Engine) -> None:
+        """The connector of `engine` (connector_of finds it)."""
+        _connectors[engine] = self
 
 
 def connector_of(engine: Engine) -> HostConnector | None:

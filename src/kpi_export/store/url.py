@@ -44,6 +44,8 @@ class DatabaseTarget:
     schema: str | None = None
     # A multi-host URL's hosts, in its order (PostgreSQL only); empty for one host.
     hosts: tuple[tuple[str, int], ...] = ()
+    # Prisma's `pgbouncer=true`: a pooler that may hand each transaction another server connection.
+    pgbouncer: bool = False
 
     @property
     def display(self) -> str:
@@ -141,9 +143,14 @@ def _postgres(url: URL, hosts: tuple[tuple[str, int], ...] = ()) -> DatabaseTarg
     server_settings: dict[str, str] = {}
     pool_size = None
     schema = _pop_text(query, "schema")
-    if schema:
-        # Quoted, as Prisma does: an unquoted name would be folded to lower case.
-        server_settings["search_path"] = '"' + schema.replace('"', '""') + '"'
+    pgbouncer = _pop_text(query, "pgbouncer") == "true"
+    if pgbouncer:
+        # asyncpg's unnamed statements, parsed again at each use: under transaction pooling the next statement
+        # may reach another server, where a named one is missing (or taken, by another client).
+        connect_args["statement_cache_size"] = 0
+    elif schema:
+        # PgBouncer refuses search_path at start-up: behind it, each transaction sets it (store/engine.py).
+        server_settings["search_path"] = search_path(schema)
     if name := _pop_text(query, "application_name"):
         server_settings["application_name"] = name
     if sslmode := _pop_text(query, "sslmode"):
@@ -153,8 +160,6 @@ def _postgres(url: URL, hosts: tuple[tuple[str, int], ...] = ()) -> DatabaseTarg
         connect_args["timeout"] = _number(timeout, "connect_timeout")
     if limit := _pop_text(query, "connection_limit"):
         pool_size = _count(limit, "connection_limit")
-    if _pop_text(query, "pgbouncer") == "true":
-        connect_args["statement_cache_size"] = 0  # a transaction-mode pooler forbids prepared statements
     if size := _pop_text(query, "statement_cache_size"):
         connect_args["statement_cache_size"] = _count(size, "statement_cache_size", low=0)
     _pop_text(query, "sslaccept")  # Prisma's certificate policy; sslmode decides here
@@ -166,7 +171,7 @@ def _postgres(url: URL, hosts: tuple[tuple[str, int], ...] = ()) -> DatabaseTarg
         connect_args["server_settings"] = server_settings
     # A host list stays out of the URL (which keeps its first host): store/hosts.py tries each in turn.
     clean = url.set(drivername="postgresql+asyncpg", query={})
-    return DatabaseTarget("postgresql", clean, connect_args, pool_size, schema, hosts)
+    return DatabaseTarget("postgresql", clean, connect_args, pool_size, schema, hosts, pgbouncer)
 
 
 def _which_server(query: dict[str, Any], hosts: tuple[tuple[str, int], ...]) -> dict[str, Any]:
@@ -181,6 +186,11 @@ def _which_server(query: dict[str, Any], hosts: tuple[tuple[str, int], ...]) -> 
             raise ValueError(f"parameter target_session_attrs must be one of {', '.join(SESSION_ATTRS)}")
         found["target_session_attrs"] = attrs
     return found
+
+
+def search_path(schema: str) -> str:
+    """Quoted, as Prisma does: an unquoted name would be folded to lower case."""
+    return '"' + schema.replace('"', '""') + '"'
 
 
 def _mysql(url: URL) -> DatabaseTarget:

@@ -6,8 +6,9 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy import insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import Insert
 
@@ -81,14 +82,12 @@ class AuditStore:
 
     async def _record_one(self, values: dict[str, Any]) -> int:
         async with asyncio.timeout(self.timeout), self._connect() as conn:
-            result = await conn.execute(self._insert, values)
             new_id: int | None
             if self.engine.dialect.name in ("mysql", "mariadb"):
-                # ON DUPLICATE KEY UPDATE idExport = LAST_INSERT_ID(idExport) reports the old row's id.
-                new_id = result.lastrowid
+                new_id = await _insert_unless_there(conn, self._insert, values)
             else:
-                new_id = result.scalar()
-            if not new_id:  # a previous delivery wrote it (MySQL reports 0 then)
+                new_id = (await conn.execute(self._insert, values)).scalar()
+            if not new_id:  # a previous delivery wrote it
                 new_id = (await self._existing(conn, [values[KEY_COLUMN]]))[values[KEY_COLUMN]]
         return int(new_id)
 
@@ -130,6 +129,23 @@ class AuditStore:
             await conn.execute(select(1))
 
 
+# MariaDB/MySQL: Duplicate entry for a unique key.
+_DUPLICATE_KEY = 1062
+
+
+async def _insert_unless_there(
+    conn: AsyncConnection, statement: Insert, values: dict[str, Any]
+) -> int | None:
+    """MariaDB/MySQL: the new row's id, or None when a row with its key is there (the statement alone is
+    rolled back; the transaction goes on)."""
+    try:
+        return (await conn.execute(statement, values)).lastrowid
+    except IntegrityError as exc:
+        if getattr(exc.orig, "args", (None,))[0] != _DUPLICATE_KEY:
+            raise
+        return None
+
+
 def _idempotent_insert(dialect: str) -> Insert:
     key = audit_table.c[KEY_COLUMN]
     if dialect == "postgresql":
@@ -139,6 +155,7 @@ def _idempotent_insert(dialect: str) -> Insert:
         lite = sqlite.insert(audit_table).on_conflict_do_nothing(index_elements=[key])
         return lite.returning(audit_table.c.idExport)
     if dialect in ("mysql", "mariadb"):
-        my = mysql.insert(audit_table)
-        return my.on_duplicate_key_update(idExport=func.last_insert_id(audit_table.c.idExport))
+        # A plain INSERT: ON DUPLICATE KEY UPDATE would need the UPDATE privilege, INSERT IGNORE would turn bad
+        # values into warnings. The duplicate key is caught instead (_insert_unless_there).
+        return insert(audit_table)
     raise ValueError(f"unsupported database dialect {dialect!r}")
