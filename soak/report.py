@@ -68,6 +68,10 @@ def markdown(summary: dict[str, Any]) -> str:
         ),
         ("workers' RSS, first and last sample", f"{first_rss} → {last_rss} MB"),
         (
+            "producer's Redis connections made anew (ioredis ended one for good)",
+            str(summary["producer_connections_remade"]),
+        ),
+        (
             "worker service starts / its exit status at the end",
             f"{summary['worker_starts']} / {summary['worker_exit_status']}",
         ),
