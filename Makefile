@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 NODE_DIR := tests/interop
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 
-.PHONY: install run test lint unit docs docs-serve screenshots bench profile lock test-latest clean
+.PHONY: install run test lint unit docs docs-serve screenshots bench profile soak lock test-latest clean
 
 # The locked packages, then the project itself (editable, no dependency of its own resolved again).
 define install_locked
@@ -46,8 +46,8 @@ test: $(STAMP) $(NODE_STAMP) lint
 # The layers (pyproject.toml's [tool.importlinter]) and a ceiling on cyclomatic complexity at its worst of
 # today: rank C (11-20) for a function, B on average for a module, A for the package.
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench docs/hooks
-	$(BIN)/ruff format --check src tests bench docs/hooks
+	$(BIN)/ruff check src tests bench soak docs/hooks
+	$(BIN)/ruff format --check src tests bench soak docs/hooks
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/xenon --max-absolute C --max-modules B --max-average A src
@@ -88,6 +88,12 @@ bench: $(BENCH_STAMP) $(NODE_WORKER)
 # Where the worker's CPU goes on a backlog (py-spy); PROFILE_ARGS: e.g. --jobs 20000 --idle.
 profile: $(BENCH_STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m bench.profile $(PROFILE_ARGS)
+
+# The production shape under a fault every 30 s for SOAK_MINUTES (60) at SOAK_RATE jobs/s (300), and its ledger;
+# the report (soak.md, soak.json, soak.png) goes to docs/soak/. Not part of `make test`, which runs 3 minutes of it.
+soak: $(BENCH_STAMP) $(NODE_STAMP)
+	tests/install-packages
+	$(BIN)/python -m soak $(if $(SOAK_MINUTES),--minutes $(SOAK_MINUTES)) $(if $(SOAK_RATE),--rate $(SOAK_RATE))
 
 # The lock files, from pyproject.toml: runtime (the Docker image), dev (make test, make run, CI) and bench; and
 # build (the build backend the image builds the package with, from requirements/build.in).
