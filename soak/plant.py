@@ -74,8 +74,6 @@ class Databases:
         new.promote()
         self.primary, self.standby = new, old
         shutil.rmtree(old.data)
-        for left in old.folder.glob(f".s.PGSQL.{old.port}*"):  # a killed postmaster's socket and its lock
-            left.unlink()
         old.standby_of(new)
         self.synchronous(True)
 

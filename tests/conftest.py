@@ -123,6 +123,7 @@ def pooler_jobs(request: pytest.FixtureRequest) -> int:
     return int(request.config.getoption("--pooler-jobs"))
 
 
+@pytest.fixture
 def restore_jobs(request: pytest.FixtureRequest) -> int:
     return int(request.config.getoption("--restore-jobs"))
 

@@ -102,6 +102,10 @@ class PostgresCluster:
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)  # the kernel reaps it at once; bounded all the same
         (self.data / "postmaster.pid").unlink(missing_ok=True)
+        # Its socket's lock file names the dead postmaster, which a container may never reap (a zombie still
+        # answers kill -0): a start on this port would take it for a running server.
+        for left in self.folder.glob(f".s.PGSQL.{self.port}*"):
+            left.unlink()
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
