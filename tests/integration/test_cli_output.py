@@ -286,6 +286,9 @@ async def test_an_export_stopped_midway_leaves_the_old_file_and_no_partial_one(
     export = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "kpi_export", "audit", "list", "--csv", str(target), "--force",
         env=worker_env(migrated), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        # Control-C's default in the export: a test run started as a background job of a shell without job
+        # control ignores SIGINT, and the export would inherit that and finish (it failed so under `… &`).
+        preexec_fn=_interruptible,
     )  # fmt: skip
     try:
 
@@ -302,6 +305,10 @@ async def test_an_export_stopped_midway_leaves_the_old_file_and_no_partial_one(
     assert export.returncode != 0, stderr
     assert target.read_text() == "yesterday's export\n"
     assert [p.name for p in folder.iterdir()] == ["audit.csv"]
+
+
+def _interruptible() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _size(path: Path) -> int:
