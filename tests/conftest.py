@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -49,6 +50,15 @@ POOLER_JOBS = 5000
 RESTORE_JOBS = 500
 # The jobs the worker role writes and seals on each database (tests/integration/test_rights.py).
 RIGHTS_JOBS = 1000
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A suite started in the background by a shell without job control (`make test > log &` in a script)
+    # inherits SIGINT ignored, and so would every process it starts: Python keeps an ignored SIGINT ignored,
+    # and a test that interrupts a command would see it run to the end and exit 0. A handler is reset to
+    # the default in a child process, where Python then installs its own.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

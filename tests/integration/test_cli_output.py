@@ -269,16 +269,7 @@ async def test_csv_dash_is_standard_output(migrated: Settings, tmp_path: Path) -
 async def test_an_export_stopped_midway_leaves_the_old_file_and_no_partial_one(
     migrated: Settings, tmp_path: Path
 ) -> None:
-    database = str(migrated.database.target.url.database)
-    with sqlite3.connect(database) as connection:  # enough rows that the export is stopped while it writes
-        connection.executemany(
-            'INSERT INTO kpi_auditoria_export ("usuarioId", ip, filters, format, "codigoEstado", "createdAt", '
-            '"idempotencyKey") VALUES (?, ?, ?, ?, 0, ?, ?)',
-            (
-                (n, "10.0.0.1", '{"area":"ventas"}', "csv", "2026-01-01 00:00:00.000", f"k{n}")
-                for n in range(300_000)
-            ),
-        )
+    _fill(migrated)
     folder = tmp_path / "exports"
     folder.mkdir()
     target = folder / "audit.csv"
@@ -286,9 +277,6 @@ async def test_an_export_stopped_midway_leaves_the_old_file_and_no_partial_one(
     export = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "kpi_export", "audit", "list", "--csv", str(target), "--force",
         env=worker_env(migrated), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        # Control-C's default in the export: a test run started as a background job of a shell without job
-        # control ignores SIGINT, and the export would inherit that and finish (it failed so under `… &`).
-        preexec_fn=_interruptible,
     )  # fmt: skip
     try:
 
@@ -302,13 +290,48 @@ async def test_an_export_stopped_midway_leaves_the_old_file_and_no_partial_one(
         if export.returncode is None:
             export.kill()
             await export.wait()
-    assert export.returncode != 0, stderr
+    assert export.returncode == 130, stderr
+    assert (
+        stderr.decode().strip().splitlines()[-1] == f"kpi-export: export interrupted: {target} left as it was"
+    )
     assert target.read_text() == "yesterday's export\n"
     assert [p.name for p in folder.iterdir()] == ["audit.csv"]
 
 
-def _interruptible() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+@sqlite_only
+async def test_an_export_to_standard_output_stopped_midway_says_so(migrated: Settings) -> None:
+    _fill(migrated)
+    export = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kpi_export", "audit", "list", "--csv", "-",
+        env=worker_env(migrated), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert export.stdout is not None
+        header = await asyncio.wait_for(export.stdout.readline(), timeout=60)
+        assert header.startswith(b"idExport,"), header
+        export.send_signal(signal.SIGINT)
+        _, stderr = await asyncio.wait_for(export.communicate(), timeout=60)
+    finally:
+        if export.returncode is None:
+            export.kill()
+            await export.wait()
+    assert export.returncode == 130, stderr
+    assert stderr.decode().strip().splitlines()[-1] == (
+        "kpi-export: export interrupted: the CSV on standard output is incomplete"
+    )
+
+
+def _fill(settings: Settings) -> None:
+    """Enough rows that an export is stopped while it writes."""
+    with sqlite3.connect(str(settings.database.target.url.database)) as connection:
+        connection.executemany(
+            'INSERT INTO kpi_auditoria_export ("usuarioId", ip, filters, format, "codigoEstado", "createdAt", '
+            '"idempotencyKey") VALUES (?, ?, ?, ?, 0, ?, ?)',
+            (
+                (n, "10.0.0.1", '{"area":"ventas"}', "csv", "2026-01-01 00:00:00.000", f"k{n}")
+                for n in range(300_000)
+            ),
+        )
 
 
 def _size(path: Path) -> int:

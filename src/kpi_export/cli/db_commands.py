@@ -179,7 +179,16 @@ def audit_list(
     )
     settings = settings_or_exit()
     if csv_path is not None:
-        written = run(write_csv(settings, audit_filter, limit, export, force=force))
+        try:
+            written = run(write_csv(settings, audit_filter, limit, export, force=force))
+        except KeyboardInterrupt:
+            left = (
+                "the CSV on standard output is incomplete"
+                if export is None
+                else f"{shown(export)} left as it was"
+            )
+            click.echo(f"kpi-export: export interrupted: {left}", err=True)
+            sys.exit(130)
         if export is None:
             click.echo(f"{counted(written, 'row')} written to standard output", err=True)
         else:
